@@ -1,4 +1,26 @@
 //! corral: an active-active layer in front of a pool of SAP Cloud Integration tenants.
 //!
 //! The crate is a library with one thin binary (`src/main.rs`) so that integration tests and
-//! benchmarks can reach the same code the binary runs. Layering: see `docs/architecture.md`.
+//! benchmarks reach the same code the binary runs. Layers, each importing only those below it
+//! (see `docs/architecture.md`):
+//!
+//! - `node`, `dev`, `init`, `status`: the commands, wiring everything together;
+//! - `api` (admin HTTP) and `ingress` (data-plane HTTP);
+//! - `client`: the one way into consensus (write, linearizable read barrier);
+//! - `raft` (the only owner of `RawNode`) and `transport` (peer frames over mutual TLS);
+//! - `state` (the deterministic state machine), `store` (the storage trait and sled), `seal`.
+
+pub mod api;
+pub mod client;
+pub mod config;
+pub mod dev;
+pub mod ingress;
+pub mod init;
+pub mod metrics;
+pub mod node;
+pub mod raft;
+pub mod seal;
+pub mod state;
+pub mod status;
+pub mod store;
+pub mod transport;

@@ -1,0 +1,390 @@
+//! The admin HTTP listener: cluster status and control, the replicated configuration store,
+//! health, metrics and the OpenAPI document.
+//!
+//! Everything under `/admin/` except the OpenAPI document needs the cluster's bearer token.
+//! `/healthz`, `/readyz` and `/metrics` are open so that load balancers and Prometheus can
+//! reach them without a secret. Handlers reach consensus only through [`Client`].
+
+pub mod error;
+
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
+use axum::http::{header, HeaderMap, Method, StatusCode, Uri};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use crate::client::Client;
+use crate::config::NodeConfig;
+use crate::raft::Role;
+use crate::state::{self, Command, Response as SmResponse};
+use crate::store::Store;
+use crate::transport::Transport;
+pub use error::ApiError;
+
+/// Largest admin request body (configuration documents are small).
+pub const MAX_ADMIN_BODY_BYTES: usize = 1024 * 1024;
+/// Longest configuration key.
+pub const MAX_CONFIG_KEY_BYTES: usize = 256;
+/// Most items one list call returns.
+pub const MAX_LIST_ITEMS: usize = 1_000;
+/// A node whose applied index trails its commit index by more than this is not ready.
+pub const READY_MAX_APPLY_LAG: u64 = 1_000;
+
+/// The OpenAPI document describing every endpoint of both listeners.
+pub const OPENAPI_JSON: &str = include_str!("../../docs/openapi.json");
+
+/// Every (method, path) the admin listener serves, in OpenAPI path syntax. A test checks
+/// that this table, the router and `docs/openapi.json` agree.
+pub const ADMIN_ROUTES: &[(&str, &str)] = &[
+    ("get", "/healthz"),
+    ("get", "/readyz"),
+    ("get", "/metrics"),
+    ("get", "/admin/openapi.json"),
+    ("get", "/admin/cluster"),
+    ("post", "/admin/cluster/transfer-leader"),
+    ("get", "/admin/config"),
+    ("get", "/admin/config/{key}"),
+    ("put", "/admin/config/{key}"),
+    ("delete", "/admin/config/{key}"),
+];
+
+pub struct AdminState {
+    pub cfg: NodeConfig,
+    pub client: Arc<Client>,
+    pub transport: Arc<Transport>,
+    pub store: Arc<dyn Store>,
+    pub admin_token: String,
+}
+
+type Shared = State<Arc<AdminState>>;
+
+pub fn router(state: Arc<AdminState>) -> Router {
+    let protected = Router::new()
+        .route("/admin/cluster", get(cluster))
+        .route("/admin/cluster/transfer-leader", post(transfer_leader))
+        .route("/admin/config", get(config_list))
+        .route(
+            "/admin/config/{*key}",
+            get(config_get).put(config_put).delete(config_delete),
+        )
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            require_token,
+        ));
+    Router::new()
+        .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .route("/admin/openapi.json", get(openapi))
+        .merge(protected)
+        .fallback(no_route)
+        .layer(DefaultBodyLimit::max(MAX_ADMIN_BODY_BYTES))
+        .with_state(state)
+}
+
+pub async fn no_route(method: Method, uri: Uri) -> ApiError {
+    ApiError::NoRoute {
+        method: method.to_string(),
+        path: uri.path().to_string(),
+    }
+}
+
+/// Compares without an early exit, so the time taken says nothing about the token.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+async fn require_token(State(st): Shared, req: Request, next: Next) -> Response {
+    let presented = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    if !constant_time_eq(presented.trim().as_bytes(), st.admin_token.as_bytes()) {
+        return ApiError::Unauthorized.into_response();
+    }
+    next.run(req).await
+}
+
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+async fn openapi() -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], OPENAPI_JSON).into_response()
+}
+
+async fn metrics() -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        crate::metrics::render(),
+    )
+        .into_response()
+}
+
+async fn readyz(State(st): Shared) -> Response {
+    let s = st.client.driver().status();
+    let lag = s.commit_index.saturating_sub(s.applied_index);
+    let ready = s.leader.is_some() && !s.stopped && lag <= READY_MAX_APPLY_LAG;
+    let body = json!({"ready": ready, "leader": s.leader, "apply_lag": lag});
+    let code = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (code, Json(body)).into_response()
+}
+
+async fn cluster(State(st): Shared) -> Json<Value> {
+    let s = st.client.driver().status();
+    let peers: Vec<Value> = s
+        .peers
+        .iter()
+        .map(|p| {
+            let addr = st
+                .cfg
+                .peers
+                .iter()
+                .find(|(id, _)| *id == p.id)
+                .map(|(_, a)| a.to_string());
+            json!({
+                "id": p.id,
+                "peer_addr": addr,
+                "connected": st.transport.is_connected(p.id),
+                "match_index": if s.role == Role::Leader { Some(p.match_index) } else { None },
+                "last_contact_ms": p.last_contact_ms,
+            })
+        })
+        .collect();
+    Json(json!({
+        "cluster": {"name": st.cfg.cluster_name, "id": st.cfg.cluster_id},
+        "node": {
+            "id": s.id,
+            "role": s.role,
+            "term": s.term,
+            "leader": s.leader,
+            "commit_index": s.commit_index,
+            "applied_index": s.applied_index,
+            "first_index": s.first_index,
+            "last_index": s.last_index,
+            "store_bytes": st.store.size_on_disk(),
+        },
+        "peers": peers,
+    }))
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct TransferBody {
+    to: Option<u64>,
+}
+
+async fn transfer_leader(State(st): Shared, body: Bytes) -> Result<Json<Value>, ApiError> {
+    let req: TransferBody = if body.is_empty() {
+        TransferBody::default()
+    } else {
+        parse_json(&body)?
+    };
+    if let Some(to) = req.to {
+        if !st.cfg.peers.iter().any(|(id, _)| *id == to) {
+            return Err(ApiError::invalid(
+                "to",
+                format!("node {to} is not in the cluster"),
+            ));
+        }
+    }
+    let status = st.client.driver().status();
+    let Some(leader) = status.leader else {
+        return Err(ApiError::NoLeader);
+    };
+    if req.to == Some(leader) {
+        return Ok(Json(json!({"leader": leader, "transferring_to": leader})));
+    }
+    if leader != st.cfg.id {
+        // Only the leader can hand over; ask it through its own admin API is not possible from
+        // here without its address on the admin plane, so say where to go.
+        return Err(ApiError::Invalid {
+            field: None,
+            message: format!("node {leader} is the leader; send this request to its admin address"),
+        });
+    }
+    let target = st
+        .client
+        .driver()
+        .transfer_leader(req.to)
+        .await
+        .map_err(|e| ApiError::NotApplied(e.to_string()))?;
+    Ok(Json(json!({"leader": leader, "transferring_to": target})))
+}
+
+pub fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    let de = &mut serde_json::Deserializer::from_slice(body);
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        let field = if path == "." { None } else { Some(path) };
+        ApiError::Invalid {
+            field,
+            message: e.inner().to_string(),
+        }
+    })
+}
+
+fn validate_key(key: &str) -> Result<(), ApiError> {
+    if key.is_empty() || key.len() > MAX_CONFIG_KEY_BYTES {
+        return Err(ApiError::invalid(
+            "key",
+            format!("must be 1 to {MAX_CONFIG_KEY_BYTES} bytes"),
+        ));
+    }
+    let ok = key
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || "._-/:".contains(c));
+    if !ok || key.starts_with('/') || key.contains("//") {
+        return Err(ApiError::invalid(
+            "key",
+            "may hold only A-Z a-z 0-9 . _ - : and single inner slashes",
+        ));
+    }
+    Ok(())
+}
+
+#[derive(Deserialize, Default)]
+struct ReadOpts {
+    /// `linearizable` (default) or `local` (this node's applied state, possibly stale).
+    consistency: Option<String>,
+}
+
+async fn barrier(st: &AdminState, opts: &ReadOpts) -> Result<(), ApiError> {
+    match opts.consistency.as_deref() {
+        None | Some("linearizable") => Ok(st.client.read_barrier().await?),
+        Some("local") => Ok(()),
+        Some(other) => Err(ApiError::invalid(
+            "consistency",
+            format!("`{other}` is not one of linearizable, local"),
+        )),
+    }
+}
+
+fn entry_json(key: &str, e: &state::ConfigEntry) -> Value {
+    let value: Value = serde_json::from_slice(&e.value).unwrap_or(Value::Null);
+    json!({"key": key, "value": value, "revision": e.revision, "updated_ms": e.updated_ms})
+}
+
+async fn config_get(
+    State(st): Shared,
+    Path(key): Path<String>,
+    Query(opts): Query<ReadOpts>,
+) -> Result<Json<Value>, ApiError> {
+    validate_key(&key)?;
+    barrier(&st, &opts).await?;
+    match state::read_config(&*st.store, &key)? {
+        Some(e) => Ok(Json(entry_json(&key, &e))),
+        None => Err(ApiError::NotFound(format!("config key `{key}`"))),
+    }
+}
+
+#[derive(Deserialize)]
+struct ListOpts {
+    prefix: Option<String>,
+    after: Option<String>,
+    limit: Option<usize>,
+    consistency: Option<String>,
+}
+
+async fn config_list(
+    State(st): Shared,
+    Query(q): Query<ListOpts>,
+) -> Result<Json<Value>, ApiError> {
+    let limit = q.limit.unwrap_or(MAX_LIST_ITEMS);
+    if limit == 0 || limit > MAX_LIST_ITEMS {
+        return Err(ApiError::invalid(
+            "limit",
+            format!("must be between 1 and {MAX_LIST_ITEMS}"),
+        ));
+    }
+    barrier(
+        &st,
+        &ReadOpts {
+            consistency: q.consistency,
+        },
+    )
+    .await?;
+    let items = state::list_config(
+        &*st.store,
+        q.prefix.as_deref().unwrap_or(""),
+        q.after.as_deref(),
+        limit,
+    )?;
+    let next = if items.len() == limit {
+        items.last().map(|(k, _)| k.clone())
+    } else {
+        None
+    };
+    let items: Vec<Value> = items.iter().map(|(k, e)| entry_json(k, e)).collect();
+    Ok(Json(json!({"items": items, "next": next})))
+}
+
+async fn config_put(
+    State(st): Shared,
+    Path(key): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    validate_key(&key)?;
+    let ct = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("application/json");
+    if !ct.starts_with("application/json") {
+        return Err(ApiError::invalid(
+            "content-type",
+            "must be application/json",
+        ));
+    }
+    if serde_json::from_slice::<Value>(&body).is_err() {
+        return Err(ApiError::invalid("body", "must be a JSON document"));
+    }
+    let cmd = Command::ConfigPut {
+        key: key.clone(),
+        value: body.to_vec(),
+        now_ms: now_ms(),
+    };
+    match st.client.write(&cmd).await? {
+        SmResponse::ConfigPut { revision, created } => {
+            let code = if created {
+                StatusCode::CREATED
+            } else {
+                StatusCode::OK
+            };
+            let body = json!({"key": key, "revision": revision, "created": created});
+            Ok((code, Json(body)).into_response())
+        }
+        other => Err(ApiError::Internal(format!("unexpected answer {other:?}"))),
+    }
+}
+
+async fn config_delete(State(st): Shared, Path(key): Path<String>) -> Result<Response, ApiError> {
+    validate_key(&key)?;
+    match st
+        .client
+        .write(&Command::ConfigDelete { key: key.clone() })
+        .await?
+    {
+        SmResponse::ConfigDeleted { existed: true } => Ok(StatusCode::NO_CONTENT.into_response()),
+        SmResponse::ConfigDeleted { existed: false } => {
+            Err(ApiError::NotFound(format!("config key `{key}`")))
+        }
+        other => Err(ApiError::Internal(format!("unexpected answer {other:?}"))),
+    }
+}

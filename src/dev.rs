@@ -1,0 +1,184 @@
+//! `corral dev`: a three-node cluster on localhost in one command, for trying corral.
+//!
+//! It uses the ready-made cluster file in `cluster/local/` (creating its certificates, token
+//! and master key on first use), starts each node as a child process of this binary with its
+//! log in `cluster/local/logs/`, waits until the cluster has a leader, prints what is running
+//! and how to talk to it, and stops every child on ctrl-c or SIGTERM.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+
+use crate::config::ClusterFile;
+
+/// How long the cluster may take to elect a leader before `dev` gives up.
+const READY_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a child gets to exit after SIGTERM before it is killed.
+const STOP_GRACE: Duration = Duration::from_secs(10);
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct DevArgs {
+    /// Cluster directory holding cluster.toml (created with `corral init` if missing).
+    #[arg(long, default_value = "cluster/local")]
+    pub dir: PathBuf,
+    /// Delete the nodes' data dirs first, starting from an empty cluster.
+    #[arg(long)]
+    pub fresh: bool,
+}
+
+/// Makes sure the cluster directory has a cluster file and its credentials.
+fn prepare(dir: &Path) -> anyhow::Result<ClusterFile> {
+    let file_path = dir.join("cluster.toml");
+    if !file_path.exists() {
+        crate::init::run(&crate::init::InitArgs {
+            nodes: 3,
+            dir: dir.to_path_buf(),
+            host: "127.0.0.1".into(),
+            host_per_node: false,
+            base_port: 7100,
+            name: "dev".into(),
+            force: false,
+        })?;
+    }
+    let raw: ClusterFile = toml::from_str(&std::fs::read_to_string(&file_path)?)
+        .context("reading the cluster file")?;
+    if !dir.join(&raw.ca_cert).exists() {
+        println!(
+            "creating certificates, admin token and master key in {}",
+            dir.display()
+        );
+        crate::init::write_credentials(dir, &raw)?;
+    }
+    Ok(ClusterFile::load(&file_path)?)
+}
+
+struct Children(Vec<(u64, Child)>);
+
+impl Drop for Children {
+    fn drop(&mut self) {
+        for (_, c) in &mut self.0 {
+            // SAFETY: kill(2) with a pid we spawned and still own; no memory is touched.
+            unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+        }
+        let deadline = Instant::now() + STOP_GRACE;
+        for (id, c) in &mut self.0 {
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = c.try_wait() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            if let Ok(None) = c.try_wait() {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+            println!("node {id} stopped");
+        }
+    }
+}
+
+fn spawn_nodes(file: &ClusterFile, config: &Path, logs: &Path) -> anyhow::Result<Children> {
+    let exe = std::env::current_exe().context("locating the corral binary")?;
+    std::fs::create_dir_all(logs)?;
+    let mut children = Children(Vec::new());
+    for n in &file.nodes {
+        let log = std::fs::File::create(logs.join(format!("node-{}.log", n.id)))?;
+        let child = Command::new(&exe)
+            .args(["node", "--config"])
+            .arg(config)
+            .args(["--id", &n.id.to_string()])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("starting node {}", n.id))?;
+        children.0.push((n.id, child));
+    }
+    Ok(children)
+}
+
+async fn wait_ready(file: &ClusterFile, children: &mut Children) -> anyhow::Result<()> {
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(1))
+        .build()?;
+    let deadline = Instant::now() + READY_TIMEOUT;
+    while Instant::now() < deadline {
+        for (id, c) in &mut children.0 {
+            if let Ok(Some(status)) = c.try_wait() {
+                bail!("node {id} exited during start-up ({status}); see its log");
+            }
+        }
+        let mut ready = 0;
+        for n in &file.nodes {
+            if let Ok(r) = http
+                .get(format!("http://{}/readyz", n.admin_addr))
+                .send()
+                .await
+            {
+                ready += r.status().is_success() as usize;
+            }
+        }
+        if ready == file.nodes.len() {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    bail!("the cluster did not become ready within {READY_TIMEOUT:?}")
+}
+
+pub async fn run(args: DevArgs) -> anyhow::Result<()> {
+    let file = prepare(&args.dir)?;
+    if args.fresh {
+        for n in &file.nodes {
+            let _ = std::fs::remove_dir_all(&n.data_dir);
+        }
+    }
+    let config = args.dir.join("cluster.toml");
+    let logs = args.dir.join("logs");
+    let mut children = spawn_nodes(&file, &config, &logs)?;
+    println!(
+        "starting {} nodes (logs in {})",
+        file.nodes.len(),
+        logs.display()
+    );
+    wait_ready(&file, &mut children).await?;
+    let rows = crate::status::collect(&config).await?;
+    println!(
+        "\ncorral dev cluster `{}` is up:\n\n{}",
+        file.cluster_name,
+        crate::status::render(&rows)
+    );
+    let a = &file.nodes[0];
+    println!("admin token: {}", file.admin_token_file.display());
+    println!("try:");
+    println!(
+        "  curl -s -H \"Authorization: Bearer $(cat {})\" http://{}/admin/cluster",
+        file.admin_token_file.display(),
+        a.admin_addr
+    );
+    println!(
+        "  curl -s -X PUT -H \"Authorization: Bearer $(cat {})\" -H 'content-type: application/json' -d '{{\"hello\":\"world\"}}' http://{}/admin/config/greeting",
+        file.admin_token_file.display(),
+        file.nodes[file.nodes.len() - 1].admin_addr
+    );
+    println!("  corral status --config {}", config.display());
+    println!("\nctrl-c stops the cluster.");
+    let exited = async {
+        loop {
+            for (id, c) in &mut children.0 {
+                if let Ok(Some(status)) = c.try_wait() {
+                    return (*id, status);
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    };
+    tokio::select! {
+        _ = crate::node::shutdown_signal() => println!("\nstopping the cluster"),
+        (id, status) = exited => println!("node {id} exited ({status}); stopping the others"),
+    }
+    drop(children);
+    Ok(())
+}

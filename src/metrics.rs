@@ -1,0 +1,154 @@
+//! Process-wide Prometheus metrics, served at `GET /metrics` on the admin listener.
+//!
+//! One registry per process. In-process multi-node tests share it, which only mixes their
+//! numbers; behaviour never depends on metrics.
+
+use std::sync::LazyLock;
+
+use prometheus::{
+    register_histogram_with_registry, register_int_counter_vec_with_registry,
+    register_int_counter_with_registry, register_int_gauge_with_registry, Encoder, Histogram,
+    IntCounter, IntCounterVec, IntGauge, Registry,
+};
+
+pub static REGISTRY: LazyLock<Registry> =
+    LazyLock::new(|| Registry::new_custom(Some("corral".into()), None).expect("registry"));
+
+/// Latency buckets from 100 µs to 10 s: commits and fsyncs live in the low milliseconds.
+fn latency_buckets() -> Vec<f64> {
+    prometheus::exponential_buckets(0.0001, 2.0, 17).expect("buckets")
+}
+
+pub struct Metrics {
+    pub raft_role: IntGauge,
+    pub raft_term: IntGauge,
+    pub raft_commit_index: IntGauge,
+    pub raft_applied_index: IntGauge,
+    pub raft_first_index: IntGauge,
+    pub raft_last_index: IntGauge,
+    pub raft_leader_id: IntGauge,
+    pub fsync_seconds: Histogram,
+    pub ready_entries: Histogram,
+    pub proposal_seconds: Histogram,
+    pub proposals_total: IntCounterVec,
+    pub peer_send_errors: IntCounterVec,
+    pub peer_frames_dropped: IntCounterVec,
+    pub snapshots_sent: IntCounter,
+    pub snapshots_installed: IntCounter,
+    pub log_compactions: IntCounter,
+}
+
+pub static M: LazyLock<Metrics> = LazyLock::new(|| {
+    let r = &*REGISTRY;
+    Metrics {
+        raft_role: register_int_gauge_with_registry!(
+            "raft_role",
+            "0 follower, 1 pre-candidate, 2 candidate, 3 leader",
+            r
+        )
+        .expect("m"),
+        raft_term: register_int_gauge_with_registry!("raft_term", "current Raft term", r)
+            .expect("m"),
+        raft_commit_index: register_int_gauge_with_registry!(
+            "raft_commit_index",
+            "highest committed log index",
+            r
+        )
+        .expect("m"),
+        raft_applied_index: register_int_gauge_with_registry!(
+            "raft_applied_index",
+            "highest applied log index",
+            r
+        )
+        .expect("m"),
+        raft_first_index: register_int_gauge_with_registry!(
+            "raft_first_index",
+            "first log index kept (after compaction)",
+            r
+        )
+        .expect("m"),
+        raft_last_index: register_int_gauge_with_registry!(
+            "raft_last_index",
+            "last log index stored",
+            r
+        )
+        .expect("m"),
+        raft_leader_id: register_int_gauge_with_registry!(
+            "raft_leader_id",
+            "leader node id as this node sees it (0: none)",
+            r
+        )
+        .expect("m"),
+        fsync_seconds: register_histogram_with_registry!(
+            "raft_fsync_seconds",
+            "time to make one Ready durable",
+            latency_buckets(),
+            r
+        )
+        .expect("m"),
+        ready_entries: register_histogram_with_registry!(
+            "raft_ready_entries",
+            "log entries persisted per Ready (group commit batch size)",
+            prometheus::exponential_buckets(1.0, 2.0, 14).expect("buckets"),
+            r
+        )
+        .expect("m"),
+        proposal_seconds: register_histogram_with_registry!(
+            "raft_proposal_seconds",
+            "client write: submit to applied",
+            latency_buckets(),
+            r
+        )
+        .expect("m"),
+        proposals_total: register_int_counter_vec_with_registry!(
+            "raft_proposals_total",
+            "client writes by outcome",
+            &["outcome"],
+            r
+        )
+        .expect("m"),
+        peer_send_errors: register_int_counter_vec_with_registry!(
+            "peer_send_errors_total",
+            "failed connects or writes to a peer",
+            &["peer"],
+            r
+        )
+        .expect("m"),
+        peer_frames_dropped: register_int_counter_vec_with_registry!(
+            "peer_frames_dropped_total",
+            "frames dropped because a peer queue was full or down",
+            &["peer"],
+            r
+        )
+        .expect("m"),
+        snapshots_sent: register_int_counter_with_registry!(
+            "raft_snapshots_sent_total",
+            "snapshots built for lagging followers",
+            r
+        )
+        .expect("m"),
+        snapshots_installed: register_int_counter_with_registry!(
+            "raft_snapshots_installed_total",
+            "snapshots installed from the leader",
+            r
+        )
+        .expect("m"),
+        log_compactions: register_int_counter_with_registry!(
+            "raft_log_compactions_total",
+            "log compactions",
+            r
+        )
+        .expect("m"),
+    }
+});
+
+/// The registry in Prometheus text exposition format.
+pub fn render() -> String {
+    LazyLock::force(&M);
+    let mut buf = Vec::new();
+    let enc = prometheus::TextEncoder::new();
+    if enc.encode(&REGISTRY.gather(), &mut buf).is_err() {
+        return String::new();
+    }
+    String::from_utf8(buf).unwrap_or_default()
+}

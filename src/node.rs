@@ -1,0 +1,359 @@
+//! `corral node`: wires one node together — store, state machine, Raft driver, peer transport,
+//! admin and ingress listeners — and runs it until SIGTERM or ctrl-c.
+//!
+//! Start-up refuses, before touching anything it cannot undo, a data dir that belongs to
+//! another cluster or node, a wrong master key, and ports already in use.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use protobuf::Message as _;
+use raft::prelude::{Message, MessageType};
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+
+use crate::api::{self, AdminState};
+use crate::client::Client;
+use crate::config::NodeConfig;
+use crate::raft::{DriverConfig, DriverHandle, Outbox};
+use crate::seal::{SealError, Sealer};
+use crate::state::CorralState;
+use crate::store::{keys, SledStore, Store, StoreError, WriteBatch};
+use crate::transport::{tls, Inbound, Transport, TransportConfig, TransportError};
+
+/// Inbound peer messages buffered between the transport and the driver.
+const INBOUND_CAPACITY: usize = 16_384;
+/// How long shutdown waits for in-flight HTTP requests before closing them.
+const HTTP_DRAIN: Duration = Duration::from_secs(5);
+/// The file in a data dir that says which cluster and node it belongs to.
+const IDENTITY_FILE: &str = "IDENTITY";
+const MASTER_CANARY: &str = "master_canary";
+
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    #[error("data dir {dir}: {message}")]
+    DataDir { dir: String, message: String },
+    #[error("storage: {0}")]
+    Store(#[from] StoreError),
+    #[error("TLS: {0}")]
+    Tls(#[from] tls::TlsError),
+    #[error("master key: {0}")]
+    Seal(#[from] SealError),
+    #[error("admin token file {path}: {message}")]
+    Token { path: String, message: String },
+    #[error("{what} address {addr}: {source}")]
+    Bind {
+        what: &'static str,
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("peer transport: {0}")]
+    Transport(#[from] TransportError),
+    #[error("raft: {0}")]
+    Driver(#[from] crate::raft::DriverError),
+}
+
+#[derive(Serialize, Deserialize, PartialEq, Debug)]
+struct Identity {
+    cluster_id: String,
+    node_id: u64,
+}
+
+fn dir_err(dir: &Path, message: impl Into<String>) -> NodeError {
+    NodeError::DataDir {
+        dir: dir.display().to_string(),
+        message: message.into(),
+    }
+}
+
+/// Claims `dir` for this cluster and node, or refuses if it belongs to another.
+fn check_identity(dir: &Path, cfg: &NodeConfig) -> Result<(), NodeError> {
+    let want = Identity {
+        cluster_id: cfg.cluster_id.clone(),
+        node_id: cfg.id,
+    };
+    let path = dir.join(IDENTITY_FILE);
+    if path.exists() {
+        let text = std::fs::read_to_string(&path).map_err(|e| dir_err(dir, e.to_string()))?;
+        let have: Identity = serde_json::from_str(&text)
+            .map_err(|e| dir_err(dir, format!("unreadable {IDENTITY_FILE}: {e}")))?;
+        if have != want {
+            return Err(dir_err(
+                dir,
+                format!(
+                    "belongs to cluster {} node {}, but this is cluster {} node {}; refusing to start (use an empty data dir)",
+                    have.cluster_id, have.node_id, want.cluster_id, want.node_id
+                ),
+            ));
+        }
+        return Ok(());
+    }
+    std::fs::create_dir_all(dir).map_err(|e| dir_err(dir, e.to_string()))?;
+    let non_empty = std::fs::read_dir(dir)
+        .map_err(|e| dir_err(dir, e.to_string()))?
+        .next()
+        .is_some();
+    if non_empty {
+        return Err(dir_err(
+            dir,
+            format!("is not empty and has no {IDENTITY_FILE}; refusing to use it"),
+        ));
+    }
+    let body = serde_json::to_vec_pretty(&want).map_err(|e| dir_err(dir, e.to_string()))?;
+    std::fs::write(&path, body).map_err(|e| dir_err(dir, e.to_string()))?;
+    Ok(())
+}
+
+/// Checks the master key against the canary sealed into this data dir (writing it the first time).
+fn check_master_key(store: &dyn Store, sealer: &Sealer) -> Result<(), NodeError> {
+    match store.get(&keys::meta(MASTER_CANARY))? {
+        Some(c) => sealer.check_canary(&c).map_err(|_| SealError::WrongKey)?,
+        None => {
+            let mut b = WriteBatch::default();
+            b.put(keys::meta(MASTER_CANARY), sealer.canary());
+            store.write(b)?;
+            store.flush()?;
+        }
+    }
+    Ok(())
+}
+
+fn load_token(path: &Path) -> Result<String, NodeError> {
+    let err = |m: String| NodeError::Token {
+        path: path.display().to_string(),
+        message: m,
+    };
+    let t = std::fs::read_to_string(path)
+        .map_err(|e| err(e.to_string()))?
+        .trim()
+        .to_string();
+    if t.len() < 16 {
+        return Err(err("token must be at least 16 characters".into()));
+    }
+    Ok(t)
+}
+
+/// Sends the driver's messages through the transport; never blocks the driver thread.
+struct TransportOutbox {
+    transport: Arc<Transport>,
+    driver: Arc<OnceLock<DriverHandle>>,
+}
+
+impl Outbox for TransportOutbox {
+    fn send(&self, msgs: Vec<Message>) {
+        for m in msgs {
+            let to = m.to;
+            let is_snapshot = m.get_msg_type() == MessageType::MsgSnapshot;
+            let sent = match m.write_to_bytes() {
+                Ok(bytes) => self.transport.send_raft(to, bytes),
+                Err(_) => false,
+            };
+            if let Some(d) = self.driver.get() {
+                if is_snapshot {
+                    d.report_snapshot(to, sent);
+                }
+                if !sent {
+                    d.report_unreachable(to);
+                }
+            }
+        }
+    }
+}
+
+/// Routes what peers send: Raft messages to the driver, forwarded writes to the client path.
+async fn route_inbound(
+    rx: flume::Receiver<Inbound>,
+    driver: DriverHandle,
+    write_timeout: Duration,
+) {
+    while let Ok(inbound) = rx.recv_async().await {
+        match inbound {
+            Inbound::Raft { from, bytes } => match Message::parse_from_bytes(&bytes) {
+                Ok(m) if m.from == from => {
+                    if driver.step(m).await.is_err() {
+                        return;
+                    }
+                }
+                Ok(m) => tracing::warn!(
+                    from,
+                    claimed = m.from,
+                    "dropped a raft message whose sender does not match its link"
+                ),
+                Err(e) => tracing::warn!(from, error = %e, "dropped an undecodable raft message"),
+            },
+            Inbound::Request { body, reply, .. } => {
+                let d = driver.clone();
+                tokio::spawn(async move {
+                    let _ = reply.send(Client::serve_forwarded(&d, &body, write_timeout).await);
+                });
+            }
+        }
+    }
+}
+
+/// A started node. Dropping it does not stop it; call [`RunningNode::shutdown`].
+pub struct RunningNode {
+    pub admin_addr: SocketAddr,
+    pub ingress_addr: SocketAddr,
+    pub driver: DriverHandle,
+    stop_http: watch::Sender<bool>,
+    http: Vec<tokio::task::JoinHandle<()>>,
+    driver_thread: Option<std::thread::JoinHandle<()>>,
+}
+
+async fn bind(what: &'static str, addr: SocketAddr) -> Result<tokio::net::TcpListener, NodeError> {
+    tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|source| NodeError::Bind { what, addr, source })
+}
+
+fn serve(
+    listener: tokio::net::TcpListener,
+    app: axum::Router,
+    mut stop: watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let shutdown = async move {
+            let _ = stop.wait_for(|s| *s).await;
+        };
+        let svc = app.into_make_service_with_connect_info::<SocketAddr>();
+        if let Err(e) = axum::serve(listener, svc)
+            .with_graceful_shutdown(shutdown)
+            .await
+        {
+            tracing::error!(error = %e, "http server failed");
+        }
+    })
+}
+
+/// Starts every part of the node and returns once its listeners are bound.
+pub async fn start(cfg: NodeConfig) -> Result<RunningNode, NodeError> {
+    let admin_listener = bind("admin", cfg.admin_addr).await?;
+    let ingress_listener = bind("ingress", cfg.ingress_addr).await?;
+    let admin_token = load_token(&cfg.admin_token_file)?;
+    let master = Sealer::load_master_key(&cfg.master_key_file)?;
+    let tls_material = tls::load(&cfg.ca_cert, &cfg.cert, &cfg.key)?;
+    check_identity(&cfg.data_dir, &cfg)?;
+    let store: Arc<dyn Store> = Arc::new(SledStore::open(&cfg.data_dir.join("store"))?);
+    check_master_key(&*store, &Sealer::from_master_key(&master, "canary"))?;
+
+    let (inbound_tx, inbound_rx) = flume::bounded(INBOUND_CAPACITY);
+    let transport = Transport::start(
+        TransportConfig {
+            id: cfg.id,
+            cluster_id: cfg.cluster_id.clone(),
+            listen: cfg.peer_addr,
+            peers: cfg.peers.clone(),
+        },
+        tls_material,
+        inbound_tx,
+    )
+    .await?;
+    let driver_cell = Arc::new(OnceLock::new());
+    let outbox = TransportOutbox {
+        transport: transport.clone(),
+        driver: driver_cell.clone(),
+    };
+    let driver_cfg = DriverConfig {
+        id: cfg.id,
+        voters: cfg.peers.iter().map(|(id, _)| *id).collect(),
+        tick_ms: cfg.raft.tick_ms,
+        election_ticks: cfg.raft.election_ticks,
+        heartbeat_ticks: cfg.raft.heartbeat_ticks,
+        compact_every_entries: cfg.raft.compact_every_entries,
+        keep_entries: cfg.raft.keep_entries,
+    };
+    let (driver, driver_thread) = crate::raft::start(
+        driver_cfg,
+        store.clone(),
+        CorralState::new(store.clone()),
+        outbox,
+    )?;
+    let _ = driver_cell.set(driver.clone());
+    let write_timeout = Duration::from_millis(cfg.raft.write_timeout_ms);
+    tokio::spawn(route_inbound(inbound_rx, driver.clone(), write_timeout));
+
+    let client = Arc::new(Client::new(
+        cfg.id,
+        driver.clone(),
+        transport.clone(),
+        write_timeout,
+    ));
+    let admin_addr = admin_listener
+        .local_addr()
+        .map_err(|source| NodeError::Bind {
+            what: "admin",
+            addr: cfg.admin_addr,
+            source,
+        })?;
+    let ingress_addr = ingress_listener
+        .local_addr()
+        .map_err(|source| NodeError::Bind {
+            what: "ingress",
+            addr: cfg.ingress_addr,
+            source,
+        })?;
+    let admin = api::router(Arc::new(AdminState {
+        cfg: cfg.clone(),
+        client,
+        transport,
+        store,
+        admin_token,
+    }));
+    let (stop_http, stop_rx) = watch::channel(false);
+    let http = vec![
+        serve(admin_listener, admin, stop_rx.clone()),
+        serve(ingress_listener, crate::ingress::router(), stop_rx),
+    ];
+    tracing::info!(id = cfg.id, peer = %cfg.peer_addr, admin = %admin_addr, ingress = %ingress_addr, "node started");
+    Ok(RunningNode {
+        admin_addr,
+        ingress_addr,
+        driver,
+        stop_http,
+        http,
+        driver_thread: Some(driver_thread),
+    })
+}
+
+impl RunningNode {
+    /// Stops accepting requests, lets in-flight ones finish (bounded), then flushes and stops Raft.
+    pub async fn shutdown(mut self) {
+        let _ = self.stop_http.send(true);
+        for h in self.http.drain(..) {
+            let _ = tokio::time::timeout(HTTP_DRAIN, h).await;
+        }
+        self.driver.shutdown();
+        if let Some(t) = self.driver_thread.take() {
+            let _ = tokio::task::spawn_blocking(move || t.join()).await;
+        }
+        tracing::info!("node stopped");
+    }
+}
+
+/// Resolves on SIGTERM or ctrl-c.
+pub async fn shutdown_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {},
+        _ = term => {},
+    }
+}
+
+/// Runs a node until a signal, then shuts it down gracefully.
+pub async fn run(cfg: NodeConfig) -> Result<(), NodeError> {
+    let node = start(cfg).await?;
+    shutdown_signal().await;
+    tracing::info!("signal received; shutting down");
+    node.shutdown().await;
+    Ok(())
+}

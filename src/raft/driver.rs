@@ -1,0 +1,642 @@
+//! The Raft driver thread: tick, step, propose, and process `Ready` in raft-rs's order.
+//!
+//! It runs on its own OS thread, not a tokio worker, because it fsyncs. Inputs arrive on one
+//! bounded channel; the loop drains up to [`MAX_INPUTS_PER_READY`] of them before handling a
+//! Ready, so concurrent proposals share one append batch and one fsync (group commit).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use raft::prelude::*;
+use raft::{RawNode, StateRole};
+use slog::Drain;
+use tokio::sync::{oneshot, watch};
+
+use super::storage::{LogPosition, RaftStorage};
+use super::{NodeStatus, PeerStatus, ProposeError, Role, StateMachine, MAX_PROPOSAL_BYTES};
+use crate::metrics::M;
+use crate::store::{Store, StoreError, WriteBatch};
+
+/// Inputs queued for the driver before senders wait (or `Busy` for try-senders).
+pub const DRIVER_INBOX_CAPACITY: usize = 16_384;
+/// Inputs handled before the loop processes a Ready; bounds one group-commit batch.
+const MAX_INPUTS_PER_READY: usize = 4_096;
+/// How often the published status is refreshed while nothing structural changes.
+const STATUS_REFRESH: Duration = Duration::from_millis(20);
+/// Log bytes per append message to a follower.
+const MAX_APPEND_BYTES: u64 = 1024 * 1024;
+/// Append messages in flight per follower.
+const MAX_INFLIGHT_APPENDS: usize = 256;
+/// Uncommitted log bytes a leader accepts before refusing proposals.
+const MAX_UNCOMMITTED_BYTES: u64 = 512 * 1024 * 1024;
+/// A read waiting longer than this for its ReadIndex is dropped (its caller has timed out).
+const READ_INDEX_EXPIRY: Duration = Duration::from_secs(10);
+
+#[derive(Debug, Clone)]
+pub struct DriverConfig {
+    pub id: u64,
+    pub voters: Vec<u64>,
+    pub tick_ms: u64,
+    pub election_ticks: usize,
+    pub heartbeat_ticks: usize,
+    pub compact_every_entries: u64,
+    pub keep_entries: u64,
+}
+
+/// Where the driver sends Raft messages. Must not block: drop and count when a peer is slow.
+pub trait Outbox: Send + 'static {
+    fn send(&self, msgs: Vec<Message>);
+}
+
+type Reply<T> = oneshot::Sender<Result<T, ProposeError>>;
+
+pub(crate) enum Input {
+    Propose {
+        data: Vec<u8>,
+        reply: Reply<Vec<u8>>,
+    },
+    Step(Box<Message>),
+    ReadIndex {
+        reply: Reply<u64>,
+    },
+    TransferLeader {
+        to: Option<u64>,
+        reply: Reply<u64>,
+    },
+    Unreachable(u64),
+    SnapshotDone {
+        to: u64,
+        ok: bool,
+    },
+    Shutdown,
+}
+
+/// A cheap, cloneable way to talk to the driver.
+#[derive(Clone)]
+pub struct DriverHandle {
+    tx: flume::Sender<Input>,
+    status: watch::Receiver<NodeStatus>,
+}
+
+impl DriverHandle {
+    /// Proposes `data`; resolves once it is applied locally (the leader) or is known dropped.
+    pub async fn propose(&self, data: Vec<u8>) -> Result<Vec<u8>, ProposeError> {
+        if data.len() > MAX_PROPOSAL_BYTES {
+            return Err(ProposeError::TooLarge(data.len()));
+        }
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send_async(Input::Propose { data, reply })
+            .await
+            .map_err(|_| ProposeError::Stopped)?;
+        rx.await.map_err(|_| ProposeError::Stopped)?
+    }
+
+    /// A linearizable read point: resolves with an index once this node has applied it.
+    pub async fn read_index(&self) -> Result<u64, ProposeError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send_async(Input::ReadIndex { reply })
+            .await
+            .map_err(|_| ProposeError::Stopped)?;
+        rx.await.map_err(|_| ProposeError::Stopped)?
+    }
+
+    pub async fn transfer_leader(&self, to: Option<u64>) -> Result<u64, ProposeError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send_async(Input::TransferLeader { to, reply })
+            .await
+            .map_err(|_| ProposeError::Stopped)?;
+        rx.await.map_err(|_| ProposeError::Stopped)?
+    }
+
+    /// Delivers a message from a peer; waits when the driver is saturated (backpressure).
+    pub async fn step(&self, msg: Message) -> Result<(), ProposeError> {
+        self.tx
+            .send_async(Input::Step(Box::new(msg)))
+            .await
+            .map_err(|_| ProposeError::Stopped)
+    }
+
+    pub fn report_unreachable(&self, peer: u64) {
+        let _ = self.tx.try_send(Input::Unreachable(peer));
+    }
+
+    pub fn report_snapshot(&self, to: u64, ok: bool) {
+        let _ = self.tx.try_send(Input::SnapshotDone { to, ok });
+    }
+
+    pub fn status(&self) -> NodeStatus {
+        self.status.borrow().clone()
+    }
+
+    pub fn watch_status(&self) -> watch::Receiver<NodeStatus> {
+        self.status.clone()
+    }
+
+    /// Asks the driver to flush and stop; returns at once.
+    pub fn shutdown(&self) {
+        let _ = self.tx.try_send(Input::Shutdown);
+    }
+}
+
+struct Pending {
+    term: u64,
+    reply: Reply<Vec<u8>>,
+    started: Instant,
+}
+
+struct PendingRead {
+    reply: Reply<u64>,
+    started: Instant,
+}
+
+struct Driver<S: StateMachine, O: Outbox> {
+    cfg: DriverConfig,
+    raw: RawNode<RaftStorage>,
+    sm: S,
+    outbox: O,
+    rx: flume::Receiver<Input>,
+    status_tx: watch::Sender<NodeStatus>,
+    /// Proposals awaiting their entry, by log index.
+    pending: HashMap<u64, Pending>,
+    /// ReadIndex requests awaiting their read state, by request id.
+    reads: HashMap<u64, PendingRead>,
+    /// Reads whose index is known, waiting for the applied index to reach it.
+    read_waiters: Vec<(u64, Reply<u64>)>,
+    next_read_id: u64,
+    last_contact: HashMap<u64, Instant>,
+    /// The applied index that the last flush made durable; compaction never passes it.
+    durable_applied: u64,
+    last_status: Instant,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DriverError {
+    #[error("storage: {0}")]
+    Store(#[from] StoreError),
+    #[error("raft: {0}")]
+    Raft(#[from] raft::Error),
+}
+
+/// Opens Raft over `kv` and starts the driver thread.
+pub fn start<S: StateMachine, O: Outbox>(
+    cfg: DriverConfig,
+    kv: Arc<dyn Store>,
+    sm: S,
+    outbox: O,
+) -> Result<(DriverHandle, std::thread::JoinHandle<()>), DriverError> {
+    let mut storage = RaftStorage::open(kv, &cfg.voters)?;
+    repair_commit(&mut storage)?;
+    let applied = storage.applied().index;
+    let raft_cfg = raft::Config {
+        id: cfg.id,
+        election_tick: cfg.election_ticks,
+        heartbeat_tick: cfg.heartbeat_ticks,
+        applied,
+        max_size_per_msg: MAX_APPEND_BYTES,
+        max_inflight_msgs: MAX_INFLIGHT_APPENDS,
+        check_quorum: true,
+        pre_vote: true,
+        max_uncommitted_size: MAX_UNCOMMITTED_BYTES,
+        ..Default::default()
+    };
+    raft_cfg.validate()?;
+    let logger = slog::Logger::root(slog_stdlog::StdLog.fuse(), slog::o!("raft_id" => cfg.id));
+    let raw = RawNode::new(&raft_cfg, storage, &logger)?;
+    let (tx, rx) = flume::bounded(DRIVER_INBOX_CAPACITY);
+    let (status_tx, status_rx) = watch::channel(NodeStatus {
+        id: cfg.id,
+        ..Default::default()
+    });
+    let driver = Driver {
+        cfg,
+        raw,
+        sm,
+        outbox,
+        rx,
+        status_tx,
+        pending: HashMap::new(),
+        reads: HashMap::new(),
+        read_waiters: Vec::new(),
+        next_read_id: 1,
+        last_contact: HashMap::new(),
+        durable_applied: applied,
+        last_status: Instant::now(),
+    };
+    let join = std::thread::Builder::new()
+        .name("raft-driver".into())
+        .spawn(move || driver.run())
+        .map_err(|e| {
+            DriverError::Store(StoreError::Engine(format!(
+                "spawning the driver thread: {e}"
+            )))
+        })?;
+    Ok((
+        DriverHandle {
+            tx,
+            status: status_rx,
+        },
+        join,
+    ))
+}
+
+/// Applied entries were committed; if a crash left the stored commit below them, raise it.
+fn repair_commit(storage: &mut RaftStorage) -> Result<(), StoreError> {
+    let applied = storage.applied().index;
+    if storage.hard_state().commit >= applied {
+        return Ok(());
+    }
+    let mut batch = WriteBatch::default();
+    storage.set_commit(applied, &mut batch)?;
+    storage.store().write(batch)?;
+    storage.store().flush()?;
+    Ok(())
+}
+
+fn role_of(r: StateRole) -> Role {
+    match r {
+        StateRole::Follower => Role::Follower,
+        StateRole::PreCandidate => Role::PreCandidate,
+        StateRole::Candidate => Role::Candidate,
+        StateRole::Leader => Role::Leader,
+    }
+}
+
+impl<S: StateMachine, O: Outbox> Driver<S, O> {
+    fn run(mut self) {
+        let tick = Duration::from_millis(self.cfg.tick_ms);
+        let mut next_tick = Instant::now() + tick;
+        let mut running = true;
+        while running {
+            if Instant::now() >= next_tick {
+                self.raw.tick();
+                self.expire_reads();
+                next_tick = Instant::now() + tick;
+            }
+            match self.rx.recv_deadline(next_tick) {
+                Ok(input) => running = self.handle(input),
+                Err(flume::RecvTimeoutError::Timeout) => {}
+                Err(flume::RecvTimeoutError::Disconnected) => running = false,
+            }
+            for _ in 0..MAX_INPUTS_PER_READY {
+                if !running {
+                    break;
+                }
+                match self.rx.try_recv() {
+                    Ok(input) => running = self.handle(input),
+                    Err(_) => break,
+                }
+            }
+            if let Err(e) = self.on_ready() {
+                // A storage failure is not deterministic: stop rather than diverge.
+                tracing::error!(error = %e, "raft driver storage failure; stopping the node");
+                running = false;
+            }
+            self.publish_status(false);
+        }
+        self.stop();
+    }
+
+    fn leader(&self) -> Option<u64> {
+        match self.raw.raft.leader_id {
+            0 => None,
+            id => Some(id),
+        }
+    }
+
+    /// Handles one input; returns false to stop the loop.
+    fn handle(&mut self, input: Input) -> bool {
+        match input {
+            Input::Propose { data, reply } => self.propose(data, reply),
+            Input::Step(m) => {
+                self.last_contact.insert(m.from, Instant::now());
+                if let Err(e) = self.raw.step(*m) {
+                    tracing::debug!(error = %e, "dropped a peer message");
+                }
+            }
+            Input::ReadIndex { reply } => self.read_index(reply),
+            Input::TransferLeader { to, reply } => self.transfer_leader(to, reply),
+            Input::Unreachable(peer) => self.raw.report_unreachable(peer),
+            Input::SnapshotDone { to, ok } => {
+                let status = if ok {
+                    SnapshotStatus::Finish
+                } else {
+                    SnapshotStatus::Failure
+                };
+                self.raw.report_snapshot(to, status);
+            }
+            Input::Shutdown => return false,
+        }
+        true
+    }
+
+    fn propose(&mut self, data: Vec<u8>, reply: Reply<Vec<u8>>) {
+        if self.raw.raft.state != StateRole::Leader {
+            let _ = reply.send(Err(ProposeError::NotLeader {
+                leader: self.leader(),
+            }));
+            return;
+        }
+        let before = self.raw.raft.raft_log.last_index();
+        let result = self.raw.propose(vec![], data);
+        let index = self.raw.raft.raft_log.last_index();
+        match result {
+            Ok(()) if index > before => {
+                let p = Pending {
+                    term: self.raw.raft.term,
+                    reply,
+                    started: Instant::now(),
+                };
+                self.pending.insert(index, p);
+            }
+            Ok(()) | Err(raft::Error::ProposalDropped) => {
+                let _ = reply.send(Err(ProposeError::NotLeader {
+                    leader: self.leader(),
+                }));
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "proposal refused");
+                let _ = reply.send(Err(ProposeError::Dropped));
+            }
+        }
+    }
+
+    fn read_index(&mut self, reply: Reply<u64>) {
+        if self.leader().is_none() {
+            let _ = reply.send(Err(ProposeError::NotLeader { leader: None }));
+            return;
+        }
+        let id = self.next_read_id;
+        self.next_read_id += 1;
+        self.raw.read_index(id.to_be_bytes().to_vec());
+        self.reads.insert(
+            id,
+            PendingRead {
+                reply,
+                started: Instant::now(),
+            },
+        );
+    }
+
+    fn expire_reads(&mut self) {
+        self.reads
+            .retain(|_, r| r.started.elapsed() < READ_INDEX_EXPIRY && !r.reply.is_closed());
+        self.pending
+            .retain(|_, p| !p.reply.is_closed() || p.started.elapsed() < READ_INDEX_EXPIRY);
+    }
+
+    fn transfer_leader(&mut self, to: Option<u64>, reply: Reply<u64>) {
+        if self.raw.raft.state != StateRole::Leader {
+            let _ = reply.send(Err(ProposeError::NotLeader {
+                leader: self.leader(),
+            }));
+            return;
+        }
+        let me = self.cfg.id;
+        let target = to.or_else(|| {
+            let prs = self.raw.raft.prs();
+            prs.iter()
+                .filter(|(id, _)| **id != me)
+                .max_by_key(|(_, pr)| pr.matched)
+                .map(|(id, _)| *id)
+        });
+        match target {
+            Some(t) if t != me && self.cfg.voters.contains(&t) => {
+                self.raw.transfer_leader(t);
+                let _ = reply.send(Ok(t));
+            }
+            _ => {
+                let _ = reply.send(Err(ProposeError::NotLeader { leader: Some(me) }));
+            }
+        }
+    }
+
+    /// One round of raft-rs's Ready protocol, in its documented order.
+    fn on_ready(&mut self) -> Result<(), DriverError> {
+        if !self.raw.has_ready() {
+            return Ok(());
+        }
+        let mut ready = self.raw.ready();
+        if !ready.messages().is_empty() {
+            self.send(ready.take_messages());
+        }
+        if !ready.snapshot().is_empty() {
+            self.raw.mut_store().install_snapshot(ready.snapshot())?;
+            self.sm.restored();
+            M.snapshots_installed.inc();
+            tracing::info!(
+                index = ready.snapshot().get_metadata().index,
+                "installed snapshot from leader"
+            );
+        }
+        self.persist(&mut ready)?;
+        self.send(ready.take_persisted_messages());
+        self.apply(ready.take_committed_entries())?;
+        self.serve_read_states(ready.take_read_states());
+        let mut light = self.raw.advance(ready);
+        if let Some(commit) = light.commit_index() {
+            let mut batch = WriteBatch::default();
+            self.raw.mut_store().set_commit(commit, &mut batch)?;
+            self.raw.store().store().write(batch)?;
+        }
+        self.send(light.take_messages());
+        self.apply(light.take_committed_entries())?;
+        self.raw.advance_apply();
+        self.maybe_compact()?;
+        Ok(())
+    }
+
+    /// Appends entries and hard state in one batch, then one fsync if Raft needs it.
+    fn persist(&mut self, ready: &mut raft::Ready) -> Result<(), DriverError> {
+        let mut batch = WriteBatch::default();
+        let entries = ready.entries().len();
+        let store = self.raw.mut_store();
+        store.append(ready.entries(), &mut batch)?;
+        if let Some(hs) = ready.hs() {
+            store.set_hard_state(hs, &mut batch)?;
+        }
+        if !batch.is_empty() {
+            store.store().write(batch)?;
+        }
+        if ready.must_sync() {
+            let applied = store.applied().index;
+            let t = Instant::now();
+            store.store().flush()?;
+            M.fsync_seconds.observe(t.elapsed().as_secs_f64());
+            self.durable_applied = applied;
+        }
+        if entries > 0 {
+            M.ready_entries.observe(entries as f64);
+        }
+        Ok(())
+    }
+
+    fn send(&mut self, msgs: Vec<Message>) {
+        if msgs.is_empty() {
+            return;
+        }
+        if msgs
+            .iter()
+            .any(|m| m.get_msg_type() == MessageType::MsgSnapshot)
+        {
+            M.snapshots_sent.inc();
+        }
+        self.outbox.send(msgs);
+    }
+
+    fn apply(&mut self, entries: Vec<Entry>) -> Result<(), DriverError> {
+        for e in entries {
+            let mut batch = WriteBatch::default();
+            let answer = match e.get_entry_type() {
+                EntryType::EntryNormal if e.data.is_empty() => Vec::new(),
+                EntryType::EntryNormal => self.sm.apply(e.index, &e.data, &mut batch),
+                _ => {
+                    tracing::warn!(
+                        index = e.index,
+                        "ignoring a configuration change entry: membership is static"
+                    );
+                    Vec::new()
+                }
+            };
+            let store = self.raw.mut_store();
+            store.set_applied(
+                LogPosition {
+                    index: e.index,
+                    term: e.term,
+                },
+                &mut batch,
+            );
+            store.store().write(batch)?;
+            if let Some(p) = self.pending.remove(&e.index) {
+                let outcome = if p.term == e.term {
+                    Ok(answer)
+                } else {
+                    Err(ProposeError::Dropped)
+                };
+                M.proposal_seconds
+                    .observe(p.started.elapsed().as_secs_f64());
+                let _ = p.reply.send(outcome);
+            }
+        }
+        self.release_reads();
+        Ok(())
+    }
+
+    fn serve_read_states(&mut self, states: Vec<ReadState>) {
+        for rs in states {
+            let Ok(id_bytes) = <[u8; 8]>::try_from(rs.request_ctx.as_slice()) else {
+                continue;
+            };
+            if let Some(r) = self.reads.remove(&u64::from_be_bytes(id_bytes)) {
+                self.read_waiters.push((rs.index, r.reply));
+            }
+        }
+        self.release_reads();
+    }
+
+    fn release_reads(&mut self) {
+        if self.read_waiters.is_empty() {
+            return;
+        }
+        let applied = self.raw.store().applied().index;
+        let (ready, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut self.read_waiters)
+            .into_iter()
+            .partition(|(i, _)| *i <= applied);
+        self.read_waiters = waiting;
+        for (index, reply) in ready {
+            let _ = reply.send(Ok(index));
+        }
+    }
+
+    fn maybe_compact(&mut self) -> Result<(), DriverError> {
+        let store = self.raw.store();
+        let applied = store.applied().index;
+        if applied.saturating_sub(store.snapshot_point().index) < self.cfg.compact_every_entries {
+            return Ok(());
+        }
+        let through = applied
+            .saturating_sub(self.cfg.keep_entries)
+            .min(self.durable_applied);
+        let dropped = self.raw.mut_store().compact(through)?;
+        if dropped > 0 {
+            M.log_compactions.inc();
+            tracing::debug!(through, dropped, "compacted the raft log");
+        }
+        Ok(())
+    }
+
+    fn publish_status(&mut self, stopped: bool) {
+        let r = &self.raw.raft;
+        let leader = self.leader();
+        let changed = {
+            let cur = self.status_tx.borrow();
+            cur.role != role_of(r.state) || cur.term != r.term || cur.leader != leader
+        };
+        if !changed && !stopped && self.last_status.elapsed() < STATUS_REFRESH {
+            return;
+        }
+        self.last_status = Instant::now();
+        let store = self.raw.store();
+        let now = Instant::now();
+        let is_leader = r.state == StateRole::Leader;
+        let peers = self
+            .cfg
+            .voters
+            .iter()
+            .filter(|id| **id != self.cfg.id)
+            .map(|id| PeerStatus {
+                id: *id,
+                match_index: if is_leader {
+                    r.prs().get(*id).map(|p| p.matched).unwrap_or(0)
+                } else {
+                    0
+                },
+                last_contact_ms: self
+                    .last_contact
+                    .get(id)
+                    .map(|t| now.duration_since(*t).as_millis() as u64),
+            })
+            .collect();
+        let status = NodeStatus {
+            id: self.cfg.id,
+            role: role_of(r.state),
+            term: r.term,
+            leader,
+            commit_index: r.raft_log.committed,
+            applied_index: store.applied().index,
+            first_index: store.first(),
+            last_index: store.last(),
+            peers,
+            stopped,
+        };
+        M.raft_role.set(status.role as i64);
+        M.raft_term.set(status.term as i64);
+        M.raft_commit_index.set(status.commit_index as i64);
+        M.raft_applied_index.set(status.applied_index as i64);
+        M.raft_first_index.set(status.first_index as i64);
+        M.raft_last_index.set(status.last_index as i64);
+        M.raft_leader_id.set(leader.unwrap_or(0) as i64);
+        self.status_tx.send_replace(status);
+    }
+
+    /// Fails what is in flight, makes the store durable, and publishes a stopped status.
+    fn stop(&mut self) {
+        for (_, p) in self.pending.drain() {
+            let _ = p.reply.send(Err(ProposeError::Stopped));
+        }
+        for (_, r) in self.reads.drain() {
+            let _ = r.reply.send(Err(ProposeError::Stopped));
+        }
+        for (_, reply) in self.read_waiters.drain(..) {
+            let _ = reply.send(Err(ProposeError::Stopped));
+        }
+        if let Err(e) = self.raw.store().store().flush() {
+            tracing::error!(error = %e, "final flush failed");
+        }
+        self.publish_status(true);
+        tracing::info!("raft driver stopped");
+    }
+}
