@@ -198,6 +198,7 @@ pub struct RunningNode {
     pub admin_addr: SocketAddr,
     pub ingress_addr: SocketAddr,
     pub driver: DriverHandle,
+    pub client: Arc<Client>,
     stop_http: watch::Sender<bool>,
     http: Vec<tokio::task::JoinHandle<()>>,
     driver_thread: Option<std::thread::JoinHandle<()>>,
@@ -297,7 +298,7 @@ pub async fn start(cfg: NodeConfig) -> Result<RunningNode, NodeError> {
         })?;
     let admin = api::router(Arc::new(AdminState {
         cfg: cfg.clone(),
-        client,
+        client: client.clone(),
         transport,
         store,
         admin_token,
@@ -312,6 +313,7 @@ pub async fn start(cfg: NodeConfig) -> Result<RunningNode, NodeError> {
         admin_addr,
         ingress_addr,
         driver,
+        client,
         stop_http,
         http,
         driver_thread: Some(driver_thread),

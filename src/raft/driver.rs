@@ -30,6 +30,8 @@ const MAX_APPEND_BYTES: u64 = 1024 * 1024;
 const MAX_INFLIGHT_APPENDS: usize = 256;
 /// Uncommitted log bytes a leader accepts before refusing proposals.
 const MAX_UNCOMMITTED_BYTES: u64 = 512 * 1024 * 1024;
+/// Committed log bytes applied per Ready (one store batch); bounds catch-up batches.
+const MAX_APPLY_BYTES_PER_READY: u64 = 64 * 1024 * 1024;
 /// A read waiting longer than this for its ReadIndex is dropped (its caller has timed out).
 const READ_INDEX_EXPIRY: Duration = Duration::from_secs(10);
 
@@ -201,6 +203,7 @@ pub fn start<S: StateMachine, O: Outbox>(
         check_quorum: true,
         pre_vote: true,
         max_uncommitted_size: MAX_UNCOMMITTED_BYTES,
+        max_committed_size_per_ready: MAX_APPLY_BYTES_PER_READY,
         ..Default::default()
     };
     raft_cfg.validate()?;
@@ -487,9 +490,18 @@ impl<S: StateMachine, O: Outbox> Driver<S, O> {
         self.outbox.send(msgs);
     }
 
+    /// Applies committed entries in one batch with the last applied position, then answers
+    /// their proposers (after the write, so no answer precedes its state).
     fn apply(&mut self, entries: Vec<Entry>) -> Result<(), DriverError> {
+        let Some(last) = entries.last().map(|e| LogPosition {
+            index: e.index,
+            term: e.term,
+        }) else {
+            return Ok(());
+        };
+        let mut batch = WriteBatch::default();
+        let mut answers = Vec::new();
         for e in entries {
-            let mut batch = WriteBatch::default();
             let answer = match e.get_entry_type() {
                 EntryType::EntryNormal if e.data.is_empty() => Vec::new(),
                 EntryType::EntryNormal => self.sm.apply(e.index, &e.data, &mut batch),
@@ -501,25 +513,22 @@ impl<S: StateMachine, O: Outbox> Driver<S, O> {
                     Vec::new()
                 }
             };
-            let store = self.raw.mut_store();
-            store.set_applied(
-                LogPosition {
-                    index: e.index,
-                    term: e.term,
-                },
-                &mut batch,
-            );
-            store.store().write(batch)?;
             if let Some(p) = self.pending.remove(&e.index) {
                 let outcome = if p.term == e.term {
                     Ok(answer)
                 } else {
                     Err(ProposeError::Dropped)
                 };
-                M.proposal_seconds
-                    .observe(p.started.elapsed().as_secs_f64());
-                let _ = p.reply.send(outcome);
+                answers.push((p, outcome));
             }
+        }
+        let store = self.raw.mut_store();
+        store.set_applied(last, &mut batch);
+        store.store().write(batch)?;
+        for (p, outcome) in answers {
+            M.proposal_seconds
+                .observe(p.started.elapsed().as_secs_f64());
+            let _ = p.reply.send(outcome);
         }
         self.release_reads();
         Ok(())

@@ -47,8 +47,10 @@ pub const MAX_PROPOSAL_BYTES: usize = 24 * 1024 * 1024;
 /// The replicated state machine as the Raft layer sees it: bytes in, bytes out.
 ///
 /// `apply` must be deterministic: the same (index, data) on the same state gives the same
-/// writes and answer on every node. It puts its writes in `batch`; the driver adds the applied
-/// index to the same batch and writes it atomically.
+/// writes and answer on every node. It puts its writes in `batch`, which may already hold the
+/// writes of earlier entries of the same Ready: reads must go through
+/// [`WriteBatch::read_through`]. The driver adds the applied index to the same batch and
+/// writes it atomically.
 pub trait StateMachine: Send + 'static {
     fn apply(&mut self, index: u64, data: &[u8], batch: &mut WriteBatch) -> Vec<u8>;
     /// Called after a snapshot replaced the whole state, to drop any cached view of it.

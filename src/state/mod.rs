@@ -50,6 +50,7 @@ pub enum Response {
 /// A stored configuration document with its revision (the log index that wrote it).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ConfigEntry {
+    #[serde(with = "serde_bytes")]
     pub value: Vec<u8>,
     pub revision: u64,
     pub created_index: u64,
@@ -110,7 +111,7 @@ impl CorralState {
         match cmd {
             Command::ConfigPut { key, value, now_ms } => {
                 let k = config_key(&key);
-                let existing = read_config(&*self.kv, &key)?;
+                let existing = read_config_through(&*self.kv, batch, &key)?;
                 let entry = ConfigEntry {
                     value,
                     revision: index,
@@ -124,7 +125,7 @@ impl CorralState {
                 })
             }
             Command::ConfigDelete { key } => {
-                let existed = read_config(&*self.kv, &key)?.is_some();
+                let existed = read_config_through(&*self.kv, batch, &key)?.is_some();
                 batch.delete(config_key(&key));
                 Ok(Response::ConfigDeleted { existed })
             }
@@ -154,7 +155,16 @@ impl StateMachine for CorralState {
 
 /// Reads one configuration document from the local state (no consistency barrier).
 pub fn read_config(kv: &dyn Store, key: &str) -> Result<Option<ConfigEntry>, StoreError> {
-    match kv.get(&config_key(key))? {
+    read_config_through(kv, &WriteBatch::default(), key)
+}
+
+/// Reads a configuration document as it will be once `batch` is written.
+fn read_config_through(
+    kv: &dyn Store,
+    batch: &WriteBatch,
+    key: &str,
+) -> Result<Option<ConfigEntry>, StoreError> {
+    match batch.read_through(kv, &config_key(key))? {
         Some(b) => decode(&b)
             .map(Some)
             .map_err(|e| StoreError::Corrupt(format!("config {key}: {e}"))),

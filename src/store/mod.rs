@@ -51,24 +51,48 @@ pub enum StoreError {
 }
 
 /// An atomic group of writes: all of them land, or (after a crash before flush) none.
+///
+/// A batch also answers reads of its own pending writes ([`WriteBatch::get`]), so a state
+/// machine applying many commands into one batch sees each earlier command's effects.
 #[derive(Debug, Default)]
 pub struct WriteBatch {
     pub ops: Vec<(Vec<u8>, Option<Vec<u8>>)>,
     /// Total key + value bytes, for metrics and limits.
     pub bytes: usize,
+    /// Position in `ops` of the latest write to each key.
+    latest: std::collections::HashMap<Vec<u8>, usize>,
 }
 
 impl WriteBatch {
     pub fn put(&mut self, key: impl Into<Vec<u8>>, value: impl Into<Vec<u8>>) {
         let (k, v) = (key.into(), value.into());
         self.bytes += k.len() + v.len();
+        self.latest.insert(k.clone(), self.ops.len());
         self.ops.push((k, Some(v)));
     }
 
     pub fn delete(&mut self, key: impl Into<Vec<u8>>) {
         let k = key.into();
         self.bytes += k.len();
+        self.latest.insert(k.clone(), self.ops.len());
         self.ops.push((k, None));
+    }
+
+    /// The pending write to `key`: `Some(Some(v))` put, `Some(None)` deleted, `None` untouched.
+    pub fn get(&self, key: &[u8]) -> Option<Option<&[u8]>> {
+        self.latest.get(key).map(|i| self.ops[*i].1.as_deref())
+    }
+
+    /// Reads `key` as it will be once this batch is written: the batch first, then `store`.
+    pub fn read_through(
+        &self,
+        store: &dyn Store,
+        key: &[u8],
+    ) -> Result<Option<Vec<u8>>, StoreError> {
+        match self.get(key) {
+            Some(v) => Ok(v.map(|v| v.to_vec())),
+            None => store.get(key),
+        }
     }
 
     pub fn is_empty(&self) -> bool {
