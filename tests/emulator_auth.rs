@@ -46,8 +46,16 @@ async fn token_endpoint_accepts_all_three_forms() {
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
-    let tok = r.json::<Value>().await.unwrap()["access_token"].as_str().unwrap().to_string();
-    let r = c.get(format!("{}/http/echo", d.runtime_url)).bearer_auth(&tok).send().await.unwrap();
+    let tok = r.json::<Value>().await.unwrap()["access_token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let r = c
+        .get(format!("{}/http/echo", d.runtime_url))
+        .bearer_auth(&tok)
+        .send()
+        .await
+        .unwrap();
     assert!(r.status().is_success());
 }
 
@@ -63,9 +71,18 @@ async fn bad_credentials_get_401() {
         .await
         .unwrap();
     assert_eq!(r.status(), 401);
-    let r = c.get(format!("{}/UserCredentials", d.api_url)).send().await.unwrap();
+    let r = c
+        .get(format!("{}/UserCredentials", d.api_url))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 401);
-    let r = c.post(format!("{}/http/echo", d.runtime_url)).body("x").send().await.unwrap();
+    let r = c
+        .post(format!("{}/http/echo", d.runtime_url))
+        .body("x")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 401);
     let r = c
         .get(format!("{}/UserCredentials", d.api_url))
@@ -84,7 +101,12 @@ async fn tokens_expire_and_then_get_401() {
     let (_h, d) = start(cfg).await;
     let c = client();
     let tok = token(&c, &d).await;
-    let r = c.get(format!("{}/UserCredentials", d.api_url)).bearer_auth(&tok).send().await.unwrap();
+    let r = c
+        .get(format!("{}/UserCredentials", d.api_url))
+        .bearer_auth(&tok)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
     poll("token expiry on the API", POLL_DEADLINE_MS, || {
         let c = c.clone();
@@ -96,9 +118,18 @@ async fn tokens_expire_and_then_get_401() {
         }
     })
     .await;
-    let r = c.post(format!("{}/http/echo", d.runtime_url)).bearer_auth(&tok).body("x").send().await.unwrap();
+    let r = c
+        .post(format!("{}/http/echo", d.runtime_url))
+        .bearer_auth(&tok)
+        .body("x")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 401);
-    assert!(r.headers()["www-authenticate"].to_str().unwrap().starts_with("Bearer"));
+    assert!(r.headers()["www-authenticate"]
+        .to_str()
+        .unwrap()
+        .starts_with("Bearer"));
 }
 
 /// The control API can expire all tokens at once (to exercise clients' refetch-on-401).
@@ -107,9 +138,18 @@ async fn control_expires_tokens() {
     let (_h, d) = start(TenantConfig::new("auth4")).await;
     let c = client();
     let tok = token(&c, &d).await;
-    let r = c.post(format!("{}/tokens/expire", d.control_url)).send().await.unwrap();
+    let r = c
+        .post(format!("{}/tokens/expire", d.control_url))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 204);
-    let r = c.get(format!("{}/UserCredentials", d.api_url)).bearer_auth(&tok).send().await.unwrap();
+    let r = c
+        .get(format!("{}/UserCredentials", d.api_url))
+        .bearer_auth(&tok)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 401);
 }
 
@@ -118,8 +158,16 @@ async fn control_expires_tokens() {
 async fn basic_auth_accepted_on_api() {
     let (_h, d) = start(TenantConfig::new("auth5")).await;
     let c = client();
-    for (u, p) in [(&d.basic_user, &d.basic_password), (&d.client_id, &d.client_secret)] {
-        let r = c.get(format!("{}/UserCredentials", d.api_url)).basic_auth(u, Some(p)).send().await.unwrap();
+    for (u, p) in [
+        (&d.basic_user, &d.basic_password),
+        (&d.client_id, &d.client_secret),
+    ] {
+        let r = c
+            .get(format!("{}/UserCredentials", d.api_url))
+            .basic_auth(u, Some(p))
+            .send()
+            .await
+            .unwrap();
         assert_eq!(r.status(), 200);
     }
 }
@@ -142,10 +190,24 @@ async fn missing_roles_get_403() {
         .send()
         .await
         .unwrap();
-    let tok = r.json::<Value>().await.unwrap()["access_token"].as_str().unwrap().to_string();
-    let r = c.post(format!("{}/http/echo", d.runtime_url)).bearer_auth(&tok).body("x").send().await.unwrap();
+    let tok = r.json::<Value>().await.unwrap()["access_token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let r = c
+        .post(format!("{}/http/echo", d.runtime_url))
+        .bearer_auth(&tok)
+        .body("x")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 403);
-    let r = c.get(format!("{}/MessageProcessingLogs", d.api_url)).bearer_auth(&tok).send().await.unwrap();
+    let r = c
+        .get(format!("{}/MessageProcessingLogs", d.api_url))
+        .bearer_auth(&tok)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 403);
 }
 
@@ -154,7 +216,11 @@ async fn missing_roles_get_403() {
 async fn token_server_down_switch() {
     let (_h, d) = start(TenantConfig::new("auth7")).await;
     let c = client();
-    c.put(format!("{}/chaos", d.control_url)).json(&json!({"token_down": true})).send().await.unwrap();
+    c.put(format!("{}/chaos", d.control_url))
+        .json(&json!({"token_down": true}))
+        .send()
+        .await
+        .unwrap();
     let r = c
         .post(format!("{}?grant_type=client_credentials", d.token_url))
         .basic_auth(&d.client_id, Some(&d.client_secret))
@@ -162,6 +228,10 @@ async fn token_server_down_switch() {
         .await
         .unwrap();
     assert_eq!(r.status(), 503);
-    c.put(format!("{}/chaos", d.control_url)).json(&json!({"token_down": false})).send().await.unwrap();
+    c.put(format!("{}/chaos", d.control_url))
+        .json(&json!({"token_down": false}))
+        .send()
+        .await
+        .unwrap();
     token(&c, &d).await;
 }

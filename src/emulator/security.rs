@@ -36,7 +36,9 @@ impl Kind {
         match s.to_ascii_lowercase().as_str() {
             "usercredentials" | "usercredential" | "user" => Some(Kind::UserCredentials),
             "secureparameters" | "secureparameter" | "secure" => Some(Kind::SecureParameters),
-            "oauth2clientcredentials" | "oauth2clientcredential" | "oauth2" => Some(Kind::OAuth2ClientCredentials),
+            "oauth2clientcredentials" | "oauth2clientcredential" | "oauth2" => {
+                Some(Kind::OAuth2ClientCredentials)
+            }
             _ => None,
         }
     }
@@ -57,12 +59,23 @@ impl Kind {
     /// Writable properties (besides `Name`), and which of them is the secret.
     fn fields(self) -> (&'static [&'static str], &'static str) {
         match self {
-            Kind::UserCredentials => (&["Kind", "Description", "User", "Password", "CompanyId"], "Password"),
+            Kind::UserCredentials => (
+                &["Kind", "Description", "User", "Password", "CompanyId"],
+                "Password",
+            ),
             Kind::SecureParameters => (&["Description", "SecureParam"], "SecureParam"),
             Kind::OAuth2ClientCredentials => (
                 &[
-                    "Description", "TokenServiceUrl", "ClientId", "ClientSecret", "ClientAuthentication",
-                    "Scope", "ScopeContentType", "Resource", "Audience", "CustomParameters",
+                    "Description",
+                    "TokenServiceUrl",
+                    "ClientId",
+                    "ClientSecret",
+                    "ClientAuthentication",
+                    "Scope",
+                    "ScopeContentType",
+                    "Resource",
+                    "Audience",
+                    "CustomParameters",
                 ],
                 "ClientSecret",
             ),
@@ -117,13 +130,20 @@ fn to_json(kind: Kind, a: &Artifact, api_url: &str) -> Value {
     let uri = format!("{api_url}/{}({})", kind.set(), odata::quote(&a.name));
     let (fields, secret) = kind.fields();
     let mut m = Map::new();
-    m.insert("__metadata".into(), odata::metadata(&uri, kind.entity_type()));
+    m.insert(
+        "__metadata".into(),
+        odata::metadata(&uri, kind.entity_type()),
+    );
     m.insert("Name".into(), Value::String(a.name.clone()));
     for f in fields {
         if *f == "CustomParameters" {
             continue;
         }
-        let v = if *f == secret { Value::Null } else { a.values.get(*f).cloned().unwrap_or(Value::Null) };
+        let v = if *f == secret {
+            Value::Null
+        } else {
+            a.values.get(*f).cloned().unwrap_or(Value::Null)
+        };
         m.insert((*f).into(), v);
     }
     let status = status_of(a);
@@ -142,7 +162,10 @@ fn to_json(kind: Kind, a: &Artifact, api_url: &str) -> Value {
         }
     }
     if kind == Kind::OAuth2ClientCredentials {
-        m.insert("CustomParameters".into(), odata::deferred(&format!("{uri}/CustomParameters")));
+        m.insert(
+            "CustomParameters".into(),
+            odata::deferred(&format!("{uri}/CustomParameters")),
+        );
     }
     Value::Object(m)
 }
@@ -154,7 +177,8 @@ fn err(status: StatusCode, msg: &str) -> Response {
 fn valid_name(n: &str) -> bool {
     !n.is_empty()
         && n.chars().count() <= MAX_NAME_CHARS
-        && n.chars().all(|c| c.is_ascii_alphanumeric() || "_-.".contains(c))
+        && n.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "_-.".contains(c))
 }
 
 fn str_field<'a>(m: &'a Map<String, Value>, k: &str) -> Option<&'a str> {
@@ -169,16 +193,32 @@ fn check_payload(kind: Kind, body: &Map<String, Value>) -> Result<(), Response> 
             continue;
         }
         if !fields.contains(&k.as_str()) {
-            return Err(err(StatusCode::BAD_REQUEST, &format!("The property '{k}' does not exist in type '{}'.", kind.entity_type())));
+            return Err(err(
+                StatusCode::BAD_REQUEST,
+                &format!(
+                    "The property '{k}' does not exist in type '{}'.",
+                    kind.entity_type()
+                ),
+            ));
         }
-        let ok = if k == "CustomParameters" { v.is_array() || v.is_null() } else { v.is_string() || v.is_null() };
+        let ok = if k == "CustomParameters" {
+            v.is_array() || v.is_null()
+        } else {
+            v.is_string() || v.is_null()
+        };
         if !ok {
-            return Err(err(StatusCode::BAD_REQUEST, &format!("Invalid value for property '{k}'.")));
+            return Err(err(
+                StatusCode::BAD_REQUEST,
+                &format!("Invalid value for property '{k}'."),
+            ));
         }
     }
     if let Some(n) = body.get("Name") {
         if !n.is_string() {
-            return Err(err(StatusCode::BAD_REQUEST, "Invalid value for property 'Name'."));
+            return Err(err(
+                StatusCode::BAD_REQUEST,
+                "Invalid value for property 'Name'.",
+            ));
         }
     }
     Ok(())
@@ -197,29 +237,44 @@ fn validate(kind: Kind, v: &Map<String, Value>, creating: bool) -> Result<(), Re
                     return Err(err(StatusCode::INTERNAL_SERVER_ERROR, &format!("Invalid kind '{k}'. Supported values: default, successfactors, openconnectors.")));
                 }
                 if k == "successfactors" && str_field(v, "CompanyId").is_none_or(str::is_empty) {
-                    return Err(err(StatusCode::INTERNAL_SERVER_ERROR, "Company ID is mandatory for user credentials of kind successfactors."));
+                    return Err(err(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        "Company ID is mandatory for user credentials of kind successfactors.",
+                    ));
                 }
             }
         }
         Kind::SecureParameters => {
             if str_field(v, "SecureParam").is_none_or(str::is_empty) {
-                return Err(err(StatusCode::BAD_REQUEST, "Property 'SecureParam' is required."));
+                return Err(err(
+                    StatusCode::BAD_REQUEST,
+                    "Property 'SecureParam' is required.",
+                ));
             }
         }
         Kind::OAuth2ClientCredentials => {
             for req in ["TokenServiceUrl", "ClientId", "ClientSecret"] {
                 if creating && str_field(v, req).is_none_or(str::is_empty) {
-                    return Err(err(StatusCode::BAD_REQUEST, &format!("Property '{req}' is required.")));
+                    return Err(err(
+                        StatusCode::BAD_REQUEST,
+                        &format!("Property '{req}' is required."),
+                    ));
                 }
             }
             if let Some(a) = str_field(v, "ClientAuthentication") {
                 if a != "body" && a != "header" {
-                    return Err(err(StatusCode::BAD_REQUEST, "ClientAuthentication must be 'body' or 'header'."));
+                    return Err(err(
+                        StatusCode::BAD_REQUEST,
+                        "ClientAuthentication must be 'body' or 'header'.",
+                    ));
                 }
             }
             if let Some(a) = str_field(v, "ScopeContentType") {
                 if a != "urlencoded" && a != "json" {
-                    return Err(err(StatusCode::BAD_REQUEST, "ScopeContentType must be 'urlencoded' or 'json'."));
+                    return Err(err(
+                        StatusCode::BAD_REQUEST,
+                        "ScopeContentType must be 'urlencoded' or 'json'.",
+                    ));
                 }
             }
         }
@@ -229,8 +284,10 @@ fn validate(kind: Kind, v: &Map<String, Value>, creating: bool) -> Result<(), Re
 
 fn defaults(kind: Kind, v: &mut Map<String, Value>) {
     if kind == Kind::OAuth2ClientCredentials {
-        v.entry("ClientAuthentication").or_insert(Value::String("body".into()));
-        v.entry("ScopeContentType").or_insert(Value::String("urlencoded".into()));
+        v.entry("ClientAuthentication")
+            .or_insert(Value::String("body".into()));
+        v.entry("ScopeContentType")
+            .or_insert(Value::String("urlencoded".into()));
     }
 }
 
@@ -244,7 +301,9 @@ pub fn handle(t: &Arc<Tenant>, r: &ApiRequest) -> Response {
     if let Err(e) = r.require(if read { READ_ROLE } else { WRITE_ROLE }) {
         return e;
     }
-    if r.segs.len() > 2 || (r.segs.len() == 2 && !(read && r.segs[1].name == "$count" && seg.key.is_none())) {
+    if r.segs.len() > 2
+        || (r.segs.len() == 2 && !(read && r.segs[1].name == "$count" && seg.key.is_none()))
+    {
         return err(StatusCode::NOT_FOUND, "Resource not found.");
     }
     let key = match &seg.key {
@@ -260,7 +319,9 @@ pub fn handle(t: &Arc<Tenant>, r: &ApiRequest) -> Response {
     let delay_ms = t.cfg.deploy_delay_ms as i64;
     match (r.method.clone(), key) {
         (m, None) if m == Method::GET || m == Method::HEAD => {
-            if kind == Kind::SecureParameters && (r.q.has_option("$select") || r.q.has_option("$filter")) {
+            if kind == Kind::SecureParameters
+                && (r.q.has_option("$select") || r.q.has_option("$filter"))
+            {
                 return err(StatusCode::NOT_IMPLEMENTED, "Not implemented.");
             }
             let items: Vec<Value> = st
@@ -281,15 +342,29 @@ pub fn handle(t: &Arc<Tenant>, r: &ApiRequest) -> Response {
                 Ok(o) => o,
                 Err(e) => return e.into_response(),
             };
-            odata::collection_response(items, &r.q, &format!("{api_url}/{}", kind.set()), filter.as_ref(), orderby.as_deref())
+            odata::collection_response(
+                items,
+                &r.q,
+                &format!("{api_url}/{}", kind.set()),
+                filter.as_ref(),
+                orderby.as_deref(),
+            )
         }
         (m, Some(name)) if m == Method::GET || m == Method::HEAD => {
-            if kind == Kind::SecureParameters && (r.q.has_option("$select") || r.q.has_option("$filter")) {
+            if kind == Kind::SecureParameters
+                && (r.q.has_option("$select") || r.q.has_option("$filter"))
+            {
                 return err(StatusCode::NOT_IMPLEMENTED, "Not implemented.");
             }
             match st.security.artifacts.get(&(kind, name)) {
-                Some(a) => odata::entity_response(StatusCode::OK, odata::select(to_json(kind, a, &api_url), &r.q.select)),
-                None => err(StatusCode::NOT_FOUND, "Requested entity could not be found."),
+                Some(a) => odata::entity_response(
+                    StatusCode::OK,
+                    odata::select(to_json(kind, a, &api_url), &r.q.select),
+                ),
+                None => err(
+                    StatusCode::NOT_FOUND,
+                    "Requested entity could not be found.",
+                ),
             }
         }
         (Method::POST, None) => {
@@ -315,7 +390,10 @@ pub fn handle(t: &Arc<Tenant>, r: &ApiRequest) -> Response {
                 return e;
             }
             if st.security.artifacts.contains_key(&(kind, name.clone())) {
-                return err(StatusCode::CONFLICT, "Entity with specified name already exists.");
+                return err(
+                    StatusCode::CONFLICT,
+                    "Entity with specified name already exists.",
+                );
             }
             st.security.artifacts.insert(
                 (kind, name.clone()),
@@ -340,16 +418,26 @@ pub fn handle(t: &Arc<Tenant>, r: &ApiRequest) -> Response {
             }
             if let Some(n) = str_field(&body, "Name") {
                 if n != name {
-                    return err(StatusCode::BAD_REQUEST, "Entity key specified in URI does not match to name from payload.");
+                    return err(
+                        StatusCode::BAD_REQUEST,
+                        "Entity key specified in URI does not match to name from payload.",
+                    );
                 }
             }
             let Some(a) = st.security.artifacts.get_mut(&(kind, name)) else {
-                return err(StatusCode::CONFLICT, "Entity with specified key does not exist.");
+                return err(
+                    StatusCode::CONFLICT,
+                    "Entity with specified key does not exist.",
+                );
             };
             // Update merges: properties not sent keep their values ([INF], see docs).
             let mut values = a.values.clone();
             for (k, v) in body {
-                if k != "Name" && k != "__metadata" && k != "SecurityArtifactDescriptor" && k != "CustomParameters" {
+                if k != "Name"
+                    && k != "__metadata"
+                    && k != "SecurityArtifactDescriptor"
+                    && k != "CustomParameters"
+                {
                     values.insert(k, v);
                 }
             }
@@ -363,7 +451,10 @@ pub fn handle(t: &Arc<Tenant>, r: &ApiRequest) -> Response {
         }
         (Method::DELETE, Some(name)) => match st.security.artifacts.remove(&(kind, name)) {
             Some(_) => StatusCode::ACCEPTED.into_response(),
-            None => err(StatusCode::NOT_FOUND, "Entity with specified key does not exist."),
+            None => err(
+                StatusCode::NOT_FOUND,
+                "Entity with specified key does not exist.",
+            ),
         },
         _ => err(StatusCode::METHOD_NOT_ALLOWED, "Method not allowed."),
     }

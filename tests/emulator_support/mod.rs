@@ -33,11 +33,18 @@ pub async fn token(c: &reqwest::Client, d: &TenantDescription) -> String {
         .expect("token request");
     assert_eq!(r.status(), 200);
     let v: Value = r.json().await.expect("token json");
-    v["access_token"].as_str().expect("access_token").to_string()
+    v["access_token"]
+        .as_str()
+        .expect("access_token")
+        .to_string()
 }
 
 /// CSRF fetch with HEAD; returns (token, cookie header value).
-pub async fn csrf_fetch(c: &reqwest::Client, d: &TenantDescription, bearer: &str) -> (String, String) {
+pub async fn csrf_fetch(
+    c: &reqwest::Client,
+    d: &TenantDescription,
+    bearer: &str,
+) -> (String, String) {
     let r = c
         .head(format!("{}/", d.api_url))
         .bearer_auth(bearer)
@@ -46,7 +53,10 @@ pub async fn csrf_fetch(c: &reqwest::Client, d: &TenantDescription, bearer: &str
         .await
         .expect("csrf fetch");
     assert_eq!(r.status(), 200);
-    let tok = r.headers()["x-csrf-token"].to_str().expect("token").to_string();
+    let tok = r.headers()["x-csrf-token"]
+        .to_str()
+        .expect("token")
+        .to_string();
     let cookie = r
         .headers()
         .get_all("set-cookie")
