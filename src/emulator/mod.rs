@@ -28,7 +28,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 pub use runtime::{Behaviour, FlowSpec};
-pub use tenant::Tenant;
+pub use tenant::{Chaos, Counters, Tenant};
 
 /// Typical XSUAA client-credentials token lifetime (`expires_in`), in seconds.
 pub const DEFAULT_TOKEN_LIFETIME_S: u64 = 43_199;

@@ -256,6 +256,11 @@ impl Tenant {
         self.lock().chaos.clone()
     }
 
+    /// Counters summed over all message ids (and requests without one).
+    pub fn totals(&self) -> Counters {
+        self.lock().totals
+    }
+
     /// Counters for one message id.
     pub fn counters_for(&self, message_id: &str) -> Counters {
         self.lock()
