@@ -146,6 +146,8 @@ pub enum RuntimeStatus {
     Starting,
     Started,
     Error,
+    /// Undeploy in progress; the flow disappears (404) at `ready_at_ms`.
+    Stopping,
 }
 
 /// A deployed flow.
@@ -190,10 +192,17 @@ impl RuntimeFlow {
     }
 
     /// Advance STARTING to the final status once its time has come (unless deploys are stuck).
+    /// A STOPPING flow is gone once `ready_at_ms` passed ([`RuntimeFlow::is_gone`]).
     pub fn settle(&mut self, now_ms: i64, deploy_stuck: bool) {
         if self.status == RuntimeStatus::Starting && now_ms >= self.ready_at_ms && !deploy_stuck {
             self.status = self.final_status;
         }
+    }
+}
+
+impl RuntimeFlow {
+    pub fn is_gone(&self, now_ms: i64) -> bool {
+        self.status == RuntimeStatus::Stopping && now_ms >= self.ready_at_ms
     }
 }
 
