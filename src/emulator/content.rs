@@ -80,7 +80,8 @@ pub fn iflw_url_path(xml: &str) -> Option<String> {
 
 /// Read Id, Name, Version and the HTTP address out of an iFlow zip.
 pub fn read_bundle(zip_bytes: &[u8]) -> Result<BundleInfo, ContentError> {
-    let mut zip = zip::ZipArchive::new(Cursor::new(zip_bytes)).map_err(|e| ContentError::Zip(e.to_string()))?;
+    let mut zip = zip::ZipArchive::new(Cursor::new(zip_bytes))
+        .map_err(|e| ContentError::Zip(e.to_string()))?;
     let mut read_entry = |name: &str| -> Option<String> {
         let f = zip.by_name(name).ok()?;
         let mut s = String::new();
@@ -94,7 +95,11 @@ pub fn read_bundle(zip_bytes: &[u8]) -> Result<BundleInfo, ContentError> {
         .map(|s| s.split(';').next().unwrap_or("").trim().to_string())
         .filter(|s| !s.is_empty())
         .ok_or(ContentError::NoSymbolicName)?;
-    let iflw_names: Vec<String> = zip.file_names().filter(|n| n.ends_with(".iflw")).map(str::to_string).collect();
+    let iflw_names: Vec<String> = zip
+        .file_names()
+        .filter(|n| n.ends_with(".iflw"))
+        .map(str::to_string)
+        .collect();
     let mut url_path = None;
     for n in iflw_names {
         if let Ok(f) = zip.by_name(&n) {
@@ -168,20 +173,35 @@ pub fn valid_artifact_name(n: &str) -> bool {
 }
 
 fn valid_id(n: &str) -> bool {
-    !n.is_empty() && n.chars().all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c))
+    !n.is_empty()
+        && n.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c))
 }
 
 fn package_json(p: &Package, api_url: &str) -> Value {
     let uri = format!("{api_url}/IntegrationPackages({})", odata::quote(&p.id));
     let mut m = Map::new();
-    m.insert("__metadata".into(), odata::metadata(&uri, "com.sap.hci.api.IntegrationPackage"));
+    m.insert(
+        "__metadata".into(),
+        odata::metadata(&uri, "com.sap.hci.api.IntegrationPackage"),
+    );
     m.insert("Id".into(), json!(p.id));
-    for k in ["Name", "Description", "ShortText", "Version", "Vendor", "Mode"] {
+    for k in [
+        "Name",
+        "Description",
+        "ShortText",
+        "Version",
+        "Vendor",
+        "Mode",
+    ] {
         m.insert(k.into(), p.fields.get(k).cloned().unwrap_or(Value::Null));
     }
     m.insert("CreationDate".into(), json!(p.created_ms.to_string()));
     m.insert("ModifiedDate".into(), json!(p.modified_ms.to_string()));
-    m.insert("IntegrationDesigntimeArtifacts".into(), odata::deferred(&format!("{uri}/IntegrationDesigntimeArtifacts")));
+    m.insert(
+        "IntegrationDesigntimeArtifacts".into(),
+        odata::deferred(&format!("{uri}/IntegrationDesigntimeArtifacts")),
+    );
     Value::Object(m)
 }
 
@@ -205,7 +225,10 @@ fn artifact_json(a: &DesignArtifact, api_url: &str) -> Value {
 }
 
 fn runtime_json(f: &RuntimeFlow, api_url: &str) -> Value {
-    let uri = format!("{api_url}/IntegrationRuntimeArtifacts({})", odata::quote(&f.name));
+    let uri = format!(
+        "{api_url}/IntegrationRuntimeArtifacts({})",
+        odata::quote(&f.name)
+    );
     json!({
         "__metadata": odata::metadata(&uri, "com.sap.hci.api.IntegrationRuntimeArtifact"),
         "Id": f.name, "Version": f.version, "Name": f.display_name, "Type": "INTEGRATION_FLOW",
@@ -230,13 +253,19 @@ fn decode_content(v: Option<&Value>) -> Result<Option<Vec<u8>>, Response> {
             .decode(s.trim())
             .map(Some)
             .map_err(|_| err(StatusCode::BAD_REQUEST, &ContentError::Base64.to_string())),
-        Some(_) => Err(err(StatusCode::BAD_REQUEST, "ArtifactContent must be a base64 string.")),
+        Some(_) => Err(err(
+            StatusCode::BAD_REQUEST,
+            "ArtifactContent must be a base64 string.",
+        )),
     }
 }
 
 fn design_key(seg: &odata::Segment) -> Option<(String, String)> {
     match &seg.key {
-        Some(k @ Key::Compound(_)) => Some((k.get("Id")?.to_string(), k.get("Version").unwrap_or("active").to_string())),
+        Some(k @ Key::Compound(_)) => Some((
+            k.get("Id")?.to_string(),
+            k.get("Version").unwrap_or("active").to_string(),
+        )),
         Some(Key::Single(id)) => Some((id.clone(), "active".into())),
         None => None,
     }
@@ -251,7 +280,9 @@ pub fn handle(t: &Arc<Tenant>, r: &ApiRequest) -> Response {
     let first = &r.segs[0];
     let is_read = r.method == Method::GET || r.method == Method::HEAD;
     let role = match first.name.as_str() {
-        "IntegrationRuntimeArtifacts" | "ServiceEndpoints" | "BuildAndDeployStatus" if is_read => RUNTIME_READ_ROLE,
+        "IntegrationRuntimeArtifacts" | "ServiceEndpoints" | "BuildAndDeployStatus" if is_read => {
+            RUNTIME_READ_ROLE
+        }
         "IntegrationRuntimeArtifacts" | "DeployIntegrationDesigntimeArtifact" => DEPLOY_ROLE,
         _ if is_read => READ_ROLE,
         _ => EDIT_ROLE,
@@ -281,20 +312,40 @@ fn packages(_t: &Tenant, st: &mut State, r: &ApiRequest, now: i64, api_url: &str
     let nav = r.segs.get(1).map(|s| s.name.as_str());
     match (r.method.clone(), id, nav) {
         (Method::GET | Method::HEAD, None, None) => {
-            let items = st.content.packages.values().map(|p| package_json(p, api_url)).collect();
+            let items = st
+                .content
+                .packages
+                .values()
+                .map(|p| package_json(p, api_url))
+                .collect();
             let f = match r.q.filter.as_deref().map(odata::parse_filter).transpose() {
                 Ok(f) => f,
                 Err(e) => return e.into_response(),
             };
-            odata::collection_response(items, &r.q, &format!("{api_url}/IntegrationPackages"), f.as_ref(), None)
+            odata::collection_response(
+                items,
+                &r.q,
+                &format!("{api_url}/IntegrationPackages"),
+                f.as_ref(),
+                None,
+            )
         }
         (Method::GET | Method::HEAD, Some(id), None) => match st.content.packages.get(&id) {
-            Some(p) => odata::entity_response(StatusCode::OK, odata::select(package_json(p, api_url), &r.q.select)),
-            None => err(StatusCode::NOT_FOUND, "Requested entity could not be found."),
+            Some(p) => odata::entity_response(
+                StatusCode::OK,
+                odata::select(package_json(p, api_url), &r.q.select),
+            ),
+            None => err(
+                StatusCode::NOT_FOUND,
+                "Requested entity could not be found.",
+            ),
         },
         (Method::GET | Method::HEAD, Some(id), Some("IntegrationDesigntimeArtifacts")) => {
             if !st.content.packages.contains_key(&id) {
-                return err(StatusCode::NOT_FOUND, &format!("Package ID {id} does not exist."));
+                return err(
+                    StatusCode::NOT_FOUND,
+                    &format!("Package ID {id} does not exist."),
+                );
             }
             let items = st
                 .content
@@ -306,7 +357,10 @@ fn packages(_t: &Tenant, st: &mut State, r: &ApiRequest, now: i64, api_url: &str
             odata::collection_response(
                 items,
                 &r.q,
-                &format!("{api_url}/IntegrationPackages({})/IntegrationDesigntimeArtifacts", odata::quote(&id)),
+                &format!(
+                    "{api_url}/IntegrationPackages({})/IntegrationDesigntimeArtifacts",
+                    odata::quote(&id)
+                ),
                 None,
                 None,
             )
@@ -320,15 +374,30 @@ fn packages(_t: &Tenant, st: &mut State, r: &ApiRequest, now: i64, api_url: &str
                 return err(StatusCode::BAD_REQUEST, "Property 'Id' is required.");
             };
             if !valid_id(&id) {
-                return err(StatusCode::BAD_REQUEST, &format!("Invalid package ID '{id}'."));
+                return err(
+                    StatusCode::BAD_REQUEST,
+                    &format!("Invalid package ID '{id}'."),
+                );
             }
-            if body.get("Name").and_then(Value::as_str).is_none_or(str::is_empty) {
+            if body
+                .get("Name")
+                .and_then(Value::as_str)
+                .is_none_or(str::is_empty)
+            {
                 return err(StatusCode::BAD_REQUEST, "Property 'Name' is required.");
             }
             if st.content.packages.contains_key(&id) {
-                return err(StatusCode::CONFLICT, &format!("Integration package with ID {id} already exists."));
+                return err(
+                    StatusCode::CONFLICT,
+                    &format!("Integration package with ID {id} already exists."),
+                );
             }
-            let p = Package { id: id.clone(), fields: body, created_ms: now, modified_ms: now };
+            let p = Package {
+                id: id.clone(),
+                fields: body,
+                created_ms: now,
+                modified_ms: now,
+            };
             let v = package_json(&p, api_url);
             st.content.packages.insert(id, p);
             odata::entity_response(StatusCode::CREATED, v)
@@ -339,7 +408,10 @@ fn packages(_t: &Tenant, st: &mut State, r: &ApiRequest, now: i64, api_url: &str
                 Err(e) => return e,
             };
             let Some(p) = st.content.packages.get_mut(&id) else {
-                return err(StatusCode::NOT_FOUND, "Requested entity could not be found.");
+                return err(
+                    StatusCode::NOT_FOUND,
+                    "Requested entity could not be found.",
+                );
             };
             for (k, v) in body {
                 if k != "Id" {
@@ -351,7 +423,10 @@ fn packages(_t: &Tenant, st: &mut State, r: &ApiRequest, now: i64, api_url: &str
         }
         (Method::DELETE, Some(id), None) => {
             if st.content.packages.remove(&id).is_none() {
-                return err(StatusCode::NOT_FOUND, "Requested entity could not be found.");
+                return err(
+                    StatusCode::NOT_FOUND,
+                    "Requested entity could not be found.",
+                );
             }
             st.content.artifacts.retain(|_, a| a.package_id != id);
             StatusCode::ACCEPTED.into_response()
@@ -369,7 +444,12 @@ fn designtime(st: &mut State, r: &ApiRequest, now: i64, api_url: &str) -> Respon
     let Some((id, version)) = design_key(seg) else {
         return err(StatusCode::NOT_FOUND, "Resource not found.");
     };
-    let not_found = || err(StatusCode::NOT_FOUND, "Integration design time artifact not found.");
+    let not_found = || {
+        err(
+            StatusCode::NOT_FOUND,
+            "Integration design time artifact not found.",
+        )
+    };
     let Some(a) = st.content.artifacts.get_mut(&id) else {
         return not_found();
     };
@@ -384,14 +464,21 @@ fn designtime(st: &mut State, r: &ApiRequest, now: i64, api_url: &str) -> Respon
     match (r.method.clone(), nav) {
         (Method::GET | Method::HEAD, None) => {
             let mut v = artifact_json(a, api_url);
-            v["Version"] = json!(if version == "active" { a.version.clone() } else { version });
+            v["Version"] = json!(if version == "active" {
+                a.version.clone()
+            } else {
+                version
+            });
             odata::entity_response(StatusCode::OK, odata::select(v, &r.q.select))
         }
         (Method::GET | Method::HEAD, Some("$value")) => (
             StatusCode::OK,
             [
                 (header::CONTENT_TYPE, "application/zip".to_string()),
-                (header::CONTENT_DISPOSITION, format!("attachment; filename={}.zip", a.id)),
+                (
+                    header::CONTENT_DISPOSITION,
+                    format!("attachment; filename={}.zip", a.id),
+                ),
             ],
             content,
         )
@@ -411,7 +498,10 @@ fn designtime(st: &mut State, r: &ApiRequest, now: i64, api_url: &str) -> Respon
             };
             if let Some(n) = &name {
                 if !valid_artifact_name(n) {
-                    return err(StatusCode::BAD_REQUEST, &format!("Invalid artifact name '{n}'."));
+                    return err(
+                        StatusCode::BAD_REQUEST,
+                        &format!("Invalid artifact name '{n}'."),
+                    );
                 }
             }
             if let Some(c) = new_content {
@@ -420,7 +510,13 @@ fn designtime(st: &mut State, r: &ApiRequest, now: i64, api_url: &str) -> Respon
                     Err(e) => return err(StatusCode::BAD_REQUEST, &e.to_string()),
                 };
                 if info.id != a.id {
-                    return err(StatusCode::BAD_REQUEST, &format!("Bundle-SymbolicName '{}' does not match artifact ID '{}'.", info.id, a.id));
+                    return err(
+                        StatusCode::BAD_REQUEST,
+                        &format!(
+                            "Bundle-SymbolicName '{}' does not match artifact ID '{}'.",
+                            info.id, a.id
+                        ),
+                    );
                 }
                 a.content = c;
                 a.url_path = info.url_path;
@@ -449,24 +545,46 @@ fn create_artifact(st: &mut State, r: &ApiRequest, now: i64, api_url: &str) -> R
         Ok(b) => b,
         Err(e) => return e,
     };
-    let Some(pkg) = body.get("PackageId").and_then(Value::as_str).map(str::to_string) else {
+    let Some(pkg) = body
+        .get("PackageId")
+        .and_then(Value::as_str)
+        .map(str::to_string)
+    else {
         return err(StatusCode::BAD_REQUEST, "Property 'PackageId' is required.");
     };
     if !st.content.packages.contains_key(&pkg) {
-        return err(StatusCode::NOT_FOUND, &format!("Package ID {pkg} does not exist."));
+        return err(
+            StatusCode::NOT_FOUND,
+            &format!("Package ID {pkg} does not exist."),
+        );
     }
     let content = match decode_content(body.get("ArtifactContent")) {
         Ok(Some(c)) => c,
-        Ok(None) => return err(StatusCode::BAD_REQUEST, "Property 'ArtifactContent' is required."),
+        Ok(None) => {
+            return err(
+                StatusCode::BAD_REQUEST,
+                "Property 'ArtifactContent' is required.",
+            )
+        }
         Err(e) => return e,
     };
     let info = match read_bundle(&content) {
         Ok(i) => i,
         Err(e) => return err(StatusCode::BAD_REQUEST, &e.to_string()),
     };
-    let id = body.get("Id").and_then(Value::as_str).map(str::to_string).unwrap_or_else(|| info.id.clone());
+    let id = body
+        .get("Id")
+        .and_then(Value::as_str)
+        .map(str::to_string)
+        .unwrap_or_else(|| info.id.clone());
     if id != info.id {
-        return err(StatusCode::BAD_REQUEST, &format!("Artifact ID '{id}' does not match Bundle-SymbolicName '{}'.", info.id));
+        return err(
+            StatusCode::BAD_REQUEST,
+            &format!(
+                "Artifact ID '{id}' does not match Bundle-SymbolicName '{}'.",
+                info.id
+            ),
+        );
     }
     let name = body
         .get("Name")
@@ -475,12 +593,17 @@ fn create_artifact(st: &mut State, r: &ApiRequest, now: i64, api_url: &str) -> R
         .or(info.name.clone())
         .unwrap_or_else(|| id.clone());
     if !valid_artifact_name(&name) || !valid_id(&id) {
-        return err(StatusCode::BAD_REQUEST, &format!("Invalid artifact name '{name}'."));
+        return err(
+            StatusCode::BAD_REQUEST,
+            &format!("Invalid artifact name '{name}'."),
+        );
     }
     if st.content.artifacts.contains_key(&id) {
         return err(
             StatusCode::INTERNAL_SERVER_ERROR,
-            &format!("Integration flow with ID '{id}' already exists. Please rename the artifact ID."),
+            &format!(
+                "Integration flow with ID '{id}' already exists. Please rename the artifact ID."
+            ),
         );
     }
     let a = DesignArtifact {
@@ -488,7 +611,10 @@ fn create_artifact(st: &mut State, r: &ApiRequest, now: i64, api_url: &str) -> R
         version: info.version.unwrap_or_else(|| "1.0.0".into()),
         name,
         package_id: pkg,
-        description: body.get("Description").and_then(Value::as_str).map(str::to_string),
+        description: body
+            .get("Description")
+            .and_then(Value::as_str)
+            .map(str::to_string),
         content,
         url_path: info.url_path,
         created_by: r.caller.id.clone(),
@@ -506,11 +632,20 @@ fn save_as_version(st: &mut State, r: &ApiRequest, now: i64, api_url: &str) -> R
     if r.method != Method::POST {
         return err(StatusCode::METHOD_NOT_ALLOWED, "Method not allowed.");
     }
-    let (Some(id), Some(ver)) = (odata::function_param(&r.q, "Id"), odata::function_param(&r.q, "SaveAsVersion")) else {
-        return err(StatusCode::BAD_REQUEST, "Parameters Id and SaveAsVersion are required (quoted).");
+    let (Some(id), Some(ver)) = (
+        odata::function_param(&r.q, "Id"),
+        odata::function_param(&r.q, "SaveAsVersion"),
+    ) else {
+        return err(
+            StatusCode::BAD_REQUEST,
+            "Parameters Id and SaveAsVersion are required (quoted).",
+        );
     };
     let Some(a) = st.content.artifacts.get_mut(&id) else {
-        return err(StatusCode::NOT_FOUND, "Integration design time artifact not found.");
+        return err(
+            StatusCode::NOT_FOUND,
+            "Integration design time artifact not found.",
+        );
     };
     a.saved.insert(a.version.clone(), a.content.clone());
     a.version = ver;
@@ -522,17 +657,31 @@ fn deploy(t: &Tenant, st: &mut State, r: &ApiRequest, now: i64) -> Response {
     if r.method != Method::POST {
         return err(StatusCode::METHOD_NOT_ALLOWED, "Method not allowed.");
     }
-    let raw_id = r.q.raw.iter().find(|(k, _)| k == "Id").map(|(_, v)| v.clone()).unwrap_or_default();
+    let raw_id =
+        r.q.raw
+            .iter()
+            .find(|(k, _)| k == "Id")
+            .map(|(_, v)| v.clone())
+            .unwrap_or_default();
     let id = odata::function_param(&r.q, "Id");
     let version = odata::function_param(&r.q, "Version");
     let (Some(id), Some(version)) = (id, version) else {
-        return err(StatusCode::BAD_REQUEST, &format!("No content for id '{raw_id}'."));
+        return err(
+            StatusCode::BAD_REQUEST,
+            &format!("No content for id '{raw_id}'."),
+        );
     };
     let Some(a) = st.content.artifacts.get(&id).cloned() else {
-        return err(StatusCode::BAD_REQUEST, &format!("No content for id '{id}'."));
+        return err(
+            StatusCode::BAD_REQUEST,
+            &format!("No content for id '{id}'."),
+        );
     };
     if version != "active" && version != a.version && !a.saved.contains_key(&version) {
-        return err(StatusCode::BAD_REQUEST, &format!("No content for id '{id}'."));
+        return err(
+            StatusCode::BAD_REQUEST,
+            &format!("No content for id '{id}'."),
+        );
     }
     let chaos_error = st.chaos.deploy_error;
     let ready_at = now + t.cfg.deploy_delay_ms as i64;
@@ -558,13 +707,19 @@ fn deploy(t: &Tenant, st: &mut State, r: &ApiRequest, now: i64) -> Response {
     let error = if chaos_error {
         Some("Deployment failed (emulator chaos deploy_error).".to_string())
     } else {
-        clash.map(|other| format!("The HTTP address '{}' is already used by integration flow '{other}'.", spec.path))
+        clash.map(|other| {
+            format!(
+                "The HTTP address '{}' is already used by integration flow '{other}'.",
+                spec.path
+            )
+        })
     };
-    let pkg_name = st
-        .content
-        .packages
-        .get(&a.package_id)
-        .and_then(|p| p.fields.get("Name").and_then(Value::as_str).map(str::to_string));
+    let pkg_name = st.content.packages.get(&a.package_id).and_then(|p| {
+        p.fields
+            .get("Name")
+            .and_then(Value::as_str)
+            .map(str::to_string)
+    });
     let flow = RuntimeFlow {
         name: id.clone(),
         display_name: a.name.clone(),
@@ -573,7 +728,11 @@ fn deploy(t: &Tenant, st: &mut State, r: &ApiRequest, now: i64) -> Response {
         has_endpoint,
         status: RuntimeStatus::Starting,
         ready_at_ms: ready_at,
-        final_status: if error.is_some() { RuntimeStatus::Error } else { RuntimeStatus::Started },
+        final_status: if error.is_some() {
+            RuntimeStatus::Error
+        } else {
+            RuntimeStatus::Started
+        },
         error,
         deployed_on_ms: now,
         deployed_by: r.caller.id.clone(),
@@ -585,8 +744,20 @@ fn deploy(t: &Tenant, st: &mut State, r: &ApiRequest, now: i64) -> Response {
         st.content.tasks.clear();
     }
     let task_id = random_hex(16);
-    st.content.tasks.insert(task_id.clone(), DeployTask { artifact_id: id, ready_at_ms: ready_at, success: !chaos_error });
-    (StatusCode::ACCEPTED, [(header::CONTENT_TYPE, "text/plain;charset=utf-8")], task_id).into_response()
+    st.content.tasks.insert(
+        task_id.clone(),
+        DeployTask {
+            artifact_id: id,
+            ready_at_ms: ready_at,
+            success: !chaos_error,
+        },
+    );
+    (
+        StatusCode::ACCEPTED,
+        [(header::CONTENT_TYPE, "text/plain;charset=utf-8")],
+        task_id,
+    )
+        .into_response()
 }
 
 fn build_status(st: &mut State, r: &ApiRequest, now: i64) -> Response {
@@ -598,7 +769,10 @@ fn build_status(st: &mut State, r: &ApiRequest, now: i64) -> Response {
         return err(StatusCode::BAD_REQUEST, "TaskId is required.");
     };
     let Some(tk) = st.content.tasks.get(&task) else {
-        return err(StatusCode::NOT_FOUND, &format!("Cannot get build and deploy status for artifact with TaskId '{task}'."));
+        return err(
+            StatusCode::NOT_FOUND,
+            &format!("Cannot get build and deploy status for artifact with TaskId '{task}'."),
+        );
     };
     let status = if now < tk.ready_at_ms || st.chaos.deploy_stuck {
         "DEPLOYING"
@@ -613,17 +787,32 @@ fn build_status(st: &mut State, r: &ApiRequest, now: i64) -> Response {
     )
 }
 
-fn runtime_artifacts(t: &Tenant, st: &mut State, r: &ApiRequest, now: i64, api_url: &str) -> Response {
+fn runtime_artifacts(
+    t: &Tenant,
+    st: &mut State,
+    r: &ApiRequest,
+    now: i64,
+    api_url: &str,
+) -> Response {
     let seg = &r.segs[0];
     let id = match &seg.key {
         Some(k) => k.get("Id").map(str::to_string),
         None => None,
     };
     let nav: Vec<&str> = r.segs[1..].iter().map(|s| s.name.as_str()).collect();
-    let not_found = || err(StatusCode::NOT_FOUND, "Requested entity could not be found.");
+    let not_found = || {
+        err(
+            StatusCode::NOT_FOUND,
+            "Requested entity could not be found.",
+        )
+    };
     match (r.method.clone(), id) {
         (Method::GET | Method::HEAD, None) => {
-            let items: Vec<Value> = st.flows.values().map(|f| runtime_json(f, api_url)).collect();
+            let items: Vec<Value> = st
+                .flows
+                .values()
+                .map(|f| runtime_json(f, api_url))
+                .collect();
             if nav == ["$count"] {
                 return odata::count_response(items.len());
             }
@@ -635,14 +824,23 @@ fn runtime_artifacts(t: &Tenant, st: &mut State, r: &ApiRequest, now: i64, api_u
                 Ok(o) => o,
                 Err(e) => return e.into_response(),
             };
-            odata::collection_response(items, &r.q, &format!("{api_url}/IntegrationRuntimeArtifacts"), f.as_ref(), o.as_deref())
+            odata::collection_response(
+                items,
+                &r.q,
+                &format!("{api_url}/IntegrationRuntimeArtifacts"),
+                f.as_ref(),
+                o.as_deref(),
+            )
         }
         (Method::GET | Method::HEAD, Some(id)) => {
             let Some(f) = st.flows.get(&id) else {
                 return not_found();
             };
             match nav.as_slice() {
-                [] => odata::entity_response(StatusCode::OK, odata::select(runtime_json(f, api_url), &r.q.select)),
+                [] => odata::entity_response(
+                    StatusCode::OK,
+                    odata::select(runtime_json(f, api_url), &r.q.select),
+                ),
                 ["ErrorInformation", "$value"] => match (&f.status, &f.error) {
                     (RuntimeStatus::Error, Some(e)) => odata::json_response(
                         StatusCode::OK,
@@ -665,7 +863,10 @@ fn runtime_artifacts(t: &Tenant, st: &mut State, r: &ApiRequest, now: i64, api_u
             }
             StatusCode::ACCEPTED.into_response()
         }
-        (Method::POST, None) => err(StatusCode::NOT_IMPLEMENTED, "Deploying by upload is not supported on Cloud Foundry."),
+        (Method::POST, None) => err(
+            StatusCode::NOT_IMPLEMENTED,
+            "Deploying by upload is not supported on Cloud Foundry.",
+        ),
         _ => err(StatusCode::METHOD_NOT_ALLOWED, "Method not allowed."),
     }
 }
@@ -689,5 +890,11 @@ fn service_endpoints(t: &Tenant, st: &State, r: &ApiRequest, api_url: &str) -> R
     if r.segs.get(1).is_some_and(|s| s.name == "$count") {
         return odata::count_response(items.len());
     }
-    odata::collection_response(items, &r.q, &format!("{api_url}/ServiceEndpoints"), None, None)
+    odata::collection_response(
+        items,
+        &r.q,
+        &format!("{api_url}/ServiceEndpoints"),
+        None,
+        None,
+    )
 }
