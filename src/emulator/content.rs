@@ -5,6 +5,10 @@
 //! STARTED | ERROR after the deploy delay (404 when not deployed). Deployed flows join the runtime
 //! flow table, so `/http/<urlPath>` serves them (echo unless the control API set a behaviour).
 
+// Helpers short-circuit with a ready HTTP response; it is built and moved once per request,
+// so its size does not matter here.
+#![allow(clippy::result_large_err)]
+
 use std::collections::{BTreeMap, HashMap};
 use std::io::{Cursor, Read};
 use std::sync::Arc;

@@ -607,7 +607,7 @@ pub fn select(e: Value, fields: &[String]) -> Value {
         Value::Object(m) => {
             let mut out = Map::new();
             for (k, v) in m {
-                if k == "__metadata" || fields.iter().any(|f| *f == k) {
+                if k == "__metadata" || fields.contains(&k) {
                     out.insert(k, v);
                 }
             }
