@@ -344,3 +344,27 @@ async fn wait_for_shutdown_signal() {
         let _ = tokio::signal::ctrl_c().await;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `--flow` syntax: behaviour with argument, options, path default and validation errors.
+    #[test]
+    fn flow_args() {
+        let (n, s) = parse_flow_arg("orders=echo,idempotent").unwrap();
+        assert_eq!(n, "orders");
+        assert_eq!(s.path, "/orders");
+        assert!(s.idempotent);
+        let (_, s) = parse_flow_arg("slow=delay:250,path=/http/Slow/*,header=X-Id").unwrap();
+        assert_eq!(s.behaviour, Behaviour::Delay);
+        assert_eq!(s.delay_ms, Some(250));
+        assert_eq!(s.path, "/Slow/*");
+        assert_eq!(s.message_id_header(), "X-Id");
+        let (_, s) = parse_flow_arg("t=status:418").unwrap();
+        assert_eq!(s.status, Some(418));
+        assert!(parse_flow_arg("x=teleport").is_err());
+        assert!(parse_flow_arg("noequals").is_err());
+        assert!(parse_flow_arg("x=echo,path=/a b").is_err());
+    }
+}

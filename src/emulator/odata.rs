@@ -688,3 +688,56 @@ pub fn metadata(uri: &str, ty: &str) -> Value {
 pub fn deferred(uri: &str) -> Value {
     json!({"__deferred": {"uri": uri}})
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Keys: single, compound, `''` escapes, percent-decoding, and quotes protecting `/` and `,`.
+    #[test]
+    fn key_syntax() {
+        let s = parse_path("/UserCredentials('it''s')").unwrap();
+        assert_eq!(s[0].key, Some(Key::Single("it's".into())));
+        let s = parse_path("/IntegrationDesigntimeArtifacts(Id='a,b',Version='active')/$value")
+            .unwrap();
+        assert_eq!(s[0].key.as_ref().unwrap().get("Id"), Some("a,b"));
+        assert_eq!(s[0].key.as_ref().unwrap().get("Version"), Some("active"));
+        assert_eq!(s[1].name, "$value");
+        let s = parse_path("/UserCredentials(%27a%2Fb%27)").unwrap();
+        assert_eq!(s[0].key, Some(Key::Single("a/b".into())));
+        let s = parse_path("/X('a/b')/Y").unwrap();
+        assert_eq!(s.len(), 2);
+        assert!(parse_path("/X('a)").is_err());
+        assert!(parse_path("/X('a'b')").is_err());
+    }
+
+    /// Filter grammar: precedence of and over or, parentheses, datetime literals as UTC, zone
+    /// suffixes rejected.
+    #[test]
+    fn filter_grammar() {
+        let f = parse_filter("Status eq 'A' or Status eq 'B' and LogLevel eq 'INFO'").unwrap();
+        assert!(matches!(f, Filter::Or(_, _)));
+        let e = serde_json::json!({"Status": "B", "LogLevel": "INFO", "LogEnd": "/Date(1612137600000)/"});
+        assert!(f.matches(&e));
+        let f = parse_filter(
+            "(Status eq 'A' or Status eq 'B') and LogEnd ge datetime'2021-02-01T00:00:00'",
+        )
+        .unwrap();
+        assert!(f.matches(&e));
+        let f = parse_filter("LogEnd gt datetime'2021-02-01T00:00:00.001'").unwrap();
+        assert!(!f.matches(&e));
+        assert!(parse_filter("LogEnd gt datetime'2021-02-01T00:00:00Z'").is_err());
+        assert!(parse_filter("LogEnd gt datetime'2021-02-01T00:00:00+01:00'").is_err());
+        assert!(parse_filter("Status eq").is_err());
+        assert!(parse_filter("Name eq 'it''s'")
+            .unwrap()
+            .matches(&serde_json::json!({"Name": "it's"})));
+    }
+
+    /// `/Date(ms)/` formatting and parsing are inverse.
+    #[test]
+    fn dates() {
+        assert_eq!(date(1765786792442), "/Date(1765786792442)/");
+        assert_eq!(parse_date("/Date(1765786792442)/"), Some(1765786792442));
+    }
+}
