@@ -179,10 +179,10 @@ async fn worker_slot_cap_gives_503() {
                 .as_u16()
         })
     };
-    // Wait until the first request holds the slot (its MPL exists), then try a second.
-    poll("first run in flight", POLL_DEADLINE_MS, || {
+    // Wait until the first request holds the only slot, then try a second.
+    poll("first run holds the slot", POLL_DEADLINE_MS, || {
         let t = h.tenant().clone();
-        async move { (t.totals().received >= 1).then_some(()) }
+        async move { (t.busy_worker_slots() == 1).then_some(()) }
     })
     .await;
     let r = c

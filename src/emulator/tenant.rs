@@ -66,9 +66,10 @@ pub struct Counters {
     pub processed: u64,
     /// Requests skipped by the idempotent process call because the id had completed before.
     pub duplicates_skipped: u64,
-    /// Runs that failed (fail behaviour or injected runtime error).
+    /// Runs that failed (the `fail` behaviour). Injected chaos errors happen before routing and
+    /// are not counted.
     pub failed: u64,
-    /// Requests refused with 503 (worker slots exhausted or overload behaviour).
+    /// Requests refused before running: 503 (worker slots exhausted, overload behaviour) or 413.
     pub rejected: u64,
 }
 
@@ -254,6 +255,13 @@ impl Tenant {
 
     pub fn chaos(&self) -> Chaos {
         self.lock().chaos.clone()
+    }
+
+    /// Worker slots currently held by running flows.
+    pub fn busy_worker_slots(&self) -> usize {
+        self.cfg
+            .worker_slots
+            .saturating_sub(self.slots.available_permits())
     }
 
     /// Counters summed over all message ids (and requests without one).
