@@ -366,5 +366,9 @@ mod tests {
         assert!(parse_flow_arg("x=teleport").is_err());
         assert!(parse_flow_arg("noequals").is_err());
         assert!(parse_flow_arg("x=echo,path=/a b").is_err());
+        assert!(
+            parse_flow_arg("x=echo,path=/httü").is_err(),
+            "non-ASCII must not panic"
+        );
     }
 }

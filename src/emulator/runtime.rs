@@ -91,8 +91,7 @@ impl FlowSpec {
         if !p.starts_with('/') {
             p.insert(0, '/');
         }
-        if p.len() >= 5
-            && p[..5].eq_ignore_ascii_case("/http")
+        if p.get(..5).is_some_and(|h| h.eq_ignore_ascii_case("/http"))
             && (p.len() == 5 || p.as_bytes()[5] == b'/')
         {
             p = p[5..].to_string();
