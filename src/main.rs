@@ -39,6 +39,8 @@ enum Cmd {
     },
     /// Run a three-node cluster on localhost (Ctrl-C stops it).
     Dev(corral::dev::DevArgs),
+    /// Run N emulated CPI tenants and print one JSON description per line.
+    Emulate(corral::emulator::EmulateArgs),
 }
 
 fn init_logging(format: &str) {
@@ -78,6 +80,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
         }
         Cmd::Dev(args) => runtime()?.block_on(corral::dev::run(args))?,
+        Cmd::Emulate(args) => runtime()?.block_on(corral::emulator::run(args))?,
     }
     Ok(ExitCode::SUCCESS)
 }
