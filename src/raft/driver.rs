@@ -172,6 +172,9 @@ struct Driver<S: StateMachine, O: Outbox> {
     last_contact: HashMap<u64, Instant>,
     /// The applied index that the last flush made durable; compaction never passes it.
     durable_applied: u64,
+    /// Set when this node learns it lost acknowledged entries: the leader's commit index it
+    /// must reach before it votes again.
+    lost_log_until: Option<u64>,
     last_status: Instant,
 }
 
@@ -227,6 +230,7 @@ pub fn start<S: StateMachine, O: Outbox>(
         next_read_id: 1,
         last_contact: HashMap::new(),
         durable_applied: applied,
+        lost_log_until: None,
         last_status: Instant::now(),
     };
     let join = std::thread::Builder::new()
@@ -314,12 +318,7 @@ impl<S: StateMachine, O: Outbox> Driver<S, O> {
     fn handle(&mut self, input: Input) -> bool {
         match input {
             Input::Propose { data, reply } => self.propose(data, reply),
-            Input::Step(m) => {
-                self.last_contact.insert(m.from, Instant::now());
-                if let Err(e) = self.raw.step(*m) {
-                    tracing::debug!(error = %e, "dropped a peer message");
-                }
-            }
+            Input::Step(m) => self.step(*m),
             Input::ReadIndex { reply } => self.read_index(reply),
             Input::TransferLeader { to, reply } => self.transfer_leader(to, reply),
             Input::Unreachable(peer) => self.raw.report_unreachable(peer),
@@ -334,6 +333,109 @@ impl<S: StateMachine, O: Outbox> Driver<S, O> {
             Input::Shutdown => return false,
         }
         true
+    }
+
+    fn step(&mut self, mut m: Message) {
+        self.last_contact.insert(m.from, Instant::now());
+        let lost = self.guard_lost_log(&mut m);
+        if self.abstaining()
+            && matches!(
+                m.get_msg_type(),
+                MessageType::MsgRequestVote | MessageType::MsgRequestPreVote
+            )
+        {
+            tracing::debug!(
+                from = m.from,
+                "not voting while catching up after losing the log"
+            );
+            return;
+        }
+        self.reset_peer_that_lost_log(&m);
+        if let Err(e) = self.raw.step(m) {
+            tracing::debug!(error = %e, "dropped a peer message");
+        }
+        if let Some(commit) = lost {
+            self.tell_leader_log_lost(commit);
+        }
+    }
+
+    /// A heartbeat claiming a commit index beyond our log means this node lost entries it had
+    /// acknowledged (its data dir was wiped or replaced). Raft would panic committing entries it
+    /// does not hold; instead commit nothing new, abstain from votes until caught up, and
+    /// return the commit index so the leader can be told to resend.
+    fn guard_lost_log(&mut self, m: &mut Message) -> Option<u64> {
+        if m.get_msg_type() != MessageType::MsgHeartbeat
+            || m.commit <= self.raw.raft.raft_log.last_index()
+        {
+            return None;
+        }
+        if self.lost_log_until.is_none() {
+            tracing::warn!(
+                leader = m.from,
+                leader_commit = m.commit,
+                last_index = self.raw.raft.raft_log.last_index(),
+                "this node's log is behind what it acknowledged (wiped data dir?); catching up from the leader and not voting until then"
+            );
+        }
+        self.lost_log_until = Some(self.lost_log_until.unwrap_or(0).max(m.commit));
+        m.commit = self.raw.raft.raft_log.committed;
+        self.lost_log_until
+    }
+
+    fn abstaining(&mut self) -> bool {
+        match self.lost_log_until {
+            Some(until) if self.raw.store().applied().index >= until => {
+                tracing::info!(
+                    applied = until,
+                    "caught up after losing the log; voting again"
+                );
+                self.lost_log_until = None;
+                false
+            }
+            Some(_) => true,
+            None => false,
+        }
+    }
+
+    /// Answers the leader as if its last append were rejected at our real last index, so the
+    /// leader's progress for us (which still counts the lost entries) gets reset.
+    fn tell_leader_log_lost(&mut self, leader_commit: u64) {
+        let leader = self.raw.raft.leader_id;
+        if leader == 0 || leader == self.cfg.id {
+            return;
+        }
+        let mut reply = Message::default();
+        reply.set_msg_type(MessageType::MsgAppendResponse);
+        reply.to = leader;
+        reply.from = self.cfg.id;
+        reply.term = self.raw.raft.term;
+        reply.index = leader_commit;
+        reply.reject = true;
+        reply.reject_hint = self.raw.raft.raft_log.last_index();
+        self.outbox.send(vec![reply]);
+    }
+
+    /// On the leader: a follower rejecting below what it had acknowledged lost its log.
+    /// raft-rs would ignore that as a stale rejection forever; start it over from probing.
+    fn reset_peer_that_lost_log(&mut self, m: &Message) {
+        if m.get_msg_type() != MessageType::MsgAppendResponse
+            || !m.reject
+            || self.raw.raft.state != StateRole::Leader
+        {
+            return;
+        }
+        if let Some(pr) = self.raw.raft.mut_prs().get_mut(m.from) {
+            if m.reject_hint < pr.matched {
+                tracing::warn!(
+                    peer = m.from,
+                    acknowledged = pr.matched,
+                    has = m.reject_hint,
+                    "peer lost log entries it had acknowledged; resending from the start"
+                );
+                pr.matched = 0;
+                pr.become_probe();
+            }
+        }
     }
 
     fn propose(&mut self, data: Vec<u8>, reply: Reply<Vec<u8>>) {

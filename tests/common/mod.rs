@@ -81,7 +81,16 @@ pub fn init_cluster(dir: &Path, n: usize, net: &str) {
 impl Cluster {
     /// Creates (does not start) a cluster; `tweak` may edit the cluster file's text.
     pub fn new(n: usize, tweak: impl FnOnce(String) -> String) -> Cluster {
-        let dir = tempfile::tempdir().expect("tempdir");
+        // CORRAL_KEEP_TEST_DIRS=1 keeps the cluster dir (logs, data) for a post-mortem.
+        let keep = std::env::var_os("CORRAL_KEEP_TEST_DIRS").is_some();
+        let dir = tempfile::Builder::new()
+            .prefix("corral-test-")
+            .disable_cleanup(keep)
+            .tempdir()
+            .expect("tempdir");
+        if keep {
+            eprintln!("cluster dir kept: {}", dir.path().display());
+        }
         let net = fresh_net();
         init_cluster(dir.path(), n, &net);
         let file = dir.path().join("cluster.toml");
