@@ -14,4 +14,4 @@ need_apt() {
 
 # Unit, data-driven and in-process tests, then the real-process cluster tests.
 # Process tests start 3 nodes each; 4 test threads keep the 2-core box busy but not thrashing.
-cargo test --all-targets --no-fail-fast -- --test-threads 4
+cargo test --lib --bins --tests --no-fail-fast -- --test-threads 4

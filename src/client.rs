@@ -19,6 +19,7 @@ const READ_ATTEMPT: Duration = Duration::from_millis(500);
 
 /// Forwarded request kinds (first byte of a transport request).
 const FORWARD_PROPOSE: u8 = 1;
+const FORWARD_TRANSFER: u8 = 2;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -156,18 +157,47 @@ impl Client {
         }
     }
 
-    /// Serves a write forwarded by a follower: proposes it here and encodes the outcome.
-    pub async fn serve_forwarded(driver: &DriverHandle, body: &[u8], timeout: Duration) -> Vec<u8> {
-        let result = match body.split_first() {
-            Some((&FORWARD_PROPOSE, data)) => {
-                match tokio::time::timeout(timeout, driver.propose(data.to_vec())).await {
-                    Ok(r) => r,
-                    Err(_) => Err(ProposeError::Stopped),
-                }
-            }
-            _ => Err(ProposeError::Dropped),
+    /// Asks the leader (wherever it is) to hand leadership to `to`, or to the most up-to-date
+    /// follower. Returns the node leadership is being transferred to.
+    pub async fn transfer_leader(&self, to: Option<u64>) -> Result<u64, ClientError> {
+        let leader = self.driver.status().leader.ok_or(ClientError::NoLeader)?;
+        let result = if leader == self.id {
+            self.driver.transfer_leader(to).await
+        } else {
+            let mut body = vec![FORWARD_TRANSFER];
+            body.extend_from_slice(&to.unwrap_or(0).to_be_bytes());
+            let reply = self
+                .transport
+                .request(leader, body, self.timeout)
+                .await
+                .map_err(|e| ClientError::NotApplied(e.to_string()))?;
+            decode::<Result<u64, ProposeError>>(&reply)
+                .map_err(|e| ClientError::Unknown(e.to_string()))?
         };
-        encode(&result)
+        result.map_err(|e| ClientError::NotApplied(e.to_string()))
+    }
+
+    /// Serves a request forwarded by a follower (a write, or a leadership transfer) and
+    /// encodes the outcome.
+    pub async fn serve_forwarded(driver: &DriverHandle, body: &[u8], timeout: Duration) -> Vec<u8> {
+        match body.split_first() {
+            Some((&FORWARD_PROPOSE, data)) => {
+                let result =
+                    match tokio::time::timeout(timeout, driver.propose(data.to_vec())).await {
+                        Ok(r) => r,
+                        Err(_) => Err(ProposeError::Stopped),
+                    };
+                encode(&result)
+            }
+            Some((&FORWARD_TRANSFER, target)) => {
+                let to = <[u8; 8]>::try_from(target)
+                    .map(u64::from_be_bytes)
+                    .ok()
+                    .filter(|t| *t != 0);
+                encode(&driver.transfer_leader(to).await)
+            }
+            _ => encode(&Err::<Vec<u8>, _>(ProposeError::Dropped)),
+        }
     }
 }
 

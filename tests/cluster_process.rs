@@ -47,6 +47,26 @@ fn elects_a_leader_and_status_agrees() {
     assert!(String::from_utf8_lossy(&table.stdout).contains("leader"));
 }
 
+/// Leadership moves on request, even when the request is sent to a follower.
+#[test]
+fn transfer_leader_through_a_follower() {
+    let c = Cluster::start_new(3);
+    let leader = c.wait_leader(&[1, 2, 3], Duration::from_secs(10));
+    let target = (1..=3).find(|id| *id != leader).unwrap();
+    let via = (1..=3).find(|id| *id != leader && *id != target).unwrap();
+    let r = c
+        .http
+        .post(c.url(via, "/admin/cluster/transfer-leader"))
+        .bearer_auth(&c.token)
+        .json(&json!({"to": target}))
+        .send()
+        .unwrap();
+    assert!(r.status().is_success(), "{}", r.text().unwrap());
+    poll(Duration::from_secs(10), "leadership to move", || {
+        (c.agreed_leader(&[1, 2, 3]) == Some(target)).then_some(())
+    });
+}
+
 /// kill -9 of the leader under a stream of writes: a new leader within 3 s, and every
 /// acknowledged write is on every survivor and, after restart, on the killed node.
 #[test]

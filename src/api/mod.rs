@@ -204,27 +204,16 @@ async fn transfer_leader(State(st): Shared, body: Bytes) -> Result<Json<Value>, 
             ));
         }
     }
-    let status = st.client.driver().status();
-    let Some(leader) = status.leader else {
-        return Err(ApiError::NoLeader);
-    };
+    let leader = st
+        .client
+        .driver()
+        .status()
+        .leader
+        .ok_or(ApiError::NoLeader)?;
     if req.to == Some(leader) {
         return Ok(Json(json!({"leader": leader, "transferring_to": leader})));
     }
-    if leader != st.cfg.id {
-        // Only the leader can hand over; ask it through its own admin API is not possible from
-        // here without its address on the admin plane, so say where to go.
-        return Err(ApiError::Invalid {
-            field: None,
-            message: format!("node {leader} is the leader; send this request to its admin address"),
-        });
-    }
-    let target = st
-        .client
-        .driver()
-        .transfer_leader(req.to)
-        .await
-        .map_err(|e| ApiError::NotApplied(e.to_string()))?;
+    let target = st.client.transfer_leader(req.to).await?;
     Ok(Json(json!({"leader": leader, "transferring_to": target})))
 }
 
