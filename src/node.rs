@@ -170,9 +170,13 @@ async fn route_inbound(
 ) {
     while let Ok(inbound) = rx.recv_async().await {
         match inbound {
-            Inbound::Raft { from, bytes } => match Message::parse_from_bytes(&bytes) {
+            Inbound::Raft {
+                from,
+                bytes,
+                permit,
+            } => match Message::parse_from_bytes(&bytes) {
                 Ok(m) if m.from == from => {
-                    if driver.step(m).await.is_err() {
+                    if driver.step(m, permit).await.is_err() {
                         return;
                     }
                 }
@@ -183,10 +187,17 @@ async fn route_inbound(
                 ),
                 Err(e) => tracing::warn!(from, error = %e, "dropped an undecodable raft message"),
             },
-            Inbound::Request { body, reply, .. } => {
+            Inbound::Request {
+                body,
+                reply,
+                permit,
+                ..
+            } => {
                 let d = driver.clone();
                 tokio::spawn(async move {
-                    let _ = reply.send(Client::serve_forwarded(&d, &body, write_timeout).await);
+                    let answer = Client::serve_forwarded(&d, &body, write_timeout).await;
+                    drop(permit);
+                    let _ = reply.send(answer);
                 });
             }
         }

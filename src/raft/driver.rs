@@ -58,7 +58,8 @@ pub(crate) enum Input {
         data: Vec<u8>,
         reply: Reply<Vec<u8>>,
     },
-    Step(Box<Message>),
+    /// A peer's message, with the transport's memory budget share it holds until stepped.
+    Step(Box<Message>, Option<tokio::sync::OwnedSemaphorePermit>),
     ReadIndex {
         reply: Reply<u64>,
     },
@@ -115,9 +116,14 @@ impl DriverHandle {
     }
 
     /// Delivers a message from a peer; waits when the driver is saturated (backpressure).
-    pub async fn step(&self, msg: Message) -> Result<(), ProposeError> {
+    /// `permit` is released once the driver has stepped the message.
+    pub async fn step(
+        &self,
+        msg: Message,
+        permit: Option<tokio::sync::OwnedSemaphorePermit>,
+    ) -> Result<(), ProposeError> {
         self.tx
-            .send_async(Input::Step(Box::new(msg)))
+            .send_async(Input::Step(Box::new(msg), permit))
             .await
             .map_err(|_| ProposeError::Stopped)
     }
@@ -318,7 +324,7 @@ impl<S: StateMachine, O: Outbox> Driver<S, O> {
     fn handle(&mut self, input: Input) -> bool {
         match input {
             Input::Propose { data, reply } => self.propose(data, reply),
-            Input::Step(m) => self.step(*m),
+            Input::Step(m, _permit) => self.step(*m),
             Input::ReadIndex { reply } => self.read_index(reply),
             Input::TransferLeader { to, reply } => self.transfer_leader(to, reply),
             Input::Unreachable(peer) => self.raw.report_unreachable(peer),

@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt, BufWriter};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, Semaphore};
 
 use crate::metrics::M;
 use tls::TlsMaterial;
@@ -29,6 +29,9 @@ pub const MAX_FRAME_BYTES: usize = 64 * 1024 * 1024;
 const PEER_QUEUE_FRAMES: usize = 8_192;
 /// Frames written before the link is flushed, so a burst goes out in few TLS records.
 const MAX_FRAMES_PER_FLUSH: usize = 1_024;
+/// Bytes of received frames not yet consumed, over all inbound links: a peer that sends
+/// faster than the node consumes is slowed down instead of growing memory.
+pub const MAX_INBOUND_BYTES: usize = 256 * 1024 * 1024;
 /// Inbound links at once; a peer that reconnects in a loop cannot exhaust file descriptors.
 const MAX_INBOUND_LINKS: usize = 64;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -69,15 +72,22 @@ enum Frame {
 }
 
 /// What arrives from peers, for the node to route.
+/// A share of the inbound byte budget, held by a received frame until it has been consumed.
+pub type InboundPermit = tokio::sync::OwnedSemaphorePermit;
+
+/// What arrives from peers, for the node to route. Each item holds its share of the inbound
+/// byte budget ([`MAX_INBOUND_BYTES`]) until dropped.
 pub enum Inbound {
     Raft {
         from: u64,
         bytes: Vec<u8>,
+        permit: Option<InboundPermit>,
     },
     Request {
         from: u64,
         body: Vec<u8>,
         reply: oneshot::Sender<Vec<u8>>,
+        permit: Option<InboundPermit>,
     },
 }
 
@@ -146,6 +156,7 @@ impl Transport {
             tls,
             inbound,
             open: Arc::new(AtomicUsize::new(0)),
+            budget: Arc::new(Semaphore::new(MAX_INBOUND_BYTES / 1024)),
         };
         tokio::spawn(acceptor.run(listener));
         Ok(Arc::new(Transport {
@@ -233,6 +244,15 @@ fn encode(frame: &Frame) -> Vec<u8> {
 }
 
 async fn read_frame<R: tokio::io::AsyncRead + Unpin>(r: &mut R) -> std::io::Result<Frame> {
+    Ok(read_frame_within(r, None).await?.0)
+}
+
+/// Reads one frame; with a budget, first reserves the frame's size from it (waiting while
+/// other frames hold it), so what peers send never occupies more memory than the budget.
+async fn read_frame_within<R: tokio::io::AsyncRead + Unpin>(
+    r: &mut R,
+    budget: Option<&Arc<Semaphore>>,
+) -> std::io::Result<(Frame, Option<InboundPermit>)> {
     let len = r.read_u32().await? as usize;
     if len == 0 || len > MAX_FRAME_BYTES {
         return Err(std::io::Error::new(
@@ -240,6 +260,25 @@ async fn read_frame<R: tokio::io::AsyncRead + Unpin>(r: &mut R) -> std::io::Resu
             format!("frame of {len} bytes (limit {MAX_FRAME_BYTES})"),
         ));
     }
+    let permit = match budget {
+        Some(b) => {
+            let kib = len.div_ceil(1024) as u32;
+            Some(
+                b.clone()
+                    .acquire_many_owned(kib)
+                    .await
+                    .map_err(std::io::Error::other)?,
+            )
+        }
+        None => None,
+    };
+    Ok((read_frame_body(r, len).await?, permit))
+}
+
+async fn read_frame_body<R: tokio::io::AsyncRead + Unpin>(
+    r: &mut R,
+    len: usize,
+) -> std::io::Result<Frame> {
     let kind = r.read_u8().await?;
     if kind == KIND_RAFT {
         return Ok(Frame::Raft(read_body(r, len - 1).await?));
@@ -394,6 +433,8 @@ struct Acceptor {
     tls: TlsMaterial,
     inbound: flume::Sender<Inbound>,
     open: Arc<AtomicUsize>,
+    /// The inbound byte budget, in KiB permits.
+    budget: Arc<Semaphore>,
 }
 
 impl Acceptor {
@@ -462,18 +503,22 @@ impl Acceptor {
         reply_tx: flume::Sender<Frame>,
     ) -> std::io::Result<()> {
         loop {
-            match read_frame(r).await? {
-                Frame::Raft(bytes) => {
+            match read_frame_within(r, Some(&self.budget)).await? {
+                (Frame::Raft(bytes), permit) => {
                     if self
                         .inbound
-                        .send_async(Inbound::Raft { from, bytes })
+                        .send_async(Inbound::Raft {
+                            from,
+                            bytes,
+                            permit,
+                        })
                         .await
                         .is_err()
                     {
                         return Ok(());
                     }
                 }
-                Frame::Request { id, body } => {
+                (Frame::Request { id, body }, permit) => {
                     let (tx, rx) = oneshot::channel();
                     if self
                         .inbound
@@ -481,6 +526,7 @@ impl Acceptor {
                             from,
                             body,
                             reply: tx,
+                            permit,
                         })
                         .await
                         .is_err()
@@ -494,8 +540,60 @@ impl Acceptor {
                         }
                     });
                 }
-                other => tracing::debug!(?other, "unexpected frame on an inbound link"),
+                (other, _) => tracing::debug!(?other, "unexpected frame on an inbound link"),
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A frame announcing more than the cap is refused before anything is allocated for it.
+    #[tokio::test]
+    async fn oversized_frame_is_refused_before_allocation() {
+        let mut bytes = ((MAX_FRAME_BYTES + 1) as u32).to_be_bytes().to_vec();
+        bytes.push(KIND_RAFT);
+        let err = read_frame(&mut bytes.as_slice()).await.unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::InvalidData);
+    }
+
+    /// Frames round-trip through the wire encoding.
+    #[tokio::test]
+    async fn frames_round_trip() {
+        let frames = [
+            Frame::Hello {
+                from: 3,
+                cluster_id: "abc".into(),
+            },
+            Frame::Raft(vec![1, 2, 3]),
+            Frame::Request {
+                id: 7,
+                body: vec![9; 100],
+            },
+            Frame::Reply {
+                id: 7,
+                body: vec![],
+            },
+        ];
+        for f in frames {
+            let wire = encode(&f);
+            let back = read_frame(&mut wire.as_slice()).await.unwrap();
+            assert_eq!(format!("{f:?}"), format!("{back:?}"));
+        }
+    }
+
+    /// The inbound budget holds a frame's bytes until its permit is dropped.
+    #[tokio::test]
+    async fn budget_is_held_until_consumed() {
+        let budget = Arc::new(Semaphore::new(4));
+        let wire = encode(&Frame::Raft(vec![0; 3000]));
+        let (_, permit) = read_frame_within(&mut wire.as_slice(), Some(&budget))
+            .await
+            .unwrap();
+        assert_eq!(budget.available_permits(), 1);
+        drop(permit);
+        assert_eq!(budget.available_permits(), 4);
     }
 }
