@@ -600,7 +600,8 @@ pub fn verify_stored_credentials(
 
 impl Pool {
     pub fn new(master: &[u8; MASTER_KEY_BYTES], opts: PoolOptions) -> Arc<Pool> {
-        LazyLockForce::force();
+        // The pool's metrics exist before anything renders `/metrics`.
+        std::sync::LazyLock::force(&PM);
         let http = reqwest::Client::builder()
             .connect_timeout(opts.connect_timeout)
             .pool_idle_timeout(Duration::from_secs(30))
@@ -889,14 +890,6 @@ impl Pool {
             .iter()
             .map(|t| (t.name.clone(), t.view(self.opts.slow_start)))
             .collect()
-    }
-}
-
-/// Makes sure the pool's metrics exist before anything renders `/metrics`.
-struct LazyLockForce;
-impl LazyLockForce {
-    fn force() {
-        std::sync::LazyLock::force(&PM);
     }
 }
 
