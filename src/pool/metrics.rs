@@ -8,7 +8,8 @@ use prometheus::{
 };
 
 pub struct PoolMetrics {
-    /// Calls to a tenant (runtime and management), by tenant.
+    /// Runtime calls made through a `Lease`, by tenant (management calls and probes are not
+    /// counted yet).
     pub requests: IntCounterVec,
     /// Failed calls by tenant and class: `connect`, `timeout`, `4xx`, `429`, `5xx`, `503`, `auth`.
     pub errors: IntCounterVec,
