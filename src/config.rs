@@ -112,6 +112,8 @@ pub struct NodeConfig {
     pub raft: RaftSettings,
     /// Every node of the cluster (including this one): id -> peer address.
     pub peers: Vec<(u64, SocketAddr)>,
+    /// Every node of the cluster (including this one): id -> admin address.
+    pub admin_addrs: Vec<(u64, SocketAddr)>,
 }
 
 impl ClusterFile {
@@ -237,8 +239,10 @@ impl ClusterFile {
                 .map_err(|_| invalid("node", s.to_string()))
         };
         let mut peers = Vec::with_capacity(self.nodes.len());
+        let mut admin_addrs = Vec::with_capacity(self.nodes.len());
         for n in &self.nodes {
             peers.push((n.id, parse(&n.peer_addr)?));
+            admin_addrs.push((n.id, parse(&n.admin_addr)?));
         }
         Ok(NodeConfig {
             id,
@@ -255,6 +259,7 @@ impl ClusterFile {
             master_key_file: self.master_key_file.clone(),
             raft: self.raft.clone(),
             peers,
+            admin_addrs,
         })
     }
 }

@@ -10,11 +10,16 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
+use serde_json::Value;
 
 use crate::config::ClusterFile;
 
 /// How long the cluster may take to elect a leader before `dev` gives up.
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
+/// Emulated tenants `dev` starts and registers.
+const DEV_TENANTS: usize = 2;
+/// How long `dev` waits for every node to see the tenants healthy before printing anyway.
+const POOL_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a child gets to exit after SIGTERM before it is killed.
 const STOP_GRACE: Duration = Duration::from_secs(10);
 
@@ -128,6 +133,95 @@ async fn wait_ready(file: &ClusterFile, children: &mut Children) -> anyhow::Resu
     bail!("the cluster did not become ready within {READY_TIMEOUT:?}")
 }
 
+/// Starts the emulated tenants and registers them through node 1's admin API.
+async fn start_pool(file: &ClusterFile) -> anyhow::Result<Vec<crate::emulator::TenantHandle>> {
+    let token = std::fs::read_to_string(&file.admin_token_file)?
+        .trim()
+        .to_string();
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()?;
+    let admin = &file.nodes[0].admin_addr;
+    let mut handles = Vec::new();
+    for i in 1..=DEV_TENANTS {
+        let h =
+            crate::emulator::spawn_tenant(crate::emulator::TenantConfig::new(format!("tenant{i}")))
+                .await?;
+        let d = h.description();
+        let r = http
+            .put(format!("http://{admin}/admin/tenants/{}", d.name))
+            .bearer_auth(&token)
+            .json(&d)
+            .send()
+            .await?;
+        if !r.status().is_success() {
+            bail!(
+                "registering tenant {}: {} {}",
+                d.name,
+                r.status(),
+                r.text().await.unwrap_or_default()
+            );
+        }
+        handles.push(h);
+    }
+    // Wait (bounded) until every node has probed every tenant, then print the view.
+    let deadline = Instant::now() + POOL_TIMEOUT;
+    let mut view = Value::Null;
+    while Instant::now() < deadline {
+        if let Ok(r) = http
+            .get(format!("http://{admin}/admin/tenants"))
+            .bearer_auth(&token)
+            .send()
+            .await
+        {
+            view = r.json().await.unwrap_or(Value::Null);
+            let settled = view["items"].as_array().is_some_and(|items| {
+                items.iter().all(|t| {
+                    t["health_by_node"]
+                        .as_object()
+                        .is_some_and(|m| m.values().all(|v| v["status"] == "healthy"))
+                })
+            });
+            if settled {
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    println!("\ntenant pool ({DEV_TENANTS} emulated CPI tenants):\n");
+    println!(
+        "  {:<10} {:<28} {:>6} {:>8} {:<9} health by node",
+        "tenant", "runtime", "weight", "priority", "state"
+    );
+    for t in view["items"].as_array().into_iter().flatten() {
+        let health = t["health_by_node"]
+            .as_object()
+            .map(|m| {
+                m.iter()
+                    .map(|(n, v)| format!("{n}:{}", v["status"].as_str().unwrap_or("?")))
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            })
+            .unwrap_or_default();
+        println!(
+            "  {:<10} {:<28} {:>6} {:>8} {:<9} {health}",
+            t["name"].as_str().unwrap_or("?"),
+            t["runtime_url"].as_str().unwrap_or("?"),
+            t["weight"].as_u64().unwrap_or(0),
+            t["priority"].as_u64().unwrap_or(0),
+            t["state"].as_str().unwrap_or("?"),
+        );
+    }
+    for h in &handles {
+        let d = h.description();
+        println!(
+            "  {} control API (chaos, counters): {}",
+            d.name, d.control_url
+        );
+    }
+    Ok(handles)
+}
+
 pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     let file = prepare(&args.dir)?;
     if args.fresh {
@@ -150,8 +244,9 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         file.cluster_name,
         crate::status::render(&rows)
     );
+    let _tenants = start_pool(&file).await?;
     let a = &file.nodes[0];
-    println!("admin token: {}", file.admin_token_file.display());
+    println!("\nadmin token: {}", file.admin_token_file.display());
     println!("try:");
     println!(
         "  curl -s -H \"Authorization: Bearer $(cat {})\" http://{}/admin/cluster",
@@ -162,6 +257,11 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         "  curl -s -X PUT -H \"Authorization: Bearer $(cat {})\" -H 'content-type: application/json' -d '{{\"hello\":\"world\"}}' http://{}/admin/config/greeting",
         file.admin_token_file.display(),
         file.nodes[file.nodes.len() - 1].admin_addr
+    );
+    println!(
+        "  curl -s -H \"Authorization: Bearer $(cat {})\" http://{}/admin/tenants",
+        file.admin_token_file.display(),
+        a.admin_addr
     );
     println!("  corral status --config {}", config.display());
     println!("\nctrl-c stops the cluster.");

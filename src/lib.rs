@@ -19,6 +19,7 @@ pub mod ingress;
 pub mod init;
 pub mod metrics;
 pub mod node;
+pub mod pool;
 pub mod raft;
 pub mod seal;
 pub mod state;

@@ -17,6 +17,7 @@ use tokio::sync::watch;
 use crate::api::{self, AdminState};
 use crate::client::Client;
 use crate::config::NodeConfig;
+use crate::pool::{Pool, PoolOptions};
 use crate::raft::{DriverConfig, DriverHandle, Outbox};
 use crate::seal::{SealError, Sealer};
 use crate::state::CorralState;
@@ -53,6 +54,8 @@ pub enum NodeError {
     Transport(#[from] TransportError),
     #[error("raft: {0}")]
     Driver(#[from] crate::raft::DriverError),
+    #[error("tenant `{tenant}`: its stored credentials do not open with this node's master key ({source}); the master key file differs from the one the cluster sealed them with; refusing to start")]
+    TenantCredentials { tenant: String, source: SealError },
 }
 
 #[derive(Serialize, Deserialize, PartialEq, Debug)]
@@ -210,6 +213,9 @@ pub struct RunningNode {
     pub ingress_addr: SocketAddr,
     pub driver: DriverHandle,
     pub client: Arc<Client>,
+    /// This node's view of the tenant pool (dispatchers call it).
+    pub pool: Arc<Pool>,
+    pool_watcher: tokio::task::JoinHandle<()>,
     stop_http: watch::Sender<bool>,
     http: Vec<tokio::task::JoinHandle<()>>,
     driver_thread: Option<std::thread::JoinHandle<()>>,
@@ -250,6 +256,9 @@ pub async fn start(cfg: NodeConfig) -> Result<RunningNode, NodeError> {
     check_identity(&cfg.data_dir, &cfg)?;
     let store: Arc<dyn Store> = Arc::new(SledStore::open(&cfg.data_dir.join("store"))?);
     check_master_key(&*store, &Sealer::from_master_key(&master, "canary"))?;
+    if let Err((tenant, source)) = crate::pool::verify_stored_credentials(&*store, &master)? {
+        return Err(NodeError::TenantCredentials { tenant, source });
+    }
 
     let (inbound_tx, inbound_rx) = flume::bounded(INBOUND_CAPACITY);
     let transport = Transport::start(
@@ -307,12 +316,21 @@ pub async fn start(cfg: NodeConfig) -> Result<RunningNode, NodeError> {
             addr: cfg.ingress_addr,
             source,
         })?;
+    let pool = Pool::new(
+        &master,
+        PoolOptions {
+            node_id: cfg.id,
+            ..PoolOptions::default()
+        },
+    );
+    let pool_watcher = pool.spawn_watcher(store.clone());
     let admin = api::router(Arc::new(AdminState {
         cfg: cfg.clone(),
         client: client.clone(),
         transport,
         store,
         admin_token,
+        pool: pool.clone(),
     }));
     let (stop_http, stop_rx) = watch::channel(false);
     let http = vec![
@@ -325,6 +343,8 @@ pub async fn start(cfg: NodeConfig) -> Result<RunningNode, NodeError> {
         ingress_addr,
         driver,
         client,
+        pool,
+        pool_watcher,
         stop_http,
         http,
         driver_thread: Some(driver_thread),
@@ -335,6 +355,7 @@ impl RunningNode {
     /// Stops accepting requests, lets in-flight ones finish (bounded), then flushes and stops Raft.
     pub async fn shutdown(mut self) {
         let _ = self.stop_http.send(true);
+        self.pool_watcher.abort();
         for h in self.http.drain(..) {
             let _ = tokio::time::timeout(HTTP_DRAIN, h).await;
         }

@@ -47,7 +47,9 @@ fn live_node_serves_every_documented_route() {
     c.start(1);
     c.wait_leader(&[1], Duration::from_secs(10));
     for (method, path) in corral::api::ADMIN_ROUTES {
-        let path = path.replace("{key}", "contract-key");
+        let path = path
+            .replace("{key}", "contract-key")
+            .replace("{name}", "contract-tenant");
         let url = c.url(1, &path);
         let req = match *method {
             "get" => c.http.get(&url),

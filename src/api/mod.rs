@@ -6,6 +6,7 @@
 //! reach them without a secret. Handlers reach consensus only through [`Client`].
 
 pub mod error;
+pub mod tenants;
 
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -53,6 +54,11 @@ pub const ADMIN_ROUTES: &[(&str, &str)] = &[
     ("get", "/admin/config/{key}"),
     ("put", "/admin/config/{key}"),
     ("delete", "/admin/config/{key}"),
+    ("get", "/admin/tenants"),
+    ("get", "/admin/tenants/{name}"),
+    ("put", "/admin/tenants/{name}"),
+    ("delete", "/admin/tenants/{name}"),
+    ("get", "/admin/pool/health"),
 ];
 
 pub struct AdminState {
@@ -61,6 +67,7 @@ pub struct AdminState {
     pub transport: Arc<Transport>,
     pub store: Arc<dyn Store>,
     pub admin_token: String,
+    pub pool: Arc<crate::pool::Pool>,
 }
 
 type Shared = State<Arc<AdminState>>;
@@ -74,6 +81,14 @@ pub fn router(state: Arc<AdminState>) -> Router {
             "/admin/config/{*key}",
             get(config_get).put(config_put).delete(config_delete),
         )
+        .route("/admin/tenants", get(tenants::list))
+        .route(
+            "/admin/tenants/{name}",
+            get(tenants::get_one)
+                .put(tenants::put)
+                .delete(tenants::delete),
+        )
+        .route("/admin/pool/health", get(tenants::local_health))
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             require_token,
@@ -249,12 +264,12 @@ fn validate_key(key: &str) -> Result<(), ApiError> {
 }
 
 #[derive(Deserialize, Default)]
-struct ReadOpts {
+pub(crate) struct ReadOpts {
     /// `linearizable` (default) or `local` (this node's applied state, possibly stale).
-    consistency: Option<String>,
+    pub consistency: Option<String>,
 }
 
-async fn barrier(st: &AdminState, opts: &ReadOpts) -> Result<(), ApiError> {
+pub(crate) async fn barrier(st: &AdminState, opts: &ReadOpts) -> Result<(), ApiError> {
     match opts.consistency.as_deref() {
         None | Some("linearizable") => Ok(st.client.read_barrier().await?),
         Some("local") => Ok(()),

@@ -9,6 +9,9 @@
 //! Layout of the state range (after the store's `s` prefix):
 //! - `c/<key>` -> [`ConfigEntry`]: the replicated configuration store. Later features keep their
 //!   configuration (tenants, queues, routes, schedules) here under their own key prefixes.
+//! - `t/<name>` -> [`TenantEntry`]: a CPI tenant of the pool. The spec is the pool's non-secret
+//!   JSON (opaque here, so `state/` does not depend on `pool/`); the credentials arrive already
+//!   sealed with the master key, so the log, snapshots and data files never hold them in clear.
 
 use std::sync::Arc;
 
@@ -30,6 +33,16 @@ pub enum Command {
     },
     /// Removes a configuration document.
     ConfigDelete { key: String },
+    /// Creates or replaces a tenant of the pool. `spec` is non-secret JSON; the credentials
+    /// are sealed (AEAD, AAD = tenant name) before the command is built.
+    TenantPut {
+        name: String,
+        spec: Vec<u8>,
+        sealed_credentials: Vec<u8>,
+        now_ms: u64,
+    },
+    /// Removes a tenant from the pool.
+    TenantDelete { name: String },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -45,6 +58,25 @@ pub enum Response {
     Undecodable {
         message: String,
     },
+    TenantPut {
+        revision: u64,
+        created: bool,
+    },
+    TenantDeleted {
+        existed: bool,
+    },
+}
+
+/// A stored tenant: non-secret spec (JSON) plus sealed credentials, with its revision.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TenantEntry {
+    #[serde(with = "serde_bytes")]
+    pub spec: Vec<u8>,
+    #[serde(with = "serde_bytes")]
+    pub sealed_credentials: Vec<u8>,
+    pub revision: u64,
+    pub created_index: u64,
+    pub updated_ms: u64,
 }
 
 /// A stored configuration document with its revision (the log index that wrote it).
@@ -92,6 +124,10 @@ fn config_key(key: &str) -> Vec<u8> {
     keys::state(format!("c/{key}").as_bytes())
 }
 
+fn tenant_key(name: &str) -> Vec<u8> {
+    keys::state(format!("t/{name}").as_bytes())
+}
+
 /// The corral state machine. Holds only a store handle: all state lives in the store.
 pub struct CorralState {
     kv: Arc<dyn Store>,
@@ -128,6 +164,31 @@ impl CorralState {
                 let existed = read_config_through(&*self.kv, batch, &key)?.is_some();
                 batch.delete(config_key(&key));
                 Ok(Response::ConfigDeleted { existed })
+            }
+            Command::TenantPut {
+                name,
+                spec,
+                sealed_credentials,
+                now_ms,
+            } => {
+                let existing = read_tenant_through(&*self.kv, batch, &name)?;
+                let entry = TenantEntry {
+                    spec,
+                    sealed_credentials,
+                    revision: index,
+                    created_index: existing.as_ref().map(|e| e.created_index).unwrap_or(index),
+                    updated_ms: now_ms,
+                };
+                batch.put(tenant_key(&name), encode(&entry));
+                Ok(Response::TenantPut {
+                    revision: index,
+                    created: existing.is_none(),
+                })
+            }
+            Command::TenantDelete { name } => {
+                let existed = read_tenant_through(&*self.kv, batch, &name)?.is_some();
+                batch.delete(tenant_key(&name));
+                Ok(Response::TenantDeleted { existed })
             }
         }
     }
@@ -170,6 +231,50 @@ fn read_config_through(
             .map_err(|e| StoreError::Corrupt(format!("config {key}: {e}"))),
         None => Ok(None),
     }
+}
+
+/// Reads one tenant from the local state (no consistency barrier).
+pub fn read_tenant(kv: &dyn Store, name: &str) -> Result<Option<TenantEntry>, StoreError> {
+    read_tenant_through(kv, &WriteBatch::default(), name)
+}
+
+fn read_tenant_through(
+    kv: &dyn Store,
+    batch: &WriteBatch,
+    name: &str,
+) -> Result<Option<TenantEntry>, StoreError> {
+    match batch.read_through(kv, &tenant_key(name))? {
+        Some(b) => decode(&b)
+            .map(Some)
+            .map_err(|e| StoreError::Corrupt(format!("tenant {name}: {e}"))),
+        None => Ok(None),
+    }
+}
+
+/// Lists tenants by name, after `after`, at most `limit`.
+pub fn list_tenants(
+    kv: &dyn Store,
+    after: Option<&str>,
+    limit: usize,
+) -> Result<Vec<(String, TenantEntry)>, StoreError> {
+    let base = tenant_key("");
+    let from = match after {
+        Some(a) => {
+            let mut k = tenant_key(a);
+            k.push(0);
+            k
+        }
+        None => base.clone(),
+    };
+    let mut end = base.clone();
+    end.push(0xff);
+    let mut out = Vec::new();
+    for (k, v) in kv.range(&from, &end, limit)? {
+        let name = String::from_utf8_lossy(&k[base.len()..]).into_owned();
+        let entry = decode(&v).map_err(|e| StoreError::Corrupt(format!("tenant {name}: {e}")))?;
+        out.push((name, entry));
+    }
+    Ok(out)
 }
 
 /// Lists configuration documents whose key starts with `prefix`, after `after`, at most `limit`.
@@ -289,6 +394,91 @@ mod tests {
             decode::<Response>(&out).unwrap(),
             Response::Undecodable { .. }
         ));
+    }
+
+    /// Data-driven: tenant put/replace/delete answer alike on every replay, keep the created
+    /// index across replacements, and live apart from configuration keys.
+    #[test]
+    fn tenant_commands_are_deterministic() {
+        let put = |name: &str, spec: &[u8], now_ms| Command::TenantPut {
+            name: name.into(),
+            spec: spec.to_vec(),
+            sealed_credentials: vec![1, 2, 3],
+            now_ms,
+        };
+        let run = || {
+            let dir = tempfile::tempdir().unwrap();
+            let kv: Arc<dyn Store> = Arc::new(SledStore::open(dir.path()).unwrap());
+            let mut sm = CorralState::new(kv.clone());
+            let cases = [
+                (
+                    put("t1", b"{}", 5),
+                    Response::TenantPut {
+                        revision: 1,
+                        created: true,
+                    },
+                ),
+                (
+                    put("t1", b"{\"w\":2}", 6),
+                    Response::TenantPut {
+                        revision: 2,
+                        created: false,
+                    },
+                ),
+                (
+                    put("t2", b"{}", 7),
+                    Response::TenantPut {
+                        revision: 3,
+                        created: true,
+                    },
+                ),
+                (
+                    Command::TenantDelete {
+                        name: "nope".into(),
+                    },
+                    Response::TenantDeleted { existed: false },
+                ),
+                (
+                    Command::TenantDelete { name: "t2".into() },
+                    Response::TenantDeleted { existed: true },
+                ),
+                (
+                    Command::ConfigPut {
+                        key: "t1".into(),
+                        value: vec![],
+                        now_ms: 8,
+                    },
+                    Response::ConfigPut {
+                        revision: 6,
+                        created: true,
+                    },
+                ),
+            ];
+            for (i, (cmd, want)) in cases.into_iter().enumerate() {
+                assert_eq!(apply(&mut sm, i as u64 + 1, cmd), want);
+            }
+            (
+                list_tenants(&*kv, None, 100).unwrap(),
+                list_config(&*kv, "", None, 100).unwrap().len(),
+            )
+        };
+        let (tenants, configs) = run();
+        assert_eq!((tenants.clone(), configs), run());
+        assert_eq!(configs, 1);
+        assert_eq!(tenants.len(), 1);
+        let (name, e) = &tenants[0];
+        assert_eq!(name, "t1");
+        assert_eq!((e.revision, e.created_index, e.updated_ms), (2, 1, 6));
+        assert_eq!(e.spec, b"{\"w\":2}");
+    }
+
+    /// Existing command encodings stay stable: new variants are appended, never inserted.
+    #[test]
+    fn existing_variant_tags_are_stable() {
+        let bytes = encode(&Command::ConfigDelete { key: "k".into() });
+        assert_eq!(&bytes[..2], &[FORMAT_V1, 1]);
+        let bytes = encode(&Command::TenantDelete { name: "k".into() });
+        assert_eq!(&bytes[..2], &[FORMAT_V1, 3]);
     }
 
     /// Listing pages by key and respects the prefix.
