@@ -41,7 +41,8 @@ fn invalid(field: impl Into<String>, message: impl Into<String>) -> ConfigError 
 pub struct RaftSettings {
     /// One logical clock tick of the Raft state machine.
     pub tick_ms: u64,
-    /// Followers start an election after this many ticks without a leader (randomised up to 2x).
+    /// Followers start an election after this many ticks without a leader (randomised up to
+    /// 2x). 8 ticks of 100 ms keeps failover well under 3 s even on a loaded 2-core box.
     pub election_ticks: usize,
     /// The leader sends heartbeats every this many ticks.
     pub heartbeat_ticks: usize,
@@ -58,7 +59,7 @@ impl Default for RaftSettings {
     fn default() -> Self {
         RaftSettings {
             tick_ms: 100,
-            election_ticks: 10,
+            election_ticks: 8,
             heartbeat_ticks: 2,
             compact_every_entries: 20_000,
             keep_entries: 5_000,
