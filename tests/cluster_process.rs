@@ -96,6 +96,41 @@ fn leader_kill_loses_no_acknowledged_write() {
     c.wait_has_all(old, &acked, Duration::from_secs(30));
 }
 
+/// A frozen leader (SIGSTOP: its sockets stay open, it just stops answering) is replaced
+/// within 3 s; after SIGCONT it steps down, rejoins as a follower, and no acknowledged write
+/// is lost.
+#[test]
+fn frozen_leader_is_replaced_and_rejoins() {
+    let mut c = Cluster::start_new(3);
+    let old = c.wait_leader(&[1, 2, 3], Duration::from_secs(10));
+    let others: Vec<u64> = (1..=3).filter(|id| *id != old).collect();
+    let admins: Vec<String> = others.iter().map(|id| c.node(*id).admin.clone()).collect();
+    let writers = Writers::start(admins, &c.token, 4, "fz");
+    writers.wait_more(100, Duration::from_secs(30));
+    c.signal(old, libc::SIGSTOP);
+    let frozen_at = Instant::now();
+    let new = poll(Duration::from_secs(10), "a new leader", || {
+        c.agreed_leader(&others).filter(|l| *l != old)
+    });
+    let took = frozen_at.elapsed();
+    writers.wait_more(100, Duration::from_secs(30));
+    c.signal(old, libc::SIGCONT);
+    let acked = writers.finish();
+    assert!(
+        took < Duration::from_secs(3),
+        "new leader {new} took {took:?}"
+    );
+    poll(
+        Duration::from_secs(10),
+        "the old leader to follow the new one",
+        || (c.view(old)?["node"]["leader"].as_u64()? == new).then_some(()),
+    );
+    for id in 1..=3 {
+        c.wait_has_all(id, &acked, Duration::from_secs(30));
+    }
+    c.kill9(old);
+}
+
 /// 30 cycles of kill -9 of a random node during heavy writes, each followed by a restart:
 /// every store reopens, no acknowledged write is missing, and all nodes converge.
 #[test]

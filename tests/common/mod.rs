@@ -165,6 +165,14 @@ impl Cluster {
         }
     }
 
+    /// Sends `signal` to node `id`'s process (by the pid we started), e.g. SIGSTOP / SIGCONT.
+    pub fn signal(&self, id: u64, signal: i32) {
+        if let Some(c) = &self.nodes[(id - 1) as usize].child {
+            // SAFETY: kill(2) on a child pid this harness spawned and has not yet reaped.
+            unsafe { libc::kill(c.id() as i32, signal) };
+        }
+    }
+
     /// SIGTERM and wait for a clean exit (graceful shutdown); returns its success.
     pub fn stop(&mut self, id: u64) -> bool {
         let Some(mut c) = self.nodes[(id - 1) as usize].child.take() else {
