@@ -357,3 +357,40 @@ fn wrong_master_key_is_refused() {
     assert!(!ok);
     assert!(err.contains("master key"), "{err}");
 }
+
+/// `corral init` writes secrets with mode 0600 and refuses to overwrite a cluster without
+/// `--force`.
+#[test]
+fn init_protects_secrets_and_existing_clusters() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    common::init_cluster(dir.path(), 3, &common::fresh_net());
+    for f in [
+        "admin.token",
+        "master.key",
+        "ca.key",
+        "node-1.key",
+        "node-2.key",
+        "node-3.key",
+    ] {
+        let mode = std::fs::metadata(dir.path().join(f))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777;
+        assert_eq!(mode, 0o600, "{f} has mode {mode:o}");
+    }
+    let again = std::process::Command::new(BIN)
+        .args(["init", "--dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("--force"));
+    let forced = std::process::Command::new(BIN)
+        .args(["init", "--force", "--dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(forced.status.success());
+}
