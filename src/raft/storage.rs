@@ -5,6 +5,7 @@
 //! to. Snapshots are made on demand from the state range of the store at the applied index,
 //! which is consistent because the driver thread is the only writer.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 
 use protobuf::Message as _;
@@ -74,6 +75,31 @@ pub struct RaftStorage {
     last_index: u64,
     /// The last entry whose effects are in the state range.
     applied: LogPosition,
+    /// Term of every stored entry: `terms[i]` is the term of index `snapshot_point.index + 1 + i`.
+    /// Raft asks for terms constantly; this keeps those lookups off the disk.
+    terms: VecDeque<u64>,
+}
+
+/// Reads the stored log once at start for its terms, checking it is contiguous.
+fn load_terms(kv: &dyn Store, snapshot_index: u64) -> Result<VecDeque<u64>, StoreError> {
+    let mut terms = VecDeque::new();
+    for item in kv.scan_prefix(&[keys::LOG]) {
+        let (k, v) = item?;
+        let index = k
+            .get(1..9)
+            .and_then(|b| <[u8; 8]>::try_from(b).ok())
+            .map(u64::from_be_bytes)
+            .ok_or_else(|| StoreError::Corrupt("log key".into()))?;
+        let expected = snapshot_index + 1 + terms.len() as u64;
+        if index != expected {
+            return Err(StoreError::Corrupt(format!(
+                "log has index {index} where {expected} was expected"
+            )));
+        }
+        let entry = Entry::parse_from_bytes(&v).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        terms.push_back(entry.term);
+    }
+    Ok(terms)
 }
 
 impl RaftStorage {
@@ -114,19 +140,8 @@ impl RaftStorage {
         };
         let snapshot_point = pos(META_SNAPSHOT)?;
         let applied = pos(META_APPLIED)?;
-        let last_index = match kv
-            .range(&keys::log(0), &keys::log(u64::MAX), usize::MAX)?
-            .last()
-        {
-            // A reverse scan would be cheaper; sled's range in our trait is forward only, and
-            // this runs once at start over at most compact_every_entries + keep_entries keys.
-            Some((k, _)) => u64::from_be_bytes(
-                k[1..9]
-                    .try_into()
-                    .map_err(|_| StoreError::Corrupt("log key".into()))?,
-            ),
-            None => snapshot_point.index,
-        };
+        let terms = load_terms(&*kv, snapshot_point.index)?;
+        let last_index = snapshot_point.index + terms.len() as u64;
         Ok(RaftStorage {
             kv,
             hard_state,
@@ -134,6 +149,7 @@ impl RaftStorage {
             snapshot_point,
             last_index,
             applied,
+            terms,
         })
     }
 
@@ -185,7 +201,14 @@ impl RaftStorage {
         for stale in last.index + 1..=self.last_index {
             batch.delete(keys::log(stale).to_vec());
         }
+        self.terms
+            .truncate((first.index - self.snapshot_point.index - 1) as usize);
+        self.terms.extend(entries.iter().map(|e| e.term));
         self.last_index = last.index;
+        debug_assert_eq!(
+            self.terms.len() as u64,
+            self.last_index - self.snapshot_point.index
+        );
         Ok(())
     }
 
@@ -248,6 +271,7 @@ impl RaftStorage {
         batch.put(keys::meta(META_SNAPSHOT), encode_pos(point));
         let dropped = through - self.snapshot_point.index;
         self.kv.write(batch)?;
+        self.terms.drain(..dropped as usize);
         self.snapshot_point = point;
         Ok(dropped)
     }
@@ -294,23 +318,21 @@ impl RaftStorage {
         self.kv.flush()?;
         self.snapshot_point = point;
         self.last_index = meta.index;
+        self.terms.clear();
         Ok(())
-    }
-
-    fn entry(&self, index: u64) -> raft::Result<Entry> {
-        let bytes = self
-            .kv
-            .get(&keys::log(index))
-            .map_err(store_err)?
-            .ok_or(raft::Error::Store(StorageError::Unavailable))?;
-        Entry::parse_from_bytes(&bytes).map_err(|_| corrupt("log entry"))
     }
 
     fn entry_term(&self, index: u64) -> raft::Result<u64> {
         if index == self.snapshot_point.index {
             return Ok(self.snapshot_point.term);
         }
-        Ok(self.entry(index)?.term)
+        let offset = index
+            .checked_sub(self.snapshot_point.index + 1)
+            .ok_or(raft::Error::Store(StorageError::Compacted))?;
+        self.terms
+            .get(offset as usize)
+            .copied()
+            .ok_or(raft::Error::Store(StorageError::Unavailable))
     }
 
     fn build_snapshot(&self) -> raft::Result<Snapshot> {
