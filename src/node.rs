@@ -334,8 +334,16 @@ pub async fn start(cfg: NodeConfig) -> Result<RunningNode, NodeError> {
     }));
     let (stop_http, stop_rx) = watch::channel(false);
     let http = vec![
-        serve(admin_listener, admin, stop_rx.clone()),
-        serve(ingress_listener, crate::ingress::router(), stop_rx),
+        serve(
+            admin_listener,
+            api::limit_in_flight(admin, api::MAX_ADMIN_IN_FLIGHT),
+            stop_rx.clone(),
+        ),
+        serve(
+            ingress_listener,
+            api::limit_in_flight(crate::ingress::router(), api::MAX_INGRESS_IN_FLIGHT),
+            stop_rx,
+        ),
     ];
     tracing::info!(id = cfg.id, peer = %cfg.peer_addr, admin = %admin_addr, ingress = %ingress_addr, "node started");
     Ok(RunningNode {

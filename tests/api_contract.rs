@@ -135,3 +135,21 @@ fn bad_input_names_the_field() {
         "a rejected request left something behind"
     );
 }
+
+/// Past a listener's in-flight cap a request is refused at once with 503 `overloaded` and
+/// Retry-After, in the common error shape.
+#[tokio::test]
+async fn in_flight_cap_sheds_load_with_503() {
+    let app = corral::api::limit_in_flight(
+        axum::Router::new().route("/x", axum::routing::get(|| async { "ok" })),
+        0,
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let r = reqwest::get(format!("http://{addr}/x")).await.unwrap();
+    assert_eq!(r.status(), 503);
+    assert!(r.headers().contains_key("retry-after"));
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "overloaded");
+}

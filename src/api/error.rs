@@ -32,6 +32,8 @@ pub enum ApiError {
     OutcomeUnknown(String),
     #[error("the node is shutting down")]
     ShuttingDown,
+    #[error("too many requests in flight on this listener (limit {limit}); retry shortly")]
+    Overloaded { limit: usize },
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -55,6 +57,7 @@ impl ApiError {
             ApiError::NotApplied(_) => (StatusCode::SERVICE_UNAVAILABLE, "not_applied"),
             ApiError::OutcomeUnknown(_) => (StatusCode::SERVICE_UNAVAILABLE, "outcome_unknown"),
             ApiError::ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, "shutting_down"),
+            ApiError::Overloaded { .. } => (StatusCode::SERVICE_UNAVAILABLE, "overloaded"),
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }
     }

@@ -33,6 +33,10 @@ pub use error::ApiError;
 pub const MAX_ADMIN_BODY_BYTES: usize = 1024 * 1024;
 /// Longest configuration key.
 pub const MAX_CONFIG_KEY_BYTES: usize = 256;
+/// Requests the admin listener serves at once (see [`limit_in_flight`]).
+pub const MAX_ADMIN_IN_FLIGHT: usize = 256;
+/// Requests the ingress listener serves at once.
+pub const MAX_INGRESS_IN_FLIGHT: usize = 4_096;
 /// Most items one list call returns.
 pub const MAX_LIST_ITEMS: usize = 1_000;
 /// A node whose applied index trails its commit index by more than this is not ready.
@@ -102,6 +106,24 @@ pub fn router(state: Arc<AdminState>) -> Router {
         .fallback(no_route)
         .layer(DefaultBodyLimit::max(MAX_ADMIN_BODY_BYTES))
         .with_state(state)
+}
+
+/// Caps the requests a listener serves at once. Past the cap a request is answered at once
+/// with 503 `overloaded` and Retry-After rather than queued, so a flood cannot pile up memory
+/// or latency behind it.
+pub fn limit_in_flight(router: Router, max: usize) -> Router {
+    let permits = Arc::new(tokio::sync::Semaphore::new(max));
+    router.layer(axum::middleware::from_fn(
+        move |req: Request, next: Next| {
+            let permits = permits.clone();
+            async move {
+                match permits.try_acquire() {
+                    Ok(_permit) => next.run(req).await,
+                    Err(_) => ApiError::Overloaded { limit: max }.into_response(),
+                }
+            }
+        },
+    ))
 }
 
 pub async fn no_route(method: Method, uri: Uri) -> ApiError {
