@@ -131,6 +131,28 @@ fn frozen_leader_is_replaced_and_rejoins() {
     c.kill9(old);
 }
 
+/// A write whose fate cannot be known (forwarded to a leader that froze before answering) is
+/// answered 503 `outcome_unknown`, never as a failure.
+#[test]
+fn unknown_outcome_is_reported_as_unknown() {
+    let c = Cluster::start_new(3);
+    let leader = c.wait_leader(&[1, 2, 3], Duration::from_secs(10));
+    let follower = (1..=3).find(|id| *id != leader).unwrap();
+    c.put(follower, "before", &json!(1)).unwrap();
+    c.signal(leader, libc::SIGSTOP);
+    let r = c
+        .http
+        .put(c.url(follower, "/admin/config/during"))
+        .bearer_auth(&c.token)
+        .json(&json!(2))
+        .send()
+        .unwrap();
+    c.signal(leader, libc::SIGCONT);
+    assert_eq!(r.status(), 503);
+    let body: serde_json::Value = r.json().unwrap();
+    assert_eq!(body["error"]["code"], "outcome_unknown", "{body}");
+}
+
 /// 30 cycles of kill -9 of a random node during heavy writes, each followed by a restart:
 /// every store reopens, no acknowledged write is missing, and all nodes converge.
 #[test]
