@@ -328,17 +328,22 @@ struct ListOpts {
     consistency: Option<String>,
 }
 
+/// The page size a list call asked for, defaulting to and capped at [`MAX_LIST_ITEMS`].
+pub(crate) fn page_limit(limit: Option<usize>) -> Result<usize, ApiError> {
+    match limit.unwrap_or(MAX_LIST_ITEMS) {
+        l @ 1..=MAX_LIST_ITEMS => Ok(l),
+        _ => Err(ApiError::invalid(
+            "limit",
+            format!("must be between 1 and {MAX_LIST_ITEMS}"),
+        )),
+    }
+}
+
 async fn config_list(
     State(st): Shared,
     Query(q): Query<ListOpts>,
 ) -> Result<Json<Value>, ApiError> {
-    let limit = q.limit.unwrap_or(MAX_LIST_ITEMS);
-    if limit == 0 || limit > MAX_LIST_ITEMS {
-        return Err(ApiError::invalid(
-            "limit",
-            format!("must be between 1 and {MAX_LIST_ITEMS}"),
-        ));
-    }
+    let limit = page_limit(q.limit)?;
     barrier(
         &st,
         &ReadOpts {

@@ -17,7 +17,7 @@ use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
-use super::{barrier, now_ms, AdminState, ApiError, ReadOpts, MAX_LIST_ITEMS};
+use super::{barrier, now_ms, page_limit, AdminState, ApiError, ReadOpts};
 use crate::pool::spec::{self, TenantSpec};
 use crate::state::{self, Command, Response as SmResponse, TenantEntry};
 
@@ -162,13 +162,7 @@ pub(crate) async fn list(
     State(st): Shared,
     Query(q): Query<ListOpts>,
 ) -> Result<Json<Value>, ApiError> {
-    let limit = q.limit.unwrap_or(MAX_LIST_ITEMS);
-    if limit == 0 || limit > MAX_LIST_ITEMS {
-        return Err(ApiError::invalid(
-            "limit",
-            format!("must be between 1 and {MAX_LIST_ITEMS}"),
-        ));
-    }
+    let limit = page_limit(q.limit)?;
     barrier(
         &st,
         &ReadOpts {
