@@ -216,6 +216,7 @@ pub struct RunningNode {
     /// This node's view of the tenant pool (dispatchers call it).
     pub pool: Arc<Pool>,
     pool_watcher: tokio::task::JoinHandle<()>,
+    sweeper: tokio::task::JoinHandle<()>,
     stop_http: watch::Sender<bool>,
     http: Vec<tokio::task::JoinHandle<()>>,
     driver_thread: Option<std::thread::JoinHandle<()>>,
@@ -324,6 +325,14 @@ pub async fn start(cfg: NodeConfig) -> Result<RunningNode, NodeError> {
         },
     );
     let pool_watcher = pool.spawn_watcher(store.clone());
+    let sweeper = tokio::spawn(crate::ingress::queue::sweeper(
+        client.clone(),
+        store.clone(),
+    ));
+    let ingress = crate::ingress::router(Arc::new(crate::ingress::IngressState {
+        client: client.clone(),
+        store: store.clone(),
+    }));
     let admin = api::router(Arc::new(AdminState {
         cfg: cfg.clone(),
         client: client.clone(),
@@ -335,7 +344,7 @@ pub async fn start(cfg: NodeConfig) -> Result<RunningNode, NodeError> {
     let (stop_http, stop_rx) = watch::channel(false);
     let http = vec![
         serve(admin_listener, admin, stop_rx.clone()),
-        serve(ingress_listener, crate::ingress::router(), stop_rx),
+        serve(ingress_listener, ingress, stop_rx),
     ];
     tracing::info!(id = cfg.id, peer = %cfg.peer_addr, admin = %admin_addr, ingress = %ingress_addr, "node started");
     Ok(RunningNode {
@@ -345,6 +354,7 @@ pub async fn start(cfg: NodeConfig) -> Result<RunningNode, NodeError> {
         client,
         pool,
         pool_watcher,
+        sweeper,
         stop_http,
         http,
         driver_thread: Some(driver_thread),
@@ -356,6 +366,7 @@ impl RunningNode {
     pub async fn shutdown(mut self) {
         let _ = self.stop_http.send(true);
         self.pool_watcher.abort();
+        self.sweeper.abort();
         for h in self.http.drain(..) {
             let _ = tokio::time::timeout(HTTP_DRAIN, h).await;
         }
