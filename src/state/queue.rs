@@ -20,7 +20,7 @@
 //!
 //! All integers in keys are big-endian so key order is numeric order.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
@@ -863,10 +863,10 @@ impl Apply<'_> {
             return Ok(QueueResponse::LockLost);
         };
         let lease: Option<Lease> = get(self.kv, self.batch, &seq_key("l", queue, seq), "lease")?;
-        match lease {
-            Some(l) if l.lock_token == lock_token && l.deadline_ms > now_ms => {}
+        let consumer = match lease {
+            Some(l) if l.lock_token == lock_token && l.deadline_ms > now_ms => l.consumer,
             _ => return Ok(QueueResponse::LockLost),
-        }
+        };
         let answer = match action {
             Settle::Complete => {
                 self.remove_live(queue, &meta, &mut stats, false)?;
@@ -909,7 +909,7 @@ impl Apply<'_> {
                 let lease = Lease {
                     lock_token: lock_token.to_string(),
                     deadline_ms: deadline,
-                    consumer: String::new(),
+                    consumer,
                 };
                 self.batch.put(seq_key("l", queue, seq), encode(&lease));
                 self.batch
@@ -1067,15 +1067,6 @@ impl Apply<'_> {
             }
         }
     }
-}
-
-/// Ids that must be unique within a batch are the caller's; this checks a batch for repeats.
-pub fn repeated_id(messages: &[NewMessage]) -> Option<&str> {
-    let mut seen = HashSet::new();
-    messages
-        .iter()
-        .find(|m| !seen.insert(m.id.as_str()))
-        .map(|m| m.id.as_str())
 }
 
 #[cfg(test)]
