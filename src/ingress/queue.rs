@@ -39,6 +39,8 @@ pub const MAX_RECEIVE_WAIT_MS: u64 = 60_000;
 pub const RECEIVE_POLL: Duration = Duration::from_millis(50);
 /// How often the leader checks whether dedup entries or leases expired and need a sweep.
 pub const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
+/// Most sweep commands the leader proposes per interval while expired keys remain.
+pub const SWEEP_ROUNDS_PER_TICK: usize = 10;
 /// Longest consumer name.
 pub const MAX_CONSUMER_BYTES: usize = 128;
 
@@ -384,7 +386,7 @@ pub async fn receive(
     }
     let deadline = Instant::now() + Duration::from_millis(wait_ms);
     loop {
-        if queue::has_visible(&*st.store, &name, now_ms())? {
+        if queue::has_visible(&*st.store, &name, &cfg, now_ms())? {
             let cmd = Command::QueueReceive {
                 queue: name.clone(),
                 now_ms: now_ms(),
@@ -496,14 +498,27 @@ pub async fn sweeper(client: Arc<Client>, store: Arc<dyn Store>) {
             continue;
         }
         let now = now_ms();
-        match queue::sweep_due(&*store, now) {
-            Ok(true) => {
-                if let Err(e) = client.write(&Command::QueueSweep { now_ms: now }).await {
-                    tracing::debug!(error = %e, "queue sweep not applied");
+        // A sweep is bounded; when it was full, sweep again (bounded rounds per tick).
+        for _ in 0..SWEEP_ROUNDS_PER_TICK {
+            match queue::sweep_due(&*store, now) {
+                Ok(true) => {}
+                Ok(false) => break,
+                Err(e) => {
+                    tracing::warn!(error = %e, "queue sweep check failed");
+                    break;
                 }
             }
-            Ok(false) => {}
-            Err(e) => tracing::warn!(error = %e, "queue sweep check failed"),
+            match client.write(&Command::QueueSweep { now_ms: now }).await {
+                Ok(crate::state::Response::Queue(QueueResponse::Swept {
+                    dedup_expired,
+                    leases_expired,
+                })) if dedup_expired + leases_expired > 0 => {}
+                Ok(_) => break,
+                Err(e) => {
+                    tracing::debug!(error = %e, "queue sweep not applied");
+                    break;
+                }
+            }
         }
     }
 }

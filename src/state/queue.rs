@@ -14,6 +14,8 @@
 //!   the message visible again with no extra work, and "head" is a range scan up to `now`;
 //! - `ql/<queue>\0<seq>` -> [`Lease`] while a consumer holds the message;
 //! - `qd/<queue>\0<dedup key>` -> [`DedupEntry`];
+//! - `qo/<queue>\0<ordering key>\0<seq>` -> (): live messages per ordering key, so per-key
+//!   ordering holds a message back while an older one of its key is live;
 //! - `qx/<queue>\0<seq>` -> [`MessageMeta`] of a dead letter (its body stays at `qb`);
 //! - `qe/<expires_at><queue>\0<dedup key>` and `qt/<deadline><queue>\0<seq>`: expiry indexes
 //!   the periodic [`super::Command::QueueSweep`] walks, a bounded number of keys at a time.
@@ -303,6 +305,36 @@ fn ready_key(queue: &str, visible_at: u64, seq: u64) -> Vec<u8> {
     qk("r", queue, &rest)
 }
 
+/// `qo/<queue>\0<ordering key>\0<seq>`: live messages per ordering key, oldest first.
+fn order_key(queue: &str, okey: &str, seq: Option<u64>) -> Vec<u8> {
+    let mut rest = okey.as_bytes().to_vec();
+    rest.push(0);
+    if let Some(seq) = seq {
+        rest.extend_from_slice(&seq.to_be_bytes());
+    }
+    qk("o", queue, &rest)
+}
+
+/// Under per-key ordering, a message may go out only while it is the oldest live message of
+/// its ordering key (an earlier one in flight or waiting blocks it).
+fn blocked_by_order(
+    kv: &dyn Store,
+    batch: &WriteBatch,
+    queue: &str,
+    ordering: Ordering,
+    meta: &MessageMeta,
+) -> Result<bool, StoreError> {
+    let (Ordering::PerKey, Some(okey)) = (ordering, &meta.ordering_key) else {
+        return Ok(false);
+    };
+    let from = order_key(queue, okey, None);
+    let first = scan_through(kv, batch, &from, &prefix_end(&from), 1)?;
+    Ok(first
+        .first()
+        .and_then(|(k, _)| k.len().checked_sub(8).and_then(|i| be_u64(&k[i..])))
+        .is_some_and(|oldest| oldest != meta.sequence))
+}
+
 fn exp_key(kind: &str, at: u64, queue: &str, rest: &[u8]) -> Vec<u8> {
     let mut key = keys::state(format!("q{kind}/").as_bytes());
     key.extend_from_slice(&at.to_be_bytes());
@@ -397,12 +429,38 @@ pub fn list_queues(
     Ok(out)
 }
 
-/// True when a receive at `now_ms` would find a message (visible, or with an expired lock):
-/// one cheap range read, so long-polling consumers propose only when there is work.
-pub fn has_visible(kv: &dyn Store, queue: &str, now_ms: u64) -> Result<bool, StoreError> {
+/// True when a receive at `now_ms` would make progress (a visible message, an expired lock, or
+/// something to expire or dead-letter): a cheap local read, so long-polling consumers propose
+/// only when there is work. Under per-key ordering, messages blocked by an older one of their
+/// key do not count.
+pub fn has_visible(
+    kv: &dyn Store,
+    queue: &str,
+    cfg: &QueueConfig,
+    now_ms: u64,
+) -> Result<bool, StoreError> {
     let from = qk("r", queue, &[]);
     let to = ready_key(queue, now_ms.saturating_add(1), 0);
-    Ok(!kv.range(&from, &to, 1)?.is_empty())
+    let limit = match cfg.ordering {
+        Ordering::None => 1,
+        Ordering::PerKey => RECEIVE_SCAN_LIMIT,
+    };
+    let b = WriteBatch::default();
+    for (key, _) in kv.range(&from, &to, limit)? {
+        if cfg.ordering == Ordering::None {
+            return Ok(true);
+        }
+        let Some(seq) = key.len().checked_sub(8).and_then(|i| be_u64(&key[i..])) else {
+            continue;
+        };
+        let Some(meta) = get::<MessageMeta>(kv, &b, &seq_key("m", queue, seq), "message")? else {
+            return Ok(true);
+        };
+        if !blocked_by_order(kv, &b, queue, cfg.ordering, &meta)? {
+            return Ok(true);
+        }
+    }
+    Ok(false)
 }
 
 /// True when some dedup entry or lease has expired by `now_ms` (the leader then sweeps).
@@ -531,7 +589,7 @@ impl Apply<'_> {
             });
         };
         let mut done = true;
-        for kind in ["m", "b", "i", "r", "l", "d", "x"] {
+        for kind in ["m", "b", "i", "r", "l", "d", "x", "o"] {
             let from = qk(kind, name, &[]);
             let found = scan_through(self.kv, self.batch, &from, &prefix_end(&from), CHUNK_LIMIT)?;
             if found.len() == CHUNK_LIMIT {
@@ -694,6 +752,9 @@ impl Apply<'_> {
                     self.batch
                         .put(qk("i", queue, m.id.as_bytes()), seq.to_be_bytes().to_vec());
                     self.batch.put(ready_key(queue, now_ms, seq), vec![]);
+                    if let Some(okey) = &meta.ordering_key {
+                        self.batch.put(order_key(queue, okey, Some(seq)), vec![]);
+                    }
                     stats.depth += 1;
                     stats.bytes += meta.body_len;
                     stats.enqueued_total += 1;
@@ -721,6 +782,9 @@ impl Apply<'_> {
         let seq = meta.sequence;
         self.batch.delete(seq_key("m", queue, seq));
         self.batch.delete(ready_key(queue, meta.visible_at_ms, seq));
+        if let Some(okey) = &meta.ordering_key {
+            self.batch.delete(order_key(queue, okey, Some(seq)));
+        }
         if !keep_body {
             self.batch.delete(seq_key("b", queue, seq));
             self.batch.delete(qk("i", queue, meta.id.as_bytes()));
@@ -804,6 +868,9 @@ impl Apply<'_> {
                     meta.delivery_count, entry.config.max_deliveries
                 );
                 self.dead_letter(queue, meta, reason, &mut stats)?;
+                continue;
+            }
+            if blocked_by_order(self.kv, self.batch, queue, entry.config.ordering, &meta)? {
                 continue;
             }
             // Lease it: any expired lease is replaced.
@@ -999,6 +1066,9 @@ impl Apply<'_> {
             meta.visible_at_ms = now_ms;
             self.batch.put(seq_key("m", queue, seq), encode(&meta));
             self.batch.put(ready_key(queue, now_ms, seq), vec![]);
+            if let Some(okey) = &meta.ordering_key {
+                self.batch.put(order_key(queue, okey, Some(seq)), vec![]);
+            }
             stats.depth += 1;
             stats.bytes += meta.body_len;
         }

@@ -217,11 +217,11 @@ fn receive_leases_once_and_lock_expiry_redelivers() {
     assert_eq!(first.body, b"hello");
     assert_eq!(first.meta.delivery_count, 1);
     assert_eq!(first.locked_until_ms, 1020);
-    assert!(!has_visible(&*t.kv, "q", 1019).unwrap());
+    assert!(!has_visible(&*t.kv, "q", &QueueConfig::default(), 1019).unwrap());
     assert!(received(t.run(receive("q", 1019, "t3"))).is_none());
     assert_eq!(t.stats("q").in_flight, 1);
     // The lock expires: redelivered with the count raised; the old token is refused.
-    assert!(has_visible(&*t.kv, "q", 1020).unwrap());
+    assert!(has_visible(&*t.kv, "q", &QueueConfig::default(), 1020).unwrap());
     let again = received(t.run(receive("q", 1020, "t4"))).unwrap();
     assert_eq!(again.meta.delivery_count, 2);
     assert_eq!(
@@ -432,4 +432,53 @@ fn replay_is_deterministic() {
         (answers, dump)
     };
     assert_eq!(run(), run());
+}
+
+#[test]
+fn per_key_ordering_holds_back_later_messages_of_a_key() {
+    let mut t = T::new();
+    let cfg = QueueConfig {
+        ordering: Ordering::PerKey,
+        ..QueueConfig::default()
+    };
+    t.put("q", cfg.clone());
+    let keyed = |id: &str, k: Option<&str>| NewMessage {
+        ordering_key: k.map(String::from),
+        ..msg(id, None, b"x")
+    };
+    t.run(enqueue(
+        "q",
+        0,
+        vec![
+            keyed("a1", Some("A")),
+            keyed("a2", Some("A")),
+            keyed("b1", Some("B")),
+            keyed("n", None),
+        ],
+    ));
+    let ids =
+        |t: &mut T, now: u64, tok: &str| received(t.run(receive("q", now, tok))).map(|m| m.meta.id);
+    assert_eq!(ids(&mut t, 1, "t1").as_deref(), Some("a1"));
+    // a2 waits for a1: the next receives skip it.
+    assert_eq!(ids(&mut t, 1, "t2").as_deref(), Some("b1"));
+    assert_eq!(ids(&mut t, 1, "t3").as_deref(), Some("n"));
+    assert!(
+        !has_visible(&*t.kv, "q", &cfg, 1).unwrap(),
+        "a blocked message counts as visible"
+    );
+    assert_eq!(ids(&mut t, 1, "t4"), None);
+    // a1 completes: a2 may go.
+    t.run(settle("q", "a1", "t1", 2, Settle::Complete));
+    assert!(has_visible(&*t.kv, "q", &cfg, 2).unwrap());
+    assert_eq!(ids(&mut t, 2, "t5").as_deref(), Some("a2"));
+    // Without per-key ordering the same messages go out in sequence order regardless.
+    let mut u = T::new();
+    u.put("q", QueueConfig::default());
+    u.run(enqueue(
+        "q",
+        0,
+        vec![keyed("a1", Some("A")), keyed("a2", Some("A"))],
+    ));
+    assert_eq!(ids(&mut u, 1, "t1").as_deref(), Some("a1"));
+    assert_eq!(ids(&mut u, 1, "t2").as_deref(), Some("a2"));
 }
