@@ -69,9 +69,18 @@ fn pull_consumers() {
         .send()
         .unwrap();
     assert_eq!(r.status(), 201);
+    let put_index = r.json::<Value>().unwrap()["revision"].as_u64().unwrap();
 
-    // Empty queue: 204 after the wait.
-    assert!(receive(&c, 2, "work", json!({"wait_ms": 200})).is_none());
+    // Empty queue: 204 after the wait, and an idle long poll proposes nothing.
+    let leader = c.wait_leader(&[1, 2, 3], Duration::from_secs(10));
+    let commit = |c: &Cluster| {
+        c.view(leader).unwrap()["node"]["last_index"]
+            .as_u64()
+            .unwrap()
+    };
+    let before = put_index;
+    assert!(receive(&c, 2, "work", json!({"wait_ms": 1000})).is_none());
+    assert_eq!(commit(&c), before, "an idle long poll wrote to the log");
 
     // Receive gets body, headers and a lock; complete removes it.
     let id = enqueue(&c, 1, "work", "hello");
