@@ -589,13 +589,20 @@ impl Apply<'_> {
             });
         };
         let mut done = true;
-        for kind in ["m", "b", "i", "r", "l", "d", "x", "o"] {
+        // Bodies are never read here (up to 16 MiB each): they go by the sequence of the
+        // message or dead letter that owns them.
+        for kind in ["m", "x", "i", "r", "l", "d", "o"] {
             let from = qk(kind, name, &[]);
             let found = scan_through(self.kv, self.batch, &from, &prefix_end(&from), CHUNK_LIMIT)?;
             if found.len() == CHUNK_LIMIT {
                 done = false;
             }
             for (key, _) in found {
+                if kind == "m" || kind == "x" {
+                    if let Some(seq) = key.len().checked_sub(8).and_then(|i| be_u64(&key[i..])) {
+                        self.batch.delete(seq_key("b", name, seq));
+                    }
+                }
                 self.batch.delete(key);
             }
         }

@@ -393,9 +393,40 @@ fn ttl_expired_messages_are_dropped_on_receive() {
 #[test]
 fn delete_removes_everything_in_chunks() {
     let mut t = T::new();
+    t.put("other", QueueConfig::default());
+    t.run(enqueue("other", 0, vec![msg("o", None, b"keep")]));
+    let kept = t.state_keys();
     t.put("q", QueueConfig::default());
-    t.run(enqueue("q", 0, vec![msg("a", Some("k"), b"x")]));
+    let many: Vec<NewMessage> = (0..CHUNK_LIMIT + 1)
+        .map(|i| NewMessage {
+            ordering_key: Some("K".into()),
+            ..msg(&format!("m{i}"), Some(&format!("k{i}")), b"x")
+        })
+        .collect();
+    assert!(matches!(
+        t.run(enqueue("q", 0, many)),
+        QueueResponse::Enqueued { .. }
+    ));
     received(t.run(receive("q", 0, "t"))).unwrap();
+    t.run(settle(
+        "q",
+        "m0",
+        "t",
+        1,
+        Settle::DeadLetter { reason: "x".into() },
+    ));
+    assert_eq!(
+        t.run(Command::QueueDelete { name: "q".into() }),
+        QueueResponse::Deleted {
+            existed: true,
+            done: false
+        }
+    );
+    // While deleting, the queue takes nothing.
+    assert_eq!(
+        t.run(enqueue("q", 2, vec![msg("late", None, b"x")])),
+        QueueResponse::Deleting
+    );
     assert_eq!(
         t.run(Command::QueueDelete { name: "q".into() }),
         QueueResponse::Deleted {
@@ -408,7 +439,13 @@ fn delete_removes_everything_in_chunks() {
     t.run(Command::QueueSweep {
         now_ms: u64::MAX - 1,
     });
-    assert_eq!(t.state_keys(), 0);
+    t.run(Command::QueueSweep {
+        now_ms: u64::MAX - 1,
+    });
+    t.run(Command::QueueSweep {
+        now_ms: u64::MAX - 1,
+    });
+    assert_eq!(t.state_keys(), kept);
 }
 
 /// Replaying the same commands gives the same answers and the same state.
