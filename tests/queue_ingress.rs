@@ -61,6 +61,23 @@ fn enqueue_dedup_batch_caps_and_limits() {
     let listed = c.get_json(3, "/admin/queues").unwrap();
     assert_eq!(listed["items"][0]["name"], "orders");
 
+    // A push queue stores its delivery settings and cannot be pulled from.
+    let r = put_queue(
+        &c,
+        3,
+        "pushq",
+        json!({"delivery": {"mode": "push", "path": "/http/orders"}, "ordering": "per_key"}),
+    );
+    assert_eq!(r.status(), 201);
+    let q = c.get_json(1, "/admin/queues/pushq").unwrap();
+    assert_eq!(q["delivery"]["path"], "/http/orders");
+    let r = c
+        .http
+        .post(c.ingress_url(1, "/queues/pushq/messages/head"))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 409);
+
     // Unknown queue: 404 in the JSON shape.
     let (code, body) = post(&c, 1, "nope", None, "{}");
     assert_eq!(code, 404);

@@ -373,6 +373,11 @@ pub async fn receive(
     // The barrier makes the first local look linearizable; later looks are cheap local reads.
     st.client.read_barrier().await?;
     let cfg = config(&st, &name).await?;
+    if let queue::Delivery::Push { path } = &cfg.delivery {
+        return Err(ApiError::Conflict(format!(
+            "queue `{name}` delivers by push to `{path}`; only pull queues can be received from"
+        )));
+    }
     let lock_ms = input.lock_ms.unwrap_or(cfg.lock_ms);
     if !(queue::MIN_LOCK_MS..=queue::MAX_LOCK_MS).contains(&lock_ms) {
         return Err(ApiError::invalid(
