@@ -92,6 +92,11 @@ fn enqueue_dedup_batch_caps_and_limits() {
     assert_eq!(dup["duplicate"], true);
     assert_eq!(dup["id"], first["id"]);
     assert_eq!(dup["sequence"], first["sequence"]);
+    let dups = c.metric(
+        3,
+        r#"corral_queue_messages_total{op="enqueue",outcome="duplicate"}"#,
+    );
+    assert_eq!(dups, Some(1.0));
     let (_, other) = post(&c, 1, "orders", None, "x");
     assert_eq!(other["duplicate"], false);
     assert_ne!(other["id"], first["id"]);

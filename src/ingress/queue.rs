@@ -71,6 +71,13 @@ pub struct IngressState {
 
 type Shared = State<Arc<IngressState>>;
 
+fn count(op: &str, outcome: &str, n: u64) {
+    crate::metrics::M
+        .queue_messages
+        .with_label_values(&[op, outcome])
+        .inc_by(n);
+}
+
 fn random_hex() -> String {
     hex::encode(rand::random::<[u8; 16]>())
 }
@@ -225,18 +232,27 @@ async fn enqueue_all(
     name: &str,
     messages: Vec<NewMessage>,
 ) -> Result<Vec<queue::Enqueued>, ApiError> {
+    let n = messages.len() as u64;
     let cmd = Command::QueueEnqueue {
         queue: name.into(),
         now_ms: now_ms(),
         messages,
     };
     match answer(st.client.write(&cmd).await?)? {
-        QueueResponse::Enqueued { results } => Ok(results),
+        QueueResponse::Enqueued { results } => {
+            let dups = results.iter().filter(|r| r.duplicate).count() as u64;
+            count("enqueue", "stored", n - dups);
+            count("enqueue", "duplicate", dups);
+            Ok(results)
+        }
         QueueResponse::NotFound => Err(not_found(name)),
         QueueResponse::Deleting => Err(ApiError::Conflict(format!(
             "queue `{name}` is being deleted"
         ))),
-        QueueResponse::Full { reason } => Err(ApiError::QueueFull(reason)),
+        QueueResponse::Full { reason } => {
+            count("enqueue", "full", n);
+            Err(ApiError::QueueFull(reason))
+        }
         other => Err(ApiError::Internal(format!("unexpected answer {other:?}"))),
     }
 }
@@ -401,6 +417,7 @@ pub async fn receive(
             };
             match answer(st.client.write(&cmd).await?)? {
                 QueueResponse::Received { message: Some(m) } => {
+                    count("receive", "delivered", 1);
                     let mut v = meta_json(&m.meta);
                     v["lock_token"] = json!(m.lock_token);
                     v["locked_until_ms"] = json!(m.locked_until_ms);
@@ -414,6 +431,7 @@ pub async fn receive(
             }
         }
         if Instant::now() + RECEIVE_POLL > deadline {
+            count("receive", "empty", 1);
             return Ok(StatusCode::NO_CONTENT.into_response());
         }
         tokio::time::sleep(RECEIVE_POLL).await;
@@ -475,7 +493,13 @@ pub async fn settle(
         now_ms: now_ms(),
         action,
     };
-    match answer(st.client.write(&cmd).await?)? {
+    let answer = answer(st.client.write(&cmd).await?)?;
+    match &answer {
+        QueueResponse::Settled { .. } => count("settle", verb, 1),
+        QueueResponse::LockLost => count("settle", "lock_lost", 1),
+        _ => {}
+    }
+    match answer {
         QueueResponse::Settled {
             locked_until_ms: Some(t),
         } => Ok(Json(json!({"id": id, "locked_until_ms": t})).into_response()),
