@@ -36,6 +36,8 @@ pub struct Metrics {
     pub snapshots_sent: IntCounter,
     pub snapshots_installed: IntCounter,
     pub log_compactions: IntCounter,
+    /// Durable queue messages handled by this node's ingress, by operation and outcome.
+    pub queue_messages: IntCounterVec,
 }
 
 pub static M: LazyLock<Metrics> = LazyLock::new(|| {
@@ -136,6 +138,13 @@ pub static M: LazyLock<Metrics> = LazyLock::new(|| {
         log_compactions: register_int_counter_with_registry!(
             "raft_log_compactions_total",
             "log compactions",
+            r
+        )
+        .expect("m"),
+        queue_messages: register_int_counter_vec_with_registry!(
+            "queue_messages_total",
+            "queue messages handled by this node's ingress: op enqueue (stored, duplicate, full), receive (delivered, empty), settle (complete, abandon, dead-letter, renew-lock, lock_lost)",
+            &["op", "outcome"],
             r
         )
         .expect("m"),

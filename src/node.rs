@@ -216,6 +216,7 @@ pub struct RunningNode {
     /// This node's view of the tenant pool (dispatchers call it).
     pub pool: Arc<Pool>,
     pool_watcher: tokio::task::JoinHandle<()>,
+    sweeper: tokio::task::JoinHandle<()>,
     stop_http: watch::Sender<bool>,
     http: Vec<tokio::task::JoinHandle<()>>,
     driver_thread: Option<std::thread::JoinHandle<()>>,
@@ -324,6 +325,14 @@ pub async fn start(cfg: NodeConfig) -> Result<RunningNode, NodeError> {
         },
     );
     let pool_watcher = pool.spawn_watcher(store.clone());
+    let sweeper = tokio::spawn(crate::ingress::queue::sweeper(
+        client.clone(),
+        store.clone(),
+    ));
+    let ingress = crate::ingress::router(Arc::new(crate::ingress::IngressState {
+        client: client.clone(),
+        store: store.clone(),
+    }));
     let admin = api::router(Arc::new(AdminState {
         cfg: cfg.clone(),
         client: client.clone(),
@@ -341,7 +350,7 @@ pub async fn start(cfg: NodeConfig) -> Result<RunningNode, NodeError> {
         ),
         serve(
             ingress_listener,
-            api::limit_in_flight(crate::ingress::router(), api::MAX_INGRESS_IN_FLIGHT),
+            api::limit_in_flight(ingress, api::MAX_INGRESS_IN_FLIGHT),
             stop_rx,
         ),
     ];
@@ -353,6 +362,7 @@ pub async fn start(cfg: NodeConfig) -> Result<RunningNode, NodeError> {
         client,
         pool,
         pool_watcher,
+        sweeper,
         stop_http,
         http,
         driver_thread: Some(driver_thread),
@@ -364,6 +374,7 @@ impl RunningNode {
     pub async fn shutdown(mut self) {
         let _ = self.stop_http.send(true);
         self.pool_watcher.abort();
+        self.sweeper.abort();
         for h in self.http.drain(..) {
             let _ = tokio::time::timeout(HTTP_DRAIN, h).await;
         }

@@ -49,7 +49,8 @@ fn live_node_serves_every_documented_route() {
     for (method, path) in corral::api::ADMIN_ROUTES {
         let path = path
             .replace("{key}", "contract-key")
-            .replace("{name}", "contract-tenant");
+            .replace("{name}", "contract-tenant")
+            .replace("{id}", "contract-id");
         let url = c.url(1, &path);
         let req = match *method {
             "get" => c.http.get(&url),

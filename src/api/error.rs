@@ -9,6 +9,9 @@ use serde_json::json;
 use crate::client::ClientError;
 use crate::store::StoreError;
 
+/// Retry-After (seconds) on a 429 from a full queue.
+pub const QUEUE_FULL_RETRY_AFTER_S: &str = "5";
+
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
     #[error("missing or wrong bearer token")]
@@ -24,6 +27,14 @@ pub enum ApiError {
     },
     #[error("body is larger than the {limit_bytes}-byte limit")]
     TooLarge { limit_bytes: usize },
+    #[error("{0}")]
+    Conflict(String),
+    /// A durable queue is at a cap; nothing was stored.
+    #[error("{0}; nothing was stored, retry later")]
+    QueueFull(String),
+    /// The message's lock expired or is held under another token.
+    #[error("{0}")]
+    LockLost(String),
     #[error("no leader is reachable; the request was not applied, retry later")]
     NoLeader,
     #[error("not applied: {0}; safe to retry")]
@@ -53,6 +64,9 @@ impl ApiError {
             ApiError::NoRoute { .. } => (StatusCode::NOT_FOUND, "no_route"),
             ApiError::Invalid { .. } => (StatusCode::BAD_REQUEST, "invalid"),
             ApiError::TooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "too_large"),
+            ApiError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
+            ApiError::QueueFull(_) => (StatusCode::TOO_MANY_REQUESTS, "queue_full"),
+            ApiError::LockLost(_) => (StatusCode::GONE, "lock_lost"),
             ApiError::NoLeader => (StatusCode::SERVICE_UNAVAILABLE, "no_leader"),
             ApiError::NotApplied(_) => (StatusCode::SERVICE_UNAVAILABLE, "not_applied"),
             ApiError::OutcomeUnknown(_) => (StatusCode::SERVICE_UNAVAILABLE, "outcome_unknown"),
@@ -71,6 +85,12 @@ impl IntoResponse for ApiError {
             error["field"] = json!(f);
         }
         let mut resp = (status, axum::Json(json!({ "error": error }))).into_response();
+        if status == StatusCode::TOO_MANY_REQUESTS {
+            resp.headers_mut().insert(
+                header::RETRY_AFTER,
+                HeaderValue::from_static(QUEUE_FULL_RETRY_AFTER_S),
+            );
+        }
         if status == StatusCode::SERVICE_UNAVAILABLE {
             resp.headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));

@@ -6,6 +6,7 @@
 //! reach them without a secret. Handlers reach consensus only through [`Client`].
 
 pub mod error;
+pub mod queues;
 pub mod tenants;
 
 use std::sync::Arc;
@@ -63,6 +64,16 @@ pub const ADMIN_ROUTES: &[(&str, &str)] = &[
     ("put", "/admin/tenants/{name}"),
     ("delete", "/admin/tenants/{name}"),
     ("get", "/admin/pool/health"),
+    ("get", "/admin/queues"),
+    ("get", "/admin/queues/{name}"),
+    ("put", "/admin/queues/{name}"),
+    ("delete", "/admin/queues/{name}"),
+    ("get", "/admin/queues/{name}/dead-letters"),
+    ("delete", "/admin/queues/{name}/dead-letters"),
+    ("post", "/admin/queues/{name}/dead-letters/redrive"),
+    ("get", "/admin/queues/{name}/dead-letters/{id}"),
+    ("delete", "/admin/queues/{name}/dead-letters/{id}"),
+    ("post", "/admin/queues/{name}/dead-letters/{id}/redrive"),
 ];
 
 pub struct AdminState {
@@ -93,6 +104,27 @@ pub fn router(state: Arc<AdminState>) -> Router {
                 .delete(tenants::delete),
         )
         .route("/admin/pool/health", get(tenants::local_health))
+        .route("/admin/queues", get(queues::list))
+        .route(
+            "/admin/queues/{name}",
+            get(queues::get_one).put(queues::put).delete(queues::delete),
+        )
+        .route(
+            "/admin/queues/{name}/dead-letters",
+            get(queues::dead_list).delete(queues::dead_purge_all),
+        )
+        .route(
+            "/admin/queues/{name}/dead-letters/redrive",
+            post(queues::dead_redrive_all),
+        )
+        .route(
+            "/admin/queues/{name}/dead-letters/{id}",
+            get(queues::dead_peek).delete(queues::dead_purge_one),
+        )
+        .route(
+            "/admin/queues/{name}/dead-letters/{id}/redrive",
+            post(queues::dead_redrive_one),
+        )
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             require_token,

@@ -1,18 +1,49 @@
 //! The data-plane (ingress) listener, separate from the admin listener so that callers of
 //! integration flows never share a port, a body limit or a thread pool queue with operators.
 //!
-//! It answers `/healthz` and, for anything it does not serve yet, the common JSON error.
-//! The durable queue and the sync proxy mount their routes here.
+//! It answers `/healthz`, the durable queue's routes (see [`queue`]) and, for anything else,
+//! the common JSON error. The sync proxy mounts its routes here later.
 
-use axum::routing::get;
+pub mod queue;
+
+use std::sync::Arc;
+
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::json;
 
-/// Every (method, path) the ingress listener serves, in OpenAPI path syntax.
-pub const INGRESS_ROUTES: &[(&str, &str)] = &[("get", "/healthz")];
+pub use queue::IngressState;
 
-pub fn router() -> Router {
+/// Every (method, path) the ingress listener serves, in OpenAPI path syntax.
+pub const INGRESS_ROUTES: &[(&str, &str)] = &[
+    ("get", "/healthz"),
+    ("post", "/queues/{queue}/messages"),
+    ("post", "/queues/{queue}/messages:batch"),
+    ("post", "/queues/{queue}/messages/head"),
+    ("post", "/queues/{queue}/messages/{id}:complete"),
+    ("post", "/queues/{queue}/messages/{id}:abandon"),
+    ("post", "/queues/{queue}/messages/{id}:dead-letter"),
+    ("post", "/queues/{queue}/messages/{id}:renew-lock"),
+];
+
+pub fn router(state: Arc<IngressState>) -> Router {
     Router::new()
         .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
+        .route(
+            "/queues/{queue}/messages",
+            post(queue::enqueue).layer(DefaultBodyLimit::max(
+                crate::state::queue::MAX_MESSAGE_BYTES,
+            )),
+        )
+        .route(
+            "/queues/{queue}/messages:batch",
+            post(queue::enqueue_batch).layer(DefaultBodyLimit::max(queue::MAX_BATCH_REQUEST_BYTES)),
+        )
+        .route("/queues/{queue}/messages/head", post(queue::receive))
+        // `{id}:{verb}` is one path segment; the handler splits it.
+        .route("/queues/{queue}/messages/{id_action}", post(queue::settle))
         .fallback(crate::api::no_route)
+        .layer(DefaultBodyLimit::max(crate::api::MAX_ADMIN_BODY_BYTES))
+        .with_state(state)
 }

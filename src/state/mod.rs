@@ -12,6 +12,10 @@
 //! - `t/<name>` -> [`TenantEntry`]: a CPI tenant of the pool. The spec is the pool's non-secret
 //!   JSON (opaque here, so `state/` does not depend on `pool/`); the credentials arrive already
 //!   sealed with the master key, so the log, snapshots and data files never hold them in clear.
+//! - `q?/...`: the durable queue (configuration, messages, leases, dedup, dead letters); see
+//!   [`queue`] for its layout.
+
+pub mod queue;
 
 use std::sync::Arc;
 
@@ -43,6 +47,46 @@ pub enum Command {
     },
     /// Removes a tenant from the pool.
     TenantDelete { name: String },
+    /// Creates or replaces a queue's configuration.
+    QueuePut {
+        name: String,
+        config: queue::QueueConfig,
+        now_ms: u64,
+    },
+    /// Deletes a queue, a bounded chunk at a time (repeat until `done`).
+    QueueDelete { name: String },
+    /// Enqueues messages atomically (one for a single POST, many for a batch).
+    QueueEnqueue {
+        queue: String,
+        now_ms: u64,
+        messages: Vec<queue::NewMessage>,
+    },
+    /// Leases the head message to one consumer until `now_ms + lock_ms`.
+    QueueReceive {
+        queue: String,
+        now_ms: u64,
+        lock_ms: u64,
+        lock_token: String,
+        consumer: String,
+    },
+    /// Complete, abandon, dead-letter or renew a leased message.
+    QueueSettle {
+        queue: String,
+        id: String,
+        lock_token: String,
+        now_ms: u64,
+        action: queue::Settle,
+    },
+    /// Removes expired dedup entries and leases (bounded); proposed by the leader.
+    QueueSweep { now_ms: u64 },
+    /// Moves a dead letter (or a chunk of all of them) back to the queue.
+    QueueRedrive {
+        queue: String,
+        id: Option<String>,
+        now_ms: u64,
+    },
+    /// Removes a dead letter (or a chunk of all of them).
+    QueuePurgeDead { queue: String, id: Option<String> },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -65,6 +109,8 @@ pub enum Response {
     TenantDeleted {
         existed: bool,
     },
+    /// The answer to any queue command.
+    Queue(queue::QueueResponse),
 }
 
 /// A stored tenant: non-secret spec (JSON) plus sealed credentials, with its revision.
@@ -190,6 +236,55 @@ impl CorralState {
                 batch.delete(tenant_key(&name));
                 Ok(Response::TenantDeleted { existed })
             }
+            cmd => self.apply_queue(index, cmd, batch).map(Response::Queue),
+        }
+    }
+
+    fn apply_queue(
+        &mut self,
+        index: u64,
+        cmd: Command,
+        batch: &mut WriteBatch,
+    ) -> Result<queue::QueueResponse, StoreError> {
+        let mut q = queue::Apply {
+            kv: &*self.kv,
+            batch,
+        };
+        match cmd {
+            Command::QueuePut {
+                name,
+                config,
+                now_ms,
+            } => q.put_queue(index, &name, config, now_ms),
+            Command::QueueDelete { name } => q.delete_queue(&name),
+            Command::QueueEnqueue {
+                queue,
+                now_ms,
+                messages,
+            } => q.enqueue(&queue, now_ms, messages),
+            Command::QueueReceive {
+                queue,
+                now_ms,
+                lock_ms,
+                lock_token,
+                consumer,
+            } => q.receive(&queue, now_ms, lock_ms, lock_token, consumer),
+            Command::QueueSettle {
+                queue,
+                id,
+                lock_token,
+                now_ms,
+                action,
+            } => q.settle(&queue, &id, &lock_token, now_ms, action),
+            Command::QueueSweep { now_ms } => q.sweep(now_ms),
+            Command::QueueRedrive { queue, id, now_ms } => q.redrive(&queue, id.as_deref(), now_ms),
+            Command::QueuePurgeDead { queue, id } => q.purge_dead(&queue, id.as_deref()),
+            Command::ConfigPut { .. }
+            | Command::ConfigDelete { .. }
+            | Command::TenantPut { .. }
+            | Command::TenantDelete { .. } => Err(StoreError::Corrupt(
+                "non-queue command routed to the queue".into(),
+            )),
         }
     }
 }

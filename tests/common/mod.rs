@@ -194,6 +194,13 @@ impl Cluster {
         format!("http://{}{}", self.node(id).admin, path)
     }
 
+    /// A URL on node `id`'s data-plane (ingress) listener: `{net}.{id}:7101`.
+    pub fn ingress_url(&self, id: u64, path: &str) -> String {
+        let admin = &self.node(id).admin;
+        let host = admin.rsplit_once(':').map(|(h, _)| h).unwrap_or(admin);
+        format!("http://{host}:7101{path}")
+    }
+
     pub fn get_json(&self, id: u64, path: &str) -> Option<Value> {
         let r = self
             .http

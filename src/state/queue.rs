@@ -1,0 +1,1150 @@
+//! The durable queue's deterministic part: queue configuration, messages, leases, dedup and
+//! dead letters, as applied from the Raft log.
+//!
+//! Everything here is a pure function of (stored state, command): times, ids, lock tokens and
+//! lease deadlines arrive stamped in the command. Every change of one command is one batch, so
+//! a message, its indexes and its queue's counters never disagree.
+//!
+//! Layout (after the store's `s` prefix; queue names never contain NUL):
+//! - `qc/<queue>` -> [`QueueEntry`] (configuration), `qs/<queue>` -> [`QueueStats`];
+//! - `qm/<queue>\0<seq>` -> [`MessageMeta`], `qb/<queue>\0<seq>` -> body (stored once),
+//!   `qi/<queue>\0<id>` -> seq;
+//! - `qr/<queue>\0<visible_at><seq>` -> (): the ready index. Every live message has exactly one
+//!   entry. Leasing a message moves its entry to the lease deadline, so an expired lock makes
+//!   the message visible again with no extra work, and "head" is a range scan up to `now`;
+//! - `ql/<queue>\0<seq>` -> [`Lease`] while a consumer holds the message;
+//! - `qd/<queue>\0<dedup key>` -> [`DedupEntry`];
+//! - `qo/<queue>\0<ordering key>\0<seq>` -> (): live messages per ordering key, so per-key
+//!   ordering holds a message back while an older one of its key is live;
+//! - `qx/<queue>\0<seq>` -> [`MessageMeta`] of a dead letter (its body stays at `qb`);
+//! - `qe/<expires_at><queue>\0<dedup key>` and `qt/<deadline><queue>\0<seq>`: expiry indexes
+//!   the periodic [`super::Command::QueueSweep`] walks, a bounded number of keys at a time.
+//!
+//! All integers in keys are big-endian so key order is numeric order.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use super::{decode, encode};
+use crate::store::{keys, KvPair, Store, StoreError, WriteBatch};
+
+/// Largest message body (bytes). Ingress answers 413 beyond it.
+pub const MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
+/// Most application headers kept per message.
+pub const MAX_HEADERS: usize = 64;
+/// Most bytes of kept header names and values per message.
+pub const MAX_HEADER_BYTES: usize = 16 * 1024;
+/// Longest dedup key (bytes).
+pub const MAX_DEDUP_KEY_BYTES: usize = 512;
+/// Longest ordering key (bytes).
+pub const MAX_ORDERING_KEY_BYTES: usize = 256;
+/// Most messages in one batch request (one Raft command).
+pub const MAX_BATCH_MESSAGES: usize = 1_000;
+/// Most bytes of bodies in one batch request (the whole command must stay under the
+/// 24 MiB Raft proposal limit).
+pub const MAX_BATCH_BYTES: usize = 16 * 1024 * 1024;
+/// Longest dedup window (7 days, ms).
+pub const MAX_DEDUP_WINDOW_MS: u64 = 7 * 24 * 3600 * 1000;
+/// Longest lock (1 hour, ms) and shortest (1 s).
+pub const MAX_LOCK_MS: u64 = 3600 * 1000;
+pub const MIN_LOCK_MS: u64 = 1000;
+/// Ready-index entries one receive may inspect (expired or over-delivered ones it moves away).
+pub const RECEIVE_SCAN_LIMIT: usize = 64;
+/// Index keys one sweep command may inspect.
+pub const SWEEP_LIMIT: usize = 1_000;
+/// Keys one queue-delete or dead-letter purge/redrive command may touch per range.
+pub const CHUNK_LIMIT: usize = 1_000;
+
+pub const DEFAULT_MAX_DELIVERIES: u32 = 10;
+pub const DEFAULT_LOCK_MS: u64 = 60_000;
+pub const DEFAULT_DEDUP_WINDOW_MS: u64 = 10 * 60 * 1000;
+/// Default cap on stored messages (live + dead letters) per queue.
+pub const DEFAULT_MAX_MESSAGES: u64 = 100_000;
+/// Default cap on stored body bytes per queue (32 MiB: snapshots must still fit one 64 MiB
+/// transport frame until chunked snapshots exist; see docs/queue.md).
+pub const DEFAULT_MAX_BYTES: u64 = 32 * 1024 * 1024;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Delivery {
+    Pull,
+    /// Push to the tenant pool at `path` (e.g. `/http/orders`); dispatch is future work.
+    Push {
+        path: String,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum DedupKey {
+    None,
+    Header { name: String },
+    JsonPointer { pointer: String },
+    XmlPath { path: String },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RetryPolicy {
+    pub initial_ms: u64,
+    pub max_ms: u64,
+    /// Backoff multiplier in hundredths (200 = x2).
+    pub multiplier_pct: u32,
+    /// Jitter as a percentage of the delay (0..=100).
+    pub jitter_pct: u32,
+    pub honour_retry_after: bool,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy {
+            initial_ms: 1_000,
+            max_ms: 300_000,
+            multiplier_pct: 200,
+            jitter_pct: 20,
+            honour_retry_after: true,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Ordering {
+    None,
+    PerKey,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueueConfig {
+    pub delivery: Delivery,
+    pub max_deliveries: u32,
+    pub lock_ms: u64,
+    pub dedup_window_ms: u64,
+    pub dedup_key: DedupKey,
+    pub retry: RetryPolicy,
+    pub ordering: Ordering,
+    /// Message time to live (ms); `None` keeps messages until consumed.
+    pub ttl_ms: Option<u64>,
+    pub max_messages: u64,
+    pub max_bytes: u64,
+}
+
+impl Default for QueueConfig {
+    fn default() -> Self {
+        QueueConfig {
+            delivery: Delivery::Pull,
+            max_deliveries: DEFAULT_MAX_DELIVERIES,
+            lock_ms: DEFAULT_LOCK_MS,
+            dedup_window_ms: DEFAULT_DEDUP_WINDOW_MS,
+            dedup_key: DedupKey::Header {
+                name: "message-id".into(),
+            },
+            retry: RetryPolicy::default(),
+            ordering: Ordering::None,
+            ttl_ms: None,
+            max_messages: DEFAULT_MAX_MESSAGES,
+            max_bytes: DEFAULT_MAX_BYTES,
+        }
+    }
+}
+
+/// A stored queue: its configuration and revision. `deleting` queues accept nothing.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueueEntry {
+    pub config: QueueConfig,
+    pub revision: u64,
+    pub created_index: u64,
+    pub updated_ms: u64,
+    pub deleting: bool,
+}
+
+/// Per-queue counters, updated in the same batch as the messages they count.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueueStats {
+    pub next_seq: u64,
+    /// Live messages (ready or in flight), and their body bytes.
+    pub depth: u64,
+    pub bytes: u64,
+    pub in_flight: u64,
+    pub dead_letters: u64,
+    pub dead_bytes: u64,
+    pub enqueued_total: u64,
+    pub duplicates_total: u64,
+    pub completed_total: u64,
+    pub expired_total: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MessageMeta {
+    pub id: String,
+    pub sequence: u64,
+    pub enqueued_ms: u64,
+    pub expires_at_ms: Option<u64>,
+    pub visible_at_ms: u64,
+    pub delivery_count: u32,
+    pub dedup_key: Option<String>,
+    pub ordering_key: Option<String>,
+    pub content_type: Option<String>,
+    pub headers: Vec<(String, String)>,
+    pub body_len: u64,
+    /// Why it was dead-lettered (dead letters only).
+    pub dead_reason: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Lease {
+    pub lock_token: String,
+    pub deadline_ms: u64,
+    pub consumer: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DedupEntry {
+    pub id: String,
+    pub sequence: u64,
+    pub expires_at_ms: u64,
+}
+
+/// One message of an enqueue command, with its id already stamped.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NewMessage {
+    pub id: String,
+    pub dedup_key: Option<String>,
+    pub ordering_key: Option<String>,
+    pub content_type: Option<String>,
+    pub headers: Vec<(String, String)>,
+    #[serde(with = "serde_bytes")]
+    pub body: Vec<u8>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Enqueued {
+    pub id: String,
+    pub sequence: u64,
+    pub duplicate: bool,
+}
+
+/// A message handed to a pull consumer, with its lock.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Received {
+    pub meta: MessageMeta,
+    #[serde(with = "serde_bytes")]
+    pub body: Vec<u8>,
+    pub lock_token: String,
+    pub locked_until_ms: u64,
+}
+
+/// What a lock holder does with its message.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Settle {
+    Complete,
+    Abandon,
+    DeadLetter { reason: String },
+    Renew { lock_ms: u64 },
+}
+
+/// Answers of queue commands (wrapped in [`super::Response::Queue`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum QueueResponse {
+    Put {
+        revision: u64,
+        created: bool,
+    },
+    /// `done` false: more keys remain; propose the delete again.
+    Deleted {
+        existed: bool,
+        done: bool,
+    },
+    NotFound,
+    /// The queue is being deleted.
+    Deleting,
+    Enqueued {
+        results: Vec<Enqueued>,
+    },
+    /// Over a cap: nothing was stored.
+    Full {
+        reason: String,
+    },
+    Received {
+        message: Option<Box<Received>>,
+    },
+    Settled {
+        locked_until_ms: Option<u64>,
+    },
+    /// The message is gone, or its lock expired or belongs to another token.
+    LockLost,
+    MessageNotFound,
+    Swept {
+        dedup_expired: u64,
+        leases_expired: u64,
+    },
+    /// Dead letters moved back (redrive) or removed (purge); `done` false: more remain.
+    DeadLetters {
+        count: u64,
+        done: bool,
+    },
+}
+
+// ---------- keys ----------
+
+fn k(kind: &str, queue: &str) -> Vec<u8> {
+    keys::state(format!("q{kind}/{queue}").as_bytes())
+}
+
+fn qk(kind: &str, queue: &str, rest: &[u8]) -> Vec<u8> {
+    let mut key = k(kind, queue);
+    key.push(0);
+    key.extend_from_slice(rest);
+    key
+}
+
+fn seq_key(kind: &str, queue: &str, seq: u64) -> Vec<u8> {
+    qk(kind, queue, &seq.to_be_bytes())
+}
+
+fn ready_key(queue: &str, visible_at: u64, seq: u64) -> Vec<u8> {
+    let mut rest = visible_at.to_be_bytes().to_vec();
+    rest.extend_from_slice(&seq.to_be_bytes());
+    qk("r", queue, &rest)
+}
+
+/// `qo/<queue>\0<ordering key>\0<seq>`: live messages per ordering key, oldest first.
+fn order_key(queue: &str, okey: &str, seq: Option<u64>) -> Vec<u8> {
+    let mut rest = okey.as_bytes().to_vec();
+    rest.push(0);
+    if let Some(seq) = seq {
+        rest.extend_from_slice(&seq.to_be_bytes());
+    }
+    qk("o", queue, &rest)
+}
+
+/// Under per-key ordering, a message may go out only while it is the oldest live message of
+/// its ordering key (an earlier one in flight or waiting blocks it).
+fn blocked_by_order(
+    kv: &dyn Store,
+    batch: &WriteBatch,
+    queue: &str,
+    ordering: Ordering,
+    meta: &MessageMeta,
+) -> Result<bool, StoreError> {
+    let (Ordering::PerKey, Some(okey)) = (ordering, &meta.ordering_key) else {
+        return Ok(false);
+    };
+    let from = order_key(queue, okey, None);
+    let first = scan_through(kv, batch, &from, &prefix_end(&from), 1)?;
+    Ok(first
+        .first()
+        .and_then(|(k, _)| k.len().checked_sub(8).and_then(|i| be_u64(&k[i..])))
+        .is_some_and(|oldest| oldest != meta.sequence))
+}
+
+fn exp_key(kind: &str, at: u64, queue: &str, rest: &[u8]) -> Vec<u8> {
+    let mut key = keys::state(format!("q{kind}/").as_bytes());
+    key.extend_from_slice(&at.to_be_bytes());
+    key.extend_from_slice(queue.as_bytes());
+    key.push(0);
+    key.extend_from_slice(rest);
+    key
+}
+
+fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+    let mut end = prefix.to_vec();
+    end.push(0xff);
+    end
+}
+
+fn be_u64(b: &[u8]) -> Option<u64> {
+    <[u8; 8]>::try_from(b).ok().map(u64::from_be_bytes)
+}
+
+fn corrupt(what: &str, e: impl std::fmt::Display) -> StoreError {
+    StoreError::Corrupt(format!("{what}: {e}"))
+}
+
+fn get<T: serde::de::DeserializeOwned>(
+    kv: &dyn Store,
+    batch: &WriteBatch,
+    key: &[u8],
+    what: &str,
+) -> Result<Option<T>, StoreError> {
+    match batch.read_through(kv, key)? {
+        Some(b) => decode(&b).map(Some).map_err(|e| corrupt(what, e)),
+        None => Ok(None),
+    }
+}
+
+/// Pairs with `from <= key < to` as they will be once `batch` is written, at most `limit`.
+fn scan_through(
+    kv: &dyn Store,
+    batch: &WriteBatch,
+    from: &[u8],
+    to: &[u8],
+    limit: usize,
+) -> Result<Vec<KvPair>, StoreError> {
+    let mut merged: BTreeMap<Vec<u8>, Vec<u8>> = BTreeMap::new();
+    let mut touched = 0usize;
+    for (key, _) in &batch.ops {
+        if key.as_slice() >= from && key.as_slice() < to {
+            touched += 1;
+            if let Some(Some(v)) = batch.get(key) {
+                merged.insert(key.clone(), v.to_vec());
+            }
+        }
+    }
+    for (key, v) in kv.range(from, to, limit + touched)? {
+        if batch.get(&key).is_none() {
+            merged.insert(key, v);
+        }
+    }
+    Ok(merged.into_iter().take(limit).collect())
+}
+
+// ---------- reads for handlers ----------
+
+pub fn read_queue(kv: &dyn Store, name: &str) -> Result<Option<QueueEntry>, StoreError> {
+    get(kv, &WriteBatch::default(), &k("c", name), "queue config")
+}
+
+pub fn read_stats(kv: &dyn Store, name: &str) -> Result<QueueStats, StoreError> {
+    Ok(get(kv, &WriteBatch::default(), &k("s", name), "queue stats")?.unwrap_or_default())
+}
+
+pub fn list_queues(
+    kv: &dyn Store,
+    after: Option<&str>,
+    limit: usize,
+) -> Result<Vec<(String, QueueEntry)>, StoreError> {
+    let base = k("c", "");
+    let from = match after {
+        Some(a) => {
+            let mut key = k("c", a);
+            key.push(0);
+            key
+        }
+        None => base.clone(),
+    };
+    let mut out = Vec::new();
+    for (key, v) in kv.range(&from, &prefix_end(&base), limit)? {
+        let name = String::from_utf8_lossy(&key[base.len()..]).into_owned();
+        let e = decode(&v).map_err(|e| corrupt("queue config", e))?;
+        out.push((name, e));
+    }
+    Ok(out)
+}
+
+/// True when a receive at `now_ms` would make progress (a visible message, an expired lock, or
+/// something to expire or dead-letter): a cheap local read, so long-polling consumers propose
+/// only when there is work. Under per-key ordering, messages blocked by an older one of their
+/// key do not count.
+pub fn has_visible(
+    kv: &dyn Store,
+    queue: &str,
+    cfg: &QueueConfig,
+    now_ms: u64,
+) -> Result<bool, StoreError> {
+    let from = qk("r", queue, &[]);
+    let to = ready_key(queue, now_ms.saturating_add(1), 0);
+    let limit = match cfg.ordering {
+        Ordering::None => 1,
+        Ordering::PerKey => RECEIVE_SCAN_LIMIT,
+    };
+    let b = WriteBatch::default();
+    for (key, _) in kv.range(&from, &to, limit)? {
+        if cfg.ordering == Ordering::None {
+            return Ok(true);
+        }
+        let Some(seq) = key.len().checked_sub(8).and_then(|i| be_u64(&key[i..])) else {
+            continue;
+        };
+        let Some(meta) = get::<MessageMeta>(kv, &b, &seq_key("m", queue, seq), "message")? else {
+            return Ok(true);
+        };
+        if !blocked_by_order(kv, &b, queue, cfg.ordering, &meta)? {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+/// True when some dedup entry or lease has expired by `now_ms` (the leader then sweeps).
+pub fn sweep_due(kv: &dyn Store, now_ms: u64) -> Result<bool, StoreError> {
+    for kind in ["e", "t"] {
+        let from = keys::state(format!("q{kind}/").as_bytes());
+        let mut to = from.clone();
+        to.extend_from_slice(&now_ms.to_be_bytes());
+        if !kv.range(&from, &to, 1)?.is_empty() {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+/// Dead letters of `queue` by sequence, after `after`, at most `limit`.
+pub fn list_dead_letters(
+    kv: &dyn Store,
+    queue: &str,
+    after: Option<u64>,
+    limit: usize,
+) -> Result<Vec<MessageMeta>, StoreError> {
+    let base = qk("x", queue, &[]);
+    let from = match after {
+        Some(s) => seq_key("x", queue, s.saturating_add(1)),
+        None => base.clone(),
+    };
+    kv.range(&from, &prefix_end(&base), limit)?
+        .into_iter()
+        .map(|(_, v)| decode(&v).map_err(|e| corrupt("dead letter", e)))
+        .collect()
+}
+
+/// One dead letter by id, with its body.
+pub fn peek_dead_letter(
+    kv: &dyn Store,
+    queue: &str,
+    id: &str,
+) -> Result<Option<(MessageMeta, Vec<u8>)>, StoreError> {
+    let b = WriteBatch::default();
+    let Some(seq) = read_id(kv, &b, queue, id)? else {
+        return Ok(None);
+    };
+    let Some(meta) = get::<MessageMeta>(kv, &b, &seq_key("x", queue, seq), "dead letter")? else {
+        return Ok(None);
+    };
+    let body = kv.get(&seq_key("b", queue, seq))?.unwrap_or_default();
+    Ok(Some((meta, body)))
+}
+
+fn read_id(
+    kv: &dyn Store,
+    batch: &WriteBatch,
+    queue: &str,
+    id: &str,
+) -> Result<Option<u64>, StoreError> {
+    Ok(batch
+        .read_through(kv, &qk("i", queue, id.as_bytes()))?
+        .and_then(|b| be_u64(&b)))
+}
+
+// ---------- apply ----------
+
+/// Applies queue commands against `kv` as seen through `batch`.
+pub struct Apply<'a> {
+    pub kv: &'a dyn Store,
+    pub batch: &'a mut WriteBatch,
+}
+
+enum Live {
+    Gone,
+    Deleting,
+    Ok(Box<QueueEntry>, QueueStats),
+}
+
+impl Apply<'_> {
+    fn load(&self, queue: &str) -> Result<Live, StoreError> {
+        match get::<QueueEntry>(self.kv, self.batch, &k("c", queue), "queue config")? {
+            None => Ok(Live::Gone),
+            Some(e) if e.deleting => Ok(Live::Deleting),
+            Some(e) => {
+                let stats =
+                    get(self.kv, self.batch, &k("s", queue), "queue stats")?.unwrap_or_default();
+                Ok(Live::Ok(Box::new(e), stats))
+            }
+        }
+    }
+
+    fn put_stats(&mut self, queue: &str, s: &QueueStats) {
+        self.batch.put(k("s", queue), encode(s));
+    }
+
+    pub fn put_queue(
+        &mut self,
+        index: u64,
+        name: &str,
+        config: QueueConfig,
+        now_ms: u64,
+    ) -> Result<QueueResponse, StoreError> {
+        let existing: Option<QueueEntry> = get(self.kv, self.batch, &k("c", name), "queue")?;
+        if existing.as_ref().is_some_and(|e| e.deleting) {
+            return Ok(QueueResponse::Deleting);
+        }
+        let entry = QueueEntry {
+            config,
+            revision: index,
+            created_index: existing.as_ref().map(|e| e.created_index).unwrap_or(index),
+            updated_ms: now_ms,
+            deleting: false,
+        };
+        self.batch.put(k("c", name), encode(&entry));
+        Ok(QueueResponse::Put {
+            revision: index,
+            created: existing.is_none(),
+        })
+    }
+
+    /// Marks the queue deleting and removes up to [`CHUNK_LIMIT`] keys per range; the
+    /// configuration goes last, when nothing else remains.
+    pub fn delete_queue(&mut self, name: &str) -> Result<QueueResponse, StoreError> {
+        let Some(mut entry) = get::<QueueEntry>(self.kv, self.batch, &k("c", name), "queue")?
+        else {
+            return Ok(QueueResponse::Deleted {
+                existed: false,
+                done: true,
+            });
+        };
+        let mut done = true;
+        // Bodies are never read here (up to 16 MiB each): they go by the sequence of the
+        // message or dead letter that owns them.
+        for kind in ["m", "x", "i", "r", "l", "d", "o"] {
+            let from = qk(kind, name, &[]);
+            let found = scan_through(self.kv, self.batch, &from, &prefix_end(&from), CHUNK_LIMIT)?;
+            if found.len() == CHUNK_LIMIT {
+                done = false;
+            }
+            for (key, _) in found {
+                if kind == "m" || kind == "x" {
+                    if let Some(seq) = key.len().checked_sub(8).and_then(|i| be_u64(&key[i..])) {
+                        self.batch.delete(seq_key("b", name, seq));
+                    }
+                }
+                self.batch.delete(key);
+            }
+        }
+        if done {
+            self.batch.delete(k("c", name));
+            self.batch.delete(k("s", name));
+        } else if !entry.deleting {
+            entry.deleting = true;
+            self.batch.put(k("c", name), encode(&entry));
+        }
+        Ok(QueueResponse::Deleted {
+            existed: true,
+            done,
+        })
+    }
+
+    /// Enqueues all of `messages` or none: duplicates answer with the original, caps are
+    /// checked for the whole batch before anything is written.
+    pub fn enqueue(
+        &mut self,
+        queue: &str,
+        now_ms: u64,
+        messages: Vec<NewMessage>,
+    ) -> Result<QueueResponse, StoreError> {
+        let (entry, mut stats) = match self.load(queue)? {
+            Live::Gone => return Ok(QueueResponse::NotFound),
+            Live::Deleting => return Ok(QueueResponse::Deleting),
+            Live::Ok(e, s) => (e, s),
+        };
+        let cfg = &entry.config;
+        // Pass 1: which messages are new (dedup against the store and earlier ones of this batch).
+        let mut seen: BTreeMap<String, usize> = BTreeMap::new();
+        let mut plan: Vec<Result<(), Enqueued>> = Vec::with_capacity(messages.len());
+        let (mut new_count, mut new_bytes) = (0u64, 0u64);
+        for (i, m) in messages.iter().enumerate() {
+            let dup = match &m.dedup_key {
+                Some(dk) if cfg.dedup_window_ms > 0 => {
+                    if let Some(&j) = seen.get(dk) {
+                        Some(Err(j))
+                    } else {
+                        let d: Option<DedupEntry> = get(
+                            self.kv,
+                            self.batch,
+                            &qk("d", queue, dk.as_bytes()),
+                            "dedup entry",
+                        )?;
+                        match d {
+                            Some(d) if d.expires_at_ms > now_ms => Some(Ok(Enqueued {
+                                id: d.id,
+                                sequence: d.sequence,
+                                duplicate: true,
+                            })),
+                            _ => None,
+                        }
+                    }
+                }
+                _ => None,
+            };
+            match dup {
+                Some(Ok(e)) => plan.push(Err(e)),
+                // Same key earlier in this batch: filled in below once sequences are known.
+                Some(Err(j)) => plan.push(Err(Enqueued {
+                    id: String::new(),
+                    sequence: j as u64,
+                    duplicate: true,
+                })),
+                None => {
+                    if let Some(dk) = &m.dedup_key {
+                        seen.insert(dk.clone(), i);
+                    }
+                    new_count += 1;
+                    new_bytes += m.body.len() as u64;
+                    plan.push(Ok(()));
+                }
+            }
+        }
+        let stored = stats.depth + stats.dead_letters;
+        if stored + new_count > cfg.max_messages {
+            return Ok(QueueResponse::Full {
+                reason: format!(
+                    "the queue holds {stored} of at most {} messages",
+                    cfg.max_messages
+                ),
+            });
+        }
+        let stored_bytes = stats.bytes + stats.dead_bytes;
+        if stored_bytes + new_bytes > cfg.max_bytes {
+            return Ok(QueueResponse::Full {
+                reason: format!(
+                    "the queue holds {stored_bytes} of at most {} bytes",
+                    cfg.max_bytes
+                ),
+            });
+        }
+        // Pass 2: write.
+        let mut results: Vec<Enqueued> = Vec::with_capacity(messages.len());
+        for (m, p) in messages.into_iter().zip(plan) {
+            match p {
+                Err(mut e) => {
+                    if e.id.is_empty() {
+                        let first = &results[e.sequence as usize];
+                        e = Enqueued {
+                            id: first.id.clone(),
+                            sequence: first.sequence,
+                            duplicate: true,
+                        };
+                    }
+                    stats.duplicates_total += 1;
+                    results.push(e);
+                }
+                Ok(()) => {
+                    stats.next_seq += 1;
+                    let seq = stats.next_seq;
+                    if let Some(dk) = &m.dedup_key {
+                        if cfg.dedup_window_ms > 0 {
+                            let dkey = qk("d", queue, dk.as_bytes());
+                            if let Some(old) =
+                                get::<DedupEntry>(self.kv, self.batch, &dkey, "dedup entry")?
+                            {
+                                self.batch.delete(exp_key(
+                                    "e",
+                                    old.expires_at_ms,
+                                    queue,
+                                    dk.as_bytes(),
+                                ));
+                            }
+                            let expires_at_ms = now_ms.saturating_add(cfg.dedup_window_ms);
+                            let d = DedupEntry {
+                                id: m.id.clone(),
+                                sequence: seq,
+                                expires_at_ms,
+                            };
+                            self.batch.put(dkey, encode(&d));
+                            self.batch
+                                .put(exp_key("e", expires_at_ms, queue, dk.as_bytes()), vec![]);
+                        }
+                    }
+                    let meta = MessageMeta {
+                        id: m.id.clone(),
+                        sequence: seq,
+                        enqueued_ms: now_ms,
+                        expires_at_ms: cfg.ttl_ms.map(|t| now_ms.saturating_add(t)),
+                        visible_at_ms: now_ms,
+                        delivery_count: 0,
+                        dedup_key: m.dedup_key,
+                        ordering_key: m.ordering_key,
+                        content_type: m.content_type,
+                        headers: m.headers,
+                        body_len: m.body.len() as u64,
+                        dead_reason: None,
+                    };
+                    self.batch.put(seq_key("m", queue, seq), encode(&meta));
+                    self.batch.put(seq_key("b", queue, seq), m.body);
+                    self.batch
+                        .put(qk("i", queue, m.id.as_bytes()), seq.to_be_bytes().to_vec());
+                    self.batch.put(ready_key(queue, now_ms, seq), vec![]);
+                    if let Some(okey) = &meta.ordering_key {
+                        self.batch.put(order_key(queue, okey, Some(seq)), vec![]);
+                    }
+                    stats.depth += 1;
+                    stats.bytes += meta.body_len;
+                    stats.enqueued_total += 1;
+                    results.push(Enqueued {
+                        id: m.id,
+                        sequence: seq,
+                        duplicate: false,
+                    });
+                }
+            }
+        }
+        self.put_stats(queue, &stats);
+        Ok(QueueResponse::Enqueued { results })
+    }
+
+    /// Removes a live message and everything pointing at it (not its dedup entry: that
+    /// outlives the message for the window).
+    fn remove_live(
+        &mut self,
+        queue: &str,
+        meta: &MessageMeta,
+        stats: &mut QueueStats,
+        keep_body: bool,
+    ) -> Result<(), StoreError> {
+        let seq = meta.sequence;
+        self.batch.delete(seq_key("m", queue, seq));
+        self.batch.delete(ready_key(queue, meta.visible_at_ms, seq));
+        if let Some(okey) = &meta.ordering_key {
+            self.batch.delete(order_key(queue, okey, Some(seq)));
+        }
+        if !keep_body {
+            self.batch.delete(seq_key("b", queue, seq));
+            self.batch.delete(qk("i", queue, meta.id.as_bytes()));
+        }
+        self.drop_lease(queue, seq, stats)?;
+        stats.depth = stats.depth.saturating_sub(1);
+        stats.bytes = stats.bytes.saturating_sub(meta.body_len);
+        Ok(())
+    }
+
+    fn drop_lease(
+        &mut self,
+        queue: &str,
+        seq: u64,
+        stats: &mut QueueStats,
+    ) -> Result<(), StoreError> {
+        let lkey = seq_key("l", queue, seq);
+        if let Some(l) = get::<Lease>(self.kv, self.batch, &lkey, "lease")? {
+            self.batch.delete(lkey);
+            self.batch
+                .delete(exp_key("t", l.deadline_ms, queue, &seq.to_be_bytes()));
+            stats.in_flight = stats.in_flight.saturating_sub(1);
+        }
+        Ok(())
+    }
+
+    fn dead_letter(
+        &mut self,
+        queue: &str,
+        mut meta: MessageMeta,
+        reason: String,
+        stats: &mut QueueStats,
+    ) -> Result<(), StoreError> {
+        self.remove_live(queue, &meta, stats, true)?;
+        meta.dead_reason = Some(reason);
+        stats.dead_letters += 1;
+        stats.dead_bytes += meta.body_len;
+        self.batch
+            .put(seq_key("x", queue, meta.sequence), encode(&meta));
+        Ok(())
+    }
+
+    /// Leases the first visible message (or one whose lock expired) to `lock_token`.
+    /// Expired and over-delivered messages met on the way are removed or dead-lettered.
+    pub fn receive(
+        &mut self,
+        queue: &str,
+        now_ms: u64,
+        lock_ms: u64,
+        lock_token: String,
+        consumer: String,
+    ) -> Result<QueueResponse, StoreError> {
+        let (entry, mut stats) = match self.load(queue)? {
+            Live::Gone => return Ok(QueueResponse::NotFound),
+            Live::Deleting => return Ok(QueueResponse::Deleting),
+            Live::Ok(e, s) => (e, s),
+        };
+        let from = qk("r", queue, &[]);
+        let to = ready_key(queue, now_ms.saturating_add(1), 0);
+        let candidates = scan_through(self.kv, self.batch, &from, &to, RECEIVE_SCAN_LIMIT)?;
+        let mut found = None;
+        for (key, _) in candidates {
+            let Some(seq) = key.len().checked_sub(8).and_then(|i| be_u64(&key[i..])) else {
+                continue;
+            };
+            let Some(mut meta) =
+                get::<MessageMeta>(self.kv, self.batch, &seq_key("m", queue, seq), "message")?
+            else {
+                // An index entry without its message: drop it.
+                self.batch.delete(key);
+                continue;
+            };
+            if meta.expires_at_ms.is_some_and(|t| t <= now_ms) {
+                self.remove_live(queue, &meta, &mut stats, false)?;
+                stats.expired_total += 1;
+                continue;
+            }
+            if meta.delivery_count >= entry.config.max_deliveries {
+                let reason = format!(
+                    "delivered {} times (max_deliveries {})",
+                    meta.delivery_count, entry.config.max_deliveries
+                );
+                self.dead_letter(queue, meta, reason, &mut stats)?;
+                continue;
+            }
+            if blocked_by_order(self.kv, self.batch, queue, entry.config.ordering, &meta)? {
+                continue;
+            }
+            // Lease it: any expired lease is replaced.
+            self.drop_lease(queue, seq, &mut stats)?;
+            self.batch.delete(key);
+            let deadline = now_ms.saturating_add(lock_ms);
+            meta.delivery_count += 1;
+            meta.visible_at_ms = deadline;
+            self.batch.put(ready_key(queue, deadline, seq), vec![]);
+            self.batch.put(seq_key("m", queue, seq), encode(&meta));
+            let lease = Lease {
+                lock_token: lock_token.clone(),
+                deadline_ms: deadline,
+                consumer: consumer.clone(),
+            };
+            self.batch.put(seq_key("l", queue, seq), encode(&lease));
+            self.batch
+                .put(exp_key("t", deadline, queue, &seq.to_be_bytes()), vec![]);
+            stats.in_flight += 1;
+            let body = self
+                .batch
+                .read_through(self.kv, &seq_key("b", queue, seq))?
+                .unwrap_or_default();
+            found = Some(Box::new(Received {
+                meta,
+                body,
+                lock_token: lock_token.clone(),
+                locked_until_ms: deadline,
+            }));
+            break;
+        }
+        self.put_stats(queue, &stats);
+        Ok(QueueResponse::Received { message: found })
+    }
+
+    /// Completes, abandons, dead-letters or renews a message held under `lock_token`.
+    pub fn settle(
+        &mut self,
+        queue: &str,
+        id: &str,
+        lock_token: &str,
+        now_ms: u64,
+        action: Settle,
+    ) -> Result<QueueResponse, StoreError> {
+        let (entry, mut stats) = match self.load(queue)? {
+            Live::Gone => return Ok(QueueResponse::NotFound),
+            Live::Deleting => return Ok(QueueResponse::Deleting),
+            Live::Ok(e, s) => (e, s),
+        };
+        let Some(seq) = read_id(self.kv, self.batch, queue, id)? else {
+            return Ok(QueueResponse::MessageNotFound);
+        };
+        let Some(mut meta) =
+            get::<MessageMeta>(self.kv, self.batch, &seq_key("m", queue, seq), "message")?
+        else {
+            // Dead-lettered or gone: whoever held it no longer does.
+            return Ok(QueueResponse::LockLost);
+        };
+        let lease: Option<Lease> = get(self.kv, self.batch, &seq_key("l", queue, seq), "lease")?;
+        let consumer = match lease {
+            Some(l) if l.lock_token == lock_token && l.deadline_ms > now_ms => l.consumer,
+            _ => return Ok(QueueResponse::LockLost),
+        };
+        let answer = match action {
+            Settle::Complete => {
+                self.remove_live(queue, &meta, &mut stats, false)?;
+                stats.completed_total += 1;
+                QueueResponse::Settled {
+                    locked_until_ms: None,
+                }
+            }
+            Settle::Abandon => {
+                self.drop_lease(queue, seq, &mut stats)?;
+                if meta.delivery_count >= entry.config.max_deliveries {
+                    let reason = format!(
+                        "abandoned after {} deliveries (max_deliveries {})",
+                        meta.delivery_count, entry.config.max_deliveries
+                    );
+                    self.dead_letter(queue, meta, reason, &mut stats)?;
+                } else {
+                    self.batch.delete(ready_key(queue, meta.visible_at_ms, seq));
+                    meta.visible_at_ms = now_ms;
+                    self.batch.put(ready_key(queue, now_ms, seq), vec![]);
+                    self.batch.put(seq_key("m", queue, seq), encode(&meta));
+                }
+                QueueResponse::Settled {
+                    locked_until_ms: None,
+                }
+            }
+            Settle::DeadLetter { reason } => {
+                self.dead_letter(queue, meta, reason, &mut stats)?;
+                QueueResponse::Settled {
+                    locked_until_ms: None,
+                }
+            }
+            Settle::Renew { lock_ms } => {
+                let deadline = now_ms.saturating_add(lock_ms);
+                self.drop_lease(queue, seq, &mut stats)?;
+                self.batch.delete(ready_key(queue, meta.visible_at_ms, seq));
+                meta.visible_at_ms = deadline;
+                self.batch.put(ready_key(queue, deadline, seq), vec![]);
+                self.batch.put(seq_key("m", queue, seq), encode(&meta));
+                let lease = Lease {
+                    lock_token: lock_token.to_string(),
+                    deadline_ms: deadline,
+                    consumer,
+                };
+                self.batch.put(seq_key("l", queue, seq), encode(&lease));
+                self.batch
+                    .put(exp_key("t", deadline, queue, &seq.to_be_bytes()), vec![]);
+                stats.in_flight += 1;
+                QueueResponse::Settled {
+                    locked_until_ms: Some(deadline),
+                }
+            }
+        };
+        self.put_stats(queue, &stats);
+        Ok(answer)
+    }
+
+    /// Removes expired dedup entries and expired lease records, at most [`SWEEP_LIMIT`]
+    /// index keys of each kind.
+    pub fn sweep(&mut self, now_ms: u64) -> Result<QueueResponse, StoreError> {
+        let mut out = (0u64, 0u64);
+        for kind in ["e", "t"] {
+            let from = keys::state(format!("q{kind}/").as_bytes());
+            let mut to = from.clone();
+            to.extend_from_slice(&now_ms.to_be_bytes());
+            for (key, _) in scan_through(self.kv, self.batch, &from, &to, SWEEP_LIMIT)? {
+                self.batch.delete(key.clone());
+                let rest = &key[from.len() + 8..];
+                let Some(nul) = rest.iter().position(|b| *b == 0) else {
+                    continue;
+                };
+                let Ok(queue) = std::str::from_utf8(&rest[..nul]) else {
+                    continue;
+                };
+                let tail = &rest[nul + 1..];
+                let at = be_u64(&key[from.len()..from.len() + 8]).unwrap_or(0);
+                if kind == "e" {
+                    let dkey = qk("d", queue, tail);
+                    let d: Option<DedupEntry> = get(self.kv, self.batch, &dkey, "dedup")?;
+                    if d.is_some_and(|d| d.expires_at_ms == at) {
+                        self.batch.delete(dkey);
+                        out.0 += 1;
+                    }
+                } else if let Some(seq) = be_u64(tail) {
+                    let lkey = seq_key("l", queue, seq);
+                    let l: Option<Lease> = get(self.kv, self.batch, &lkey, "lease")?;
+                    if l.is_some_and(|l| l.deadline_ms == at) {
+                        self.batch.delete(lkey);
+                        let skey = k("s", queue);
+                        if let Some(mut s) = get::<QueueStats>(self.kv, self.batch, &skey, "s")? {
+                            s.in_flight = s.in_flight.saturating_sub(1);
+                            self.batch.put(skey, encode(&s));
+                        }
+                        out.1 += 1;
+                    }
+                }
+            }
+        }
+        Ok(QueueResponse::Swept {
+            dedup_expired: out.0,
+            leases_expired: out.1,
+        })
+    }
+
+    /// Moves dead letters back to the queue (one by id, or up to [`CHUNK_LIMIT`]) with their
+    /// delivery count reset.
+    pub fn redrive(
+        &mut self,
+        queue: &str,
+        id: Option<&str>,
+        now_ms: u64,
+    ) -> Result<QueueResponse, StoreError> {
+        let mut stats = match self.load(queue)? {
+            Live::Gone => return Ok(QueueResponse::NotFound),
+            Live::Deleting => return Ok(QueueResponse::Deleting),
+            Live::Ok(_, s) => s,
+        };
+        let (metas, done) = self.pick_dead(queue, id)?;
+        let Some(metas) = metas else {
+            return Ok(QueueResponse::MessageNotFound);
+        };
+        let count = metas.len() as u64;
+        for mut meta in metas {
+            let seq = meta.sequence;
+            self.batch.delete(seq_key("x", queue, seq));
+            stats.dead_letters = stats.dead_letters.saturating_sub(1);
+            stats.dead_bytes = stats.dead_bytes.saturating_sub(meta.body_len);
+            meta.dead_reason = None;
+            meta.delivery_count = 0;
+            meta.visible_at_ms = now_ms;
+            self.batch.put(seq_key("m", queue, seq), encode(&meta));
+            self.batch.put(ready_key(queue, now_ms, seq), vec![]);
+            if let Some(okey) = &meta.ordering_key {
+                self.batch.put(order_key(queue, okey, Some(seq)), vec![]);
+            }
+            stats.depth += 1;
+            stats.bytes += meta.body_len;
+        }
+        self.put_stats(queue, &stats);
+        Ok(QueueResponse::DeadLetters { count, done })
+    }
+
+    /// Removes dead letters (one by id, or up to [`CHUNK_LIMIT`]).
+    pub fn purge_dead(
+        &mut self,
+        queue: &str,
+        id: Option<&str>,
+    ) -> Result<QueueResponse, StoreError> {
+        let mut stats = match self.load(queue)? {
+            Live::Gone => return Ok(QueueResponse::NotFound),
+            Live::Deleting => return Ok(QueueResponse::Deleting),
+            Live::Ok(_, s) => s,
+        };
+        let (metas, done) = self.pick_dead(queue, id)?;
+        let Some(metas) = metas else {
+            return Ok(QueueResponse::MessageNotFound);
+        };
+        let count = metas.len() as u64;
+        for meta in metas {
+            let seq = meta.sequence;
+            self.batch.delete(seq_key("x", queue, seq));
+            self.batch.delete(seq_key("b", queue, seq));
+            self.batch.delete(qk("i", queue, meta.id.as_bytes()));
+            stats.dead_letters = stats.dead_letters.saturating_sub(1);
+            stats.dead_bytes = stats.dead_bytes.saturating_sub(meta.body_len);
+        }
+        self.put_stats(queue, &stats);
+        Ok(QueueResponse::DeadLetters { count, done })
+    }
+
+    /// The dead letters a redrive/purge acts on; `None` when the named one is not dead.
+    #[allow(clippy::type_complexity)]
+    fn pick_dead(
+        &mut self,
+        queue: &str,
+        id: Option<&str>,
+    ) -> Result<(Option<Vec<MessageMeta>>, bool), StoreError> {
+        match id {
+            Some(id) => {
+                let Some(seq) = read_id(self.kv, self.batch, queue, id)? else {
+                    return Ok((None, true));
+                };
+                let m: Option<MessageMeta> = get(
+                    self.kv,
+                    self.batch,
+                    &seq_key("x", queue, seq),
+                    "dead letter",
+                )?;
+                Ok((m.map(|m| vec![m]), true))
+            }
+            None => {
+                let from = qk("x", queue, &[]);
+                let found =
+                    scan_through(self.kv, self.batch, &from, &prefix_end(&from), CHUNK_LIMIT)?;
+                let done = found.len() < CHUNK_LIMIT;
+                let metas = found
+                    .into_iter()
+                    .map(|(_, v)| decode(&v).map_err(|e| corrupt("dead letter", e)))
+                    .collect::<Result<Vec<MessageMeta>, _>>()?;
+                Ok((Some(metas), done))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,521 @@
+//! Data-driven tests of the queue's apply functions through the real state machine.
+
+use std::sync::Arc;
+
+use super::*;
+use crate::raft::StateMachine;
+use crate::state::{Command, CorralState, Response};
+use crate::store::SledStore;
+
+struct T {
+    kv: Arc<dyn Store>,
+    sm: CorralState,
+    index: u64,
+    _dir: tempfile::TempDir,
+}
+
+impl T {
+    fn new() -> T {
+        let dir = tempfile::tempdir().unwrap();
+        let kv: Arc<dyn Store> = Arc::new(SledStore::open(dir.path()).unwrap());
+        T {
+            sm: CorralState::new(kv.clone()),
+            kv,
+            index: 0,
+            _dir: dir,
+        }
+    }
+
+    fn run(&mut self, cmd: Command) -> QueueResponse {
+        self.run_batch(vec![cmd]).pop().unwrap()
+    }
+
+    /// Applies several commands into one batch (as one Ready does).
+    fn run_batch(&mut self, cmds: Vec<Command>) -> Vec<QueueResponse> {
+        let mut batch = WriteBatch::default();
+        let mut out = Vec::new();
+        for cmd in cmds {
+            self.index += 1;
+            let bytes = self.sm.apply(self.index, &encode(&cmd), &mut batch);
+            match decode::<Response>(&bytes).unwrap() {
+                Response::Queue(r) => out.push(r),
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        self.kv.write(batch).unwrap();
+        out
+    }
+
+    fn put(&mut self, name: &str, cfg: QueueConfig) {
+        let r = self.run(Command::QueuePut {
+            name: name.into(),
+            config: cfg,
+            now_ms: 0,
+        });
+        assert!(matches!(r, QueueResponse::Put { .. }), "{r:?}");
+    }
+
+    fn stats(&self, q: &str) -> QueueStats {
+        read_stats(&*self.kv, q).unwrap()
+    }
+
+    /// Every key under the state prefix, for "nothing left behind" checks.
+    fn state_keys(&self) -> usize {
+        self.kv
+            .range(&keys::state(b"q"), &keys::state(b"r"), 1_000_000)
+            .unwrap()
+            .len()
+    }
+}
+
+fn msg(id: &str, dedup: Option<&str>, body: &[u8]) -> NewMessage {
+    NewMessage {
+        id: id.into(),
+        dedup_key: dedup.map(String::from),
+        ordering_key: None,
+        content_type: Some("text/plain".into()),
+        headers: vec![("x-a".into(), "1".into())],
+        body: body.to_vec(),
+    }
+}
+
+fn enqueue(q: &str, now_ms: u64, messages: Vec<NewMessage>) -> Command {
+    Command::QueueEnqueue {
+        queue: q.into(),
+        now_ms,
+        messages,
+    }
+}
+
+fn receive(q: &str, now_ms: u64, token: &str) -> Command {
+    Command::QueueReceive {
+        queue: q.into(),
+        now_ms,
+        lock_ms: 1_000,
+        lock_token: token.into(),
+        consumer: "c".into(),
+    }
+}
+
+fn settle(q: &str, id: &str, token: &str, now_ms: u64, action: Settle) -> Command {
+    Command::QueueSettle {
+        queue: q.into(),
+        id: id.into(),
+        lock_token: token.into(),
+        now_ms,
+        action,
+    }
+}
+
+fn received(r: QueueResponse) -> Option<Box<Received>> {
+    match r {
+        QueueResponse::Received { message } => message,
+        other => panic!("not a receive answer: {other:?}"),
+    }
+}
+
+fn enqueued(r: QueueResponse) -> Vec<Enqueued> {
+    match r {
+        QueueResponse::Enqueued { results } => results,
+        other => panic!("not an enqueue answer: {other:?}"),
+    }
+}
+
+#[test]
+fn unknown_queue_answers_not_found() {
+    let mut t = T::new();
+    assert_eq!(
+        t.run(enqueue("nope", 1, vec![msg("a", None, b"x")])),
+        QueueResponse::NotFound
+    );
+    assert_eq!(t.run(receive("nope", 1, "t")), QueueResponse::NotFound);
+    assert_eq!(t.state_keys(), 0);
+}
+
+#[test]
+fn dedup_inside_and_outside_the_window() {
+    let mut t = T::new();
+    t.put(
+        "q",
+        QueueConfig {
+            dedup_window_ms: 100,
+            ..QueueConfig::default()
+        },
+    );
+    let cases: &[(u64, &str, bool, u64)] = &[
+        // (now, id, duplicate?, expected sequence)
+        (1000, "a", false, 1),
+        (1050, "b", true, 1),  // inside the window: the original
+        (1099, "c", true, 1),  // still inside
+        (1100, "d", false, 2), // window over: enqueued anew
+        (1150, "e", true, 2),
+    ];
+    for (now, id, dup, seq) in cases {
+        let r = enqueued(t.run(enqueue("q", *now, vec![msg(id, Some("K"), b"x")])));
+        assert_eq!(r[0].duplicate, *dup, "at {now}");
+        assert_eq!(r[0].sequence, *seq, "at {now}");
+        assert_eq!(r[0].id, if *seq == 1 { "a" } else { "d" });
+    }
+    assert_eq!(t.stats("q").depth, 2);
+    assert_eq!(t.stats("q").duplicates_total, 3);
+}
+
+#[test]
+fn batch_is_atomic_and_caps_store_nothing() {
+    let mut t = T::new();
+    t.put(
+        "q",
+        QueueConfig {
+            max_messages: 3,
+            max_bytes: 10,
+            ..QueueConfig::default()
+        },
+    );
+    let before = t.state_keys();
+    let full = t.run(enqueue(
+        "q",
+        1,
+        (0..4).map(|i| msg(&format!("m{i}"), None, b"x")).collect(),
+    ));
+    assert!(matches!(full, QueueResponse::Full { .. }), "{full:?}");
+    assert_eq!(t.state_keys(), before, "a refused batch left something");
+    let full = t.run(enqueue("q", 1, vec![msg("big", None, &[0; 11])]));
+    assert!(matches!(full, QueueResponse::Full { .. }));
+    assert_eq!(t.state_keys(), before);
+    // A batch with a repeated dedup key: the second is a duplicate of the first.
+    let r = enqueued(t.run(enqueue(
+        "q",
+        1,
+        vec![
+            msg("a", Some("k1"), b"1"),
+            msg("b", Some("k1"), b"2"),
+            msg("c", None, b"3"),
+        ],
+    )));
+    assert_eq!(
+        r.iter()
+            .map(|e| (e.id.as_str(), e.sequence, e.duplicate))
+            .collect::<Vec<_>>(),
+        [("a", 1, false), ("a", 1, true), ("c", 2, false)]
+    );
+    let s = t.stats("q");
+    assert_eq!((s.depth, s.bytes), (2, 2));
+}
+
+#[test]
+fn receive_leases_once_and_lock_expiry_redelivers() {
+    let mut t = T::new();
+    t.put("q", QueueConfig::default());
+    t.run(enqueue("q", 10, vec![msg("a", None, b"hello")]));
+    // Two receives in one Ready (one batch): only one gets the message.
+    let r = t.run_batch(vec![receive("q", 20, "t1"), receive("q", 20, "t2")]);
+    let first = received(r[0].clone()).expect("first receive gets it");
+    assert!(
+        received(r[1].clone()).is_none(),
+        "two consumers hold one message"
+    );
+    assert_eq!(first.body, b"hello");
+    assert_eq!(first.meta.delivery_count, 1);
+    assert_eq!(first.locked_until_ms, 1020);
+    assert!(!has_visible(&*t.kv, "q", &QueueConfig::default(), 1019).unwrap());
+    assert!(received(t.run(receive("q", 1019, "t3"))).is_none());
+    assert_eq!(t.stats("q").in_flight, 1);
+    // The lock expires: redelivered with the count raised; the old token is refused.
+    assert!(has_visible(&*t.kv, "q", &QueueConfig::default(), 1020).unwrap());
+    let again = received(t.run(receive("q", 1020, "t4"))).unwrap();
+    assert_eq!(again.meta.delivery_count, 2);
+    assert_eq!(
+        t.run(settle("q", "a", "t1", 1021, Settle::Complete)),
+        QueueResponse::LockLost
+    );
+    assert_eq!(t.stats("q").in_flight, 1);
+    // Complete removes it and everything but the (empty) stats and config.
+    assert!(matches!(
+        t.run(settle("q", "a", "t4", 1021, Settle::Complete)),
+        QueueResponse::Settled { .. }
+    ));
+    let s = t.stats("q");
+    assert_eq!(
+        (s.depth, s.bytes, s.in_flight, s.completed_total),
+        (0, 0, 0, 1)
+    );
+    assert_eq!(t.state_keys(), 2, "completed message left keys behind");
+}
+
+#[test]
+fn abandon_renew_and_max_deliveries_dead_letter() {
+    let mut t = T::new();
+    t.put(
+        "q",
+        QueueConfig {
+            max_deliveries: 2,
+            ..QueueConfig::default()
+        },
+    );
+    t.run(enqueue("q", 0, vec![msg("a", None, b"x")]));
+    received(t.run(receive("q", 1, "t1"))).unwrap();
+    // Renew extends the lock.
+    assert_eq!(
+        t.run(settle(
+            "q",
+            "a",
+            "t1",
+            500,
+            Settle::Renew { lock_ms: 2_000 }
+        )),
+        QueueResponse::Settled {
+            locked_until_ms: Some(2_500)
+        }
+    );
+    assert!(received(t.run(receive("q", 2_000, "t2"))).is_none());
+    // Abandon makes it visible at once.
+    t.run(settle("q", "a", "t1", 2_001, Settle::Abandon));
+    let r = received(t.run(receive("q", 2_002, "t3"))).unwrap();
+    assert_eq!(r.meta.delivery_count, 2);
+    // Second abandon reaches max_deliveries: dead-lettered.
+    t.run(settle("q", "a", "t3", 2_003, Settle::Abandon));
+    let s = t.stats("q");
+    assert_eq!((s.depth, s.in_flight, s.dead_letters), (0, 0, 1));
+    assert!(received(t.run(receive("q", 9_999, "t4"))).is_none());
+    let dl = list_dead_letters(&*t.kv, "q", None, 10).unwrap();
+    assert_eq!(dl.len(), 1);
+    assert!(dl[0]
+        .dead_reason
+        .as_deref()
+        .unwrap()
+        .contains("max_deliveries"));
+    assert_eq!(peek_dead_letter(&*t.kv, "q", "a").unwrap().unwrap().1, b"x");
+    // Redrive: live again with the count reset.
+    assert_eq!(
+        t.run(Command::QueueRedrive {
+            queue: "q".into(),
+            id: Some("a".into()),
+            now_ms: 10_000
+        }),
+        QueueResponse::DeadLetters {
+            count: 1,
+            done: true
+        }
+    );
+    let r = received(t.run(receive("q", 10_000, "t5"))).unwrap();
+    assert_eq!(r.meta.delivery_count, 1);
+    // Explicit dead-letter, then purge: nothing left but config and stats.
+    t.run(settle(
+        "q",
+        "a",
+        "t5",
+        10_001,
+        Settle::DeadLetter {
+            reason: "bad".into(),
+        },
+    ));
+    assert_eq!(t.stats("q").dead_letters, 1);
+    t.run(Command::QueuePurgeDead {
+        queue: "q".into(),
+        id: None,
+    });
+    let s = t.stats("q");
+    assert_eq!((s.depth, s.dead_letters, s.dead_bytes), (0, 0, 0));
+    // Only the lease-expiry index key of the renewed lock may remain until swept.
+    t.run(Command::QueueSweep { now_ms: 20_000 });
+    assert_eq!(t.state_keys(), 2);
+}
+
+#[test]
+fn expired_over_delivered_lease_goes_to_dead_letters_on_receive() {
+    let mut t = T::new();
+    t.put(
+        "q",
+        QueueConfig {
+            max_deliveries: 1,
+            ..QueueConfig::default()
+        },
+    );
+    t.run(enqueue(
+        "q",
+        0,
+        vec![msg("a", None, b"x"), msg("b", None, b"y")],
+    ));
+    let a = received(t.run(receive("q", 0, "t1"))).unwrap();
+    assert_eq!(a.meta.id, "a");
+    // b is ahead of a (visible since 0); then a's expired lock is found at the head, and a,
+    // delivered max times already, goes to the dead letters instead of out again.
+    let b = received(t.run(receive("q", 1_000, "t2"))).unwrap();
+    assert_eq!(b.meta.id, "b");
+    assert!(received(t.run(receive("q", 1_000, "t3"))).is_none());
+    let s = t.stats("q");
+    assert_eq!((s.depth, s.in_flight, s.dead_letters), (1, 1, 1));
+}
+
+#[test]
+fn sweep_removes_expired_dedup_and_leases() {
+    let mut t = T::new();
+    t.put(
+        "q",
+        QueueConfig {
+            dedup_window_ms: 100,
+            ..QueueConfig::default()
+        },
+    );
+    t.run(enqueue("q", 0, vec![msg("a", Some("k"), b"x")]));
+    received(t.run(receive("q", 0, "t1"))).unwrap();
+    assert!(!sweep_due(&*t.kv, 50).unwrap());
+    assert!(sweep_due(&*t.kv, 101).unwrap());
+    assert_eq!(
+        t.run(Command::QueueSweep { now_ms: 2_000 }),
+        QueueResponse::Swept {
+            dedup_expired: 1,
+            leases_expired: 1
+        }
+    );
+    assert!(!sweep_due(&*t.kv, 10_000).unwrap());
+    assert_eq!(t.stats("q").in_flight, 0);
+    // The message is still there and visible.
+    assert!(received(t.run(receive("q", 2_000, "t2"))).is_some());
+}
+
+#[test]
+fn ttl_expired_messages_are_dropped_on_receive() {
+    let mut t = T::new();
+    t.put(
+        "q",
+        QueueConfig {
+            ttl_ms: Some(100),
+            ..QueueConfig::default()
+        },
+    );
+    t.run(enqueue("q", 0, vec![msg("a", None, b"x")]));
+    assert!(received(t.run(receive("q", 100, "t"))).is_none());
+    let s = t.stats("q");
+    assert_eq!((s.depth, s.expired_total), (0, 1));
+}
+
+#[test]
+fn delete_removes_everything_in_chunks() {
+    let mut t = T::new();
+    t.put("other", QueueConfig::default());
+    t.run(enqueue("other", 0, vec![msg("o", None, b"keep")]));
+    let kept = t.state_keys();
+    t.put("q", QueueConfig::default());
+    let many: Vec<NewMessage> = (0..CHUNK_LIMIT + 1)
+        .map(|i| NewMessage {
+            ordering_key: Some("K".into()),
+            ..msg(&format!("m{i}"), Some(&format!("k{i}")), b"x")
+        })
+        .collect();
+    assert!(matches!(
+        t.run(enqueue("q", 0, many)),
+        QueueResponse::Enqueued { .. }
+    ));
+    received(t.run(receive("q", 0, "t"))).unwrap();
+    t.run(settle(
+        "q",
+        "m0",
+        "t",
+        1,
+        Settle::DeadLetter { reason: "x".into() },
+    ));
+    assert_eq!(
+        t.run(Command::QueueDelete { name: "q".into() }),
+        QueueResponse::Deleted {
+            existed: true,
+            done: false
+        }
+    );
+    // While deleting, the queue takes nothing.
+    assert_eq!(
+        t.run(enqueue("q", 2, vec![msg("late", None, b"x")])),
+        QueueResponse::Deleting
+    );
+    assert_eq!(
+        t.run(Command::QueueDelete { name: "q".into() }),
+        QueueResponse::Deleted {
+            existed: true,
+            done: true
+        }
+    );
+    assert!(read_queue(&*t.kv, "q").unwrap().is_none());
+    // Only global expiry index keys remain, and the sweep clears them.
+    t.run(Command::QueueSweep {
+        now_ms: u64::MAX - 1,
+    });
+    t.run(Command::QueueSweep {
+        now_ms: u64::MAX - 1,
+    });
+    t.run(Command::QueueSweep {
+        now_ms: u64::MAX - 1,
+    });
+    assert_eq!(t.state_keys(), kept);
+}
+
+/// Replaying the same commands gives the same answers and the same state.
+#[test]
+fn replay_is_deterministic() {
+    let run = || {
+        let mut t = T::new();
+        t.put("q", QueueConfig::default());
+        let mut answers = vec![];
+        for i in 0..20u64 {
+            answers.push(t.run(enqueue(
+                "q",
+                i,
+                vec![msg(&format!("m{i}"), Some(&format!("k{}", i % 7)), b"x")],
+            )));
+            answers.push(t.run(receive("q", i * 300, &format!("t{i}"))));
+        }
+        let dump =
+            t.kv.range(&keys::state(b""), &keys::state(b"\xff"), 100_000)
+                .unwrap();
+        (answers, dump)
+    };
+    assert_eq!(run(), run());
+}
+
+#[test]
+fn per_key_ordering_holds_back_later_messages_of_a_key() {
+    let mut t = T::new();
+    let cfg = QueueConfig {
+        ordering: Ordering::PerKey,
+        ..QueueConfig::default()
+    };
+    t.put("q", cfg.clone());
+    let keyed = |id: &str, k: Option<&str>| NewMessage {
+        ordering_key: k.map(String::from),
+        ..msg(id, None, b"x")
+    };
+    t.run(enqueue(
+        "q",
+        0,
+        vec![
+            keyed("a1", Some("A")),
+            keyed("a2", Some("A")),
+            keyed("b1", Some("B")),
+            keyed("n", None),
+        ],
+    ));
+    let ids =
+        |t: &mut T, now: u64, tok: &str| received(t.run(receive("q", now, tok))).map(|m| m.meta.id);
+    assert_eq!(ids(&mut t, 1, "t1").as_deref(), Some("a1"));
+    // a2 waits for a1: the next receives skip it.
+    assert_eq!(ids(&mut t, 1, "t2").as_deref(), Some("b1"));
+    assert_eq!(ids(&mut t, 1, "t3").as_deref(), Some("n"));
+    assert!(
+        !has_visible(&*t.kv, "q", &cfg, 1).unwrap(),
+        "a blocked message counts as visible"
+    );
+    assert_eq!(ids(&mut t, 1, "t4"), None);
+    // a1 completes: a2 may go.
+    t.run(settle("q", "a1", "t1", 2, Settle::Complete));
+    assert!(has_visible(&*t.kv, "q", &cfg, 2).unwrap());
+    assert_eq!(ids(&mut t, 2, "t5").as_deref(), Some("a2"));
+    // Without per-key ordering the same messages go out in sequence order regardless.
+    let mut u = T::new();
+    u.put("q", QueueConfig::default());
+    u.run(enqueue(
+        "q",
+        0,
+        vec![keyed("a1", Some("A")), keyed("a2", Some("A"))],
+    ));
+    assert_eq!(ids(&mut u, 1, "t1").as_deref(), Some("a1"));
+    assert_eq!(ids(&mut u, 1, "t2").as_deref(), Some("a2"));
+}
