@@ -134,6 +134,41 @@ async fn wait_ready(file: &ClusterFile, children: &mut Children) -> anyhow::Resu
 }
 
 /// Starts the emulated tenants and registers them through node 1's admin API.
+/// The sample queue `corral dev` creates (pull delivery: push dispatch comes with issue #5).
+const DEV_QUEUE: &str = "orders";
+
+/// Creates (or replaces) the sample queue through the admin API.
+async fn create_sample_queue(file: &ClusterFile) -> anyhow::Result<()> {
+    let token = std::fs::read_to_string(&file.admin_token_file)?
+        .trim()
+        .to_string();
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()?;
+    let body = serde_json::json!({
+        "delivery": {"mode": "pull"},
+        "dedup": {"window_ms": 600_000, "key": {"source": "header", "name": "message-id"}},
+    });
+    let r = http
+        .put(format!(
+            "http://{}/admin/queues/{DEV_QUEUE}",
+            file.nodes[0].admin_addr
+        ))
+        .bearer_auth(&token)
+        .json(&body)
+        .send()
+        .await?;
+    if !r.status().is_success() {
+        bail!(
+            "creating the sample queue: {} {}",
+            r.status(),
+            r.text().await.unwrap_or_default()
+        );
+    }
+    println!("\nsample queue `{DEV_QUEUE}` (pull, dedup on Message-Id for 10 min) is ready");
+    Ok(())
+}
+
 async fn start_pool(file: &ClusterFile) -> anyhow::Result<Vec<crate::emulator::TenantHandle>> {
     let token = std::fs::read_to_string(&file.admin_token_file)?
         .trim()
@@ -245,6 +280,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         crate::status::render(&rows)
     );
     let _tenants = start_pool(&file).await?;
+    create_sample_queue(&file).await?;
     let a = &file.nodes[0];
     println!("\nadmin token: {}", file.admin_token_file.display());
     println!("try:");
@@ -262,6 +298,14 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         "  curl -s -H \"Authorization: Bearer $(cat {})\" http://{}/admin/tenants",
         file.admin_token_file.display(),
         a.admin_addr
+    );
+    let ingress = &file.nodes[1].ingress_addr;
+    println!(
+        "  curl -s -X POST -H 'Message-Id: order-1' -H 'content-type: application/json' -d '{{\"order\":1}}' http://{ingress}/queues/{DEV_QUEUE}/messages"
+    );
+    println!(
+        "  curl -s -X POST -d '{{\"wait_ms\":5000}}' http://{}/queues/{DEV_QUEUE}/messages/head",
+        file.nodes[2].ingress_addr
     );
     println!("  corral status --config {}", config.display());
     println!("\nctrl-c stops the cluster.");
