@@ -23,7 +23,7 @@ fn arg_seconds() -> u64 {
 
 /// The ceiling for a log that fsyncs every entry: append 1 KiB, flush, repeat.
 fn sled_baseline(seconds: u64) -> f64 {
-    let dir = tempfile::tempdir_in(".").expect("tempdir");
+    let dir = tempfile::tempdir_in("target").expect("tempdir");
     let store = SledStore::open(dir.path()).expect("sled");
     let value = vec![7u8; VALUE_BYTES];
     let start = Instant::now();
@@ -108,7 +108,7 @@ fn arg_nodes() -> usize {
 
 async fn cluster_rows(seconds: u64) -> Vec<Row> {
     let n_nodes = arg_nodes();
-    let dir = tempfile::tempdir_in(".").expect("tempdir");
+    let dir = tempfile::tempdir_in("target").expect("tempdir");
     let file = corral::init::run(&corral::init::InitArgs {
         nodes: n_nodes,
         dir: dir.path().to_path_buf(),
