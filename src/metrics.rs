@@ -7,8 +7,9 @@ use std::sync::LazyLock;
 
 use prometheus::{
     register_histogram_with_registry, register_int_counter_vec_with_registry,
-    register_int_counter_with_registry, register_int_gauge_with_registry, Encoder, Histogram,
-    IntCounter, IntCounterVec, IntGauge, Registry,
+    register_int_counter_with_registry, register_int_gauge_vec_with_registry,
+    register_int_gauge_with_registry, Encoder, Histogram, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Registry,
 };
 
 pub static REGISTRY: LazyLock<Registry> =
@@ -38,6 +39,11 @@ pub struct Metrics {
     pub log_compactions: IntCounter,
     /// Durable queue messages handled by this node's ingress, by operation and outcome.
     pub queue_messages: IntCounterVec,
+    /// Per-queue figures from this node's applied state, refreshed on every scrape.
+    pub queue_depth: IntGaugeVec,
+    pub queue_in_flight: IntGaugeVec,
+    pub queue_dead_letters: IntGaugeVec,
+    pub queue_bytes: IntGaugeVec,
 }
 
 pub static M: LazyLock<Metrics> = LazyLock::new(|| {
@@ -148,6 +154,10 @@ pub static M: LazyLock<Metrics> = LazyLock::new(|| {
             r
         )
         .expect("m"),
+        queue_depth: register_int_gauge_vec_with_registry!("queue_depth", "live messages (ready + in flight)", &["queue"], r).expect("m"),
+        queue_in_flight: register_int_gauge_vec_with_registry!("queue_in_flight", "messages locked by a consumer", &["queue"], r).expect("m"),
+        queue_dead_letters: register_int_gauge_vec_with_registry!("queue_dead_letters", "messages in the dead-letter queue", &["queue"], r).expect("m"),
+        queue_bytes: register_int_gauge_vec_with_registry!("queue_bytes", "body bytes of live messages", &["queue"], r).expect("m"),
     }
 });
 

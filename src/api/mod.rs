@@ -194,7 +194,44 @@ async fn openapi() -> Response {
     ([(header::CONTENT_TYPE, "application/json")], OPENAPI_JSON).into_response()
 }
 
-async fn metrics() -> Response {
+/// Most queues whose gauges one scrape refreshes.
+const MAX_QUEUES_PER_SCRAPE: usize = 1_000;
+
+/// Sets the per-queue gauges from this node's applied state (no Raft round trip: a scrape
+/// must work on any node, leader or not, and even without a quorum).
+fn refresh_queue_gauges(store: &dyn Store) {
+    let m = &crate::metrics::M;
+    for g in [
+        &m.queue_depth,
+        &m.queue_in_flight,
+        &m.queue_dead_letters,
+        &m.queue_bytes,
+    ] {
+        g.reset();
+    }
+    let Ok(queues) = state::queue::list_queues(store, None, MAX_QUEUES_PER_SCRAPE) else {
+        return;
+    };
+    for (name, _) in queues {
+        if let Ok(s) = state::queue::read_stats(store, &name) {
+            m.queue_depth
+                .with_label_values(&[&name])
+                .set(s.depth as i64);
+            m.queue_in_flight
+                .with_label_values(&[&name])
+                .set(s.in_flight as i64);
+            m.queue_dead_letters
+                .with_label_values(&[&name])
+                .set(s.dead_letters as i64);
+            m.queue_bytes
+                .with_label_values(&[&name])
+                .set(s.bytes as i64);
+        }
+    }
+}
+
+async fn metrics(State(st): Shared) -> Response {
+    refresh_queue_gauges(&*st.store);
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         crate::metrics::render(),
