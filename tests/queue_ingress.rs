@@ -102,9 +102,11 @@ fn enqueue_dedup_batch_caps_and_limits() {
     assert_ne!(other["id"], first["id"]);
     assert_eq!(stats(&c, 1, "orders")["depth"], 2);
     // The same depth is exported to Prometheus on every node once applied there.
-    poll(Duration::from_secs(10), "queue depth gauge on node 3", || {
-        (c.metric(3, r#"corral_queue_depth{queue="orders"}"#) == Some(2.0)).then_some(())
-    });
+    poll(
+        Duration::from_secs(10),
+        "queue depth gauge on node 3",
+        || (c.metric(3, r#"corral_queue_depth{queue="orders"}"#) == Some(2.0)).then_some(()),
+    );
     // Outside the window (1.5 s) the same key is a new message.
     let again = poll(Duration::from_secs(10), "dedup window to pass", || {
         let (_, b) = post(&c, 1, "orders", Some("m-1"), r#"{"n":1}"#);
