@@ -137,75 +137,84 @@ async fn wait_ready(file: &ClusterFile, children: &mut Children) -> anyhow::Resu
 /// The sample queue `corral dev` creates (pull delivery: push dispatch comes with issue #5).
 const DEV_QUEUE: &str = "orders";
 
+/// The admin API of the dev cluster's first node, as `dev` uses it to set things up.
+struct Admin {
+    http: reqwest::Client,
+    token: String,
+    addr: String,
+}
+
+impl Admin {
+    fn new(file: &ClusterFile) -> anyhow::Result<Admin> {
+        let token = std::fs::read_to_string(&file.admin_token_file)?;
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(10))
+            .build()?;
+        Ok(Admin {
+            http,
+            token: token.trim().to_string(),
+            addr: file.nodes[0].admin_addr.clone(),
+        })
+    }
+
+    /// PUTs a JSON document to `path`; `what` names it in the error.
+    async fn put(
+        &self,
+        path: &str,
+        body: &impl serde::Serialize,
+        what: &str,
+    ) -> anyhow::Result<()> {
+        let r = self
+            .http
+            .put(format!("http://{}{path}", self.addr))
+            .bearer_auth(&self.token)
+            .json(body)
+            .send()
+            .await?;
+        if !r.status().is_success() {
+            bail!(
+                "{what}: {} {}",
+                r.status(),
+                r.text().await.unwrap_or_default()
+            );
+        }
+        Ok(())
+    }
+}
+
 /// Creates (or replaces) the sample queue through the admin API.
-async fn create_sample_queue(file: &ClusterFile) -> anyhow::Result<()> {
-    let token = std::fs::read_to_string(&file.admin_token_file)?
-        .trim()
-        .to_string();
-    let http = reqwest::Client::builder()
-        .timeout(Duration::from_secs(10))
-        .build()?;
+async fn create_sample_queue(admin: &Admin) -> anyhow::Result<()> {
     let body = serde_json::json!({
         "delivery": {"mode": "pull"},
         "dedup": {"window_ms": 600_000, "key": {"source": "header", "name": "message-id"}},
     });
-    let r = http
-        .put(format!(
-            "http://{}/admin/queues/{DEV_QUEUE}",
-            file.nodes[0].admin_addr
-        ))
-        .bearer_auth(&token)
-        .json(&body)
-        .send()
-        .await?;
-    if !r.status().is_success() {
-        bail!(
-            "creating the sample queue: {} {}",
-            r.status(),
-            r.text().await.unwrap_or_default()
-        );
-    }
+    let path = format!("/admin/queues/{DEV_QUEUE}");
+    admin.put(&path, &body, "creating the sample queue").await?;
     println!("\nsample queue `{DEV_QUEUE}` (pull, dedup on Message-Id for 10 min) is ready");
     Ok(())
 }
 
-async fn start_pool(file: &ClusterFile) -> anyhow::Result<Vec<crate::emulator::TenantHandle>> {
-    let token = std::fs::read_to_string(&file.admin_token_file)?
-        .trim()
-        .to_string();
-    let http = reqwest::Client::builder()
-        .timeout(Duration::from_secs(10))
-        .build()?;
-    let admin = &file.nodes[0].admin_addr;
+async fn start_pool(admin: &Admin) -> anyhow::Result<Vec<crate::emulator::TenantHandle>> {
     let mut handles = Vec::new();
     for i in 1..=DEV_TENANTS {
         let h =
             crate::emulator::spawn_tenant(crate::emulator::TenantConfig::new(format!("tenant{i}")))
                 .await?;
         let d = h.description();
-        let r = http
-            .put(format!("http://{admin}/admin/tenants/{}", d.name))
-            .bearer_auth(&token)
-            .json(&d)
-            .send()
+        let what = format!("registering tenant {}", d.name);
+        admin
+            .put(&format!("/admin/tenants/{}", d.name), &d, &what)
             .await?;
-        if !r.status().is_success() {
-            bail!(
-                "registering tenant {}: {} {}",
-                d.name,
-                r.status(),
-                r.text().await.unwrap_or_default()
-            );
-        }
         handles.push(h);
     }
     // Wait (bounded) until every node has probed every tenant, then print the view.
     let deadline = Instant::now() + POOL_TIMEOUT;
     let mut view = Value::Null;
     while Instant::now() < deadline {
-        if let Ok(r) = http
-            .get(format!("http://{admin}/admin/tenants"))
-            .bearer_auth(&token)
+        if let Ok(r) = admin
+            .http
+            .get(format!("http://{}/admin/tenants", admin.addr))
+            .bearer_auth(&admin.token)
             .send()
             .await
         {
@@ -279,8 +288,9 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         file.cluster_name,
         crate::status::render(&rows)
     );
-    let _tenants = start_pool(&file).await?;
-    create_sample_queue(&file).await?;
+    let admin = Admin::new(&file)?;
+    let _tenants = start_pool(&admin).await?;
+    create_sample_queue(&admin).await?;
     let a = &file.nodes[0];
     println!("\nadmin token: {}", file.admin_token_file.display());
     println!("try:");

@@ -389,12 +389,34 @@ async fn config_get(
     }
 }
 
+/// Query parameters every list endpoint takes: a key prefix (where the resource has one), the
+/// key to continue after, the page size and the read consistency.
 #[derive(Deserialize)]
-struct ListOpts {
-    prefix: Option<String>,
-    after: Option<String>,
-    limit: Option<usize>,
-    consistency: Option<String>,
+pub(crate) struct ListOpts {
+    pub(crate) prefix: Option<String>,
+    pub(crate) after: Option<String>,
+    pub(crate) limit: Option<usize>,
+    pub(crate) consistency: Option<String>,
+}
+
+impl ListOpts {
+    /// Checks the page size and waits for the asked read consistency; returns the page size.
+    pub(crate) async fn prepare(&self, st: &AdminState) -> Result<usize, ApiError> {
+        let limit = page_limit(self.limit)?;
+        let read = ReadOpts {
+            consistency: self.consistency.clone(),
+        };
+        barrier(st, &read).await?;
+        Ok(limit)
+    }
+}
+
+/// The `next` cursor of a page: its last key when the page is full, else none.
+pub(crate) fn next_cursor<T>(items: &[(String, T)], limit: usize) -> Option<String> {
+    match items.last() {
+        Some((k, _)) if items.len() == limit => Some(k.clone()),
+        _ => None,
+    }
 }
 
 /// The page size a list call asked for, defaulting to and capped at [`MAX_LIST_ITEMS`].
@@ -412,25 +434,14 @@ async fn config_list(
     State(st): Shared,
     Query(q): Query<ListOpts>,
 ) -> Result<Json<Value>, ApiError> {
-    let limit = page_limit(q.limit)?;
-    barrier(
-        &st,
-        &ReadOpts {
-            consistency: q.consistency,
-        },
-    )
-    .await?;
+    let limit = q.prepare(&st).await?;
     let items = state::list_config(
         &*st.store,
         q.prefix.as_deref().unwrap_or(""),
         q.after.as_deref(),
         limit,
     )?;
-    let next = if items.len() == limit {
-        items.last().map(|(k, _)| k.clone())
-    } else {
-        None
-    };
+    let next = next_cursor(&items, limit);
     let items: Vec<Value> = items.iter().map(|(k, e)| entry_json(k, e)).collect();
     Ok(Json(json!({"items": items, "next": next})))
 }

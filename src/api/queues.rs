@@ -16,7 +16,9 @@ use base64::Engine as _;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::{barrier, now_ms, page_limit, parse_json, AdminState, ApiError, ReadOpts};
+use super::{
+    barrier, next_cursor, now_ms, page_limit, parse_json, AdminState, ApiError, ListOpts, ReadOpts,
+};
 use crate::state::queue::{
     self, DedupKey, Delivery, MessageMeta, Ordering, QueueConfig, QueueEntry, QueueResponse,
     RetryPolicy,
@@ -26,7 +28,7 @@ use crate::state::{Command, Response as SmResponse};
 type Shared = State<Arc<AdminState>>;
 
 /// Longest queue name.
-pub const MAX_QUEUE_NAME_BYTES: usize = 64;
+pub const MAX_QUEUE_NAME_BYTES: usize = crate::state::MAX_RESOURCE_NAME_BYTES;
 /// Longest push path.
 pub const MAX_PUSH_PATH_BYTES: usize = 512;
 /// Most commands one admin delete/purge/redrive proposes before answering (each touches at
@@ -35,13 +37,7 @@ pub const MAX_CHUNK_ROUNDS: usize = 1_000;
 
 /// Queue names: 1..=64 of `A-Z a-z 0-9 . _ -`, not starting with `.` or `-`.
 pub fn validate_name(name: &str) -> Result<(), ApiError> {
-    let ok = !name.is_empty()
-        && name.len() <= MAX_QUEUE_NAME_BYTES
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
-        && !name.starts_with(['.', '-']);
-    if ok {
+    if crate::state::is_resource_name(name) {
         Ok(())
     } else {
         Err(ApiError::invalid(
@@ -412,31 +408,13 @@ pub(crate) async fn get_one(
     Ok(Json(queue_json(&st, &name, &e)?))
 }
 
-#[derive(Deserialize)]
-pub(crate) struct ListOpts {
-    after: Option<String>,
-    limit: Option<usize>,
-    consistency: Option<String>,
-}
-
 pub(crate) async fn list(
     State(st): Shared,
     Query(q): Query<ListOpts>,
 ) -> Result<Json<Value>, ApiError> {
-    let limit = page_limit(q.limit)?;
-    barrier(
-        &st,
-        &ReadOpts {
-            consistency: q.consistency,
-        },
-    )
-    .await?;
+    let limit = q.prepare(&st).await?;
     let items = queue::list_queues(&*st.store, q.after.as_deref(), limit)?;
-    let next = if items.len() == limit {
-        items.last().map(|(k, _)| k.clone())
-    } else {
-        None
-    };
+    let next = next_cursor(&items, limit);
     let items = items
         .iter()
         .map(|(n, e)| queue_json(&st, n, e))

@@ -14,10 +14,9 @@ use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
-use super::{barrier, now_ms, page_limit, AdminState, ApiError, ReadOpts};
+use super::{barrier, next_cursor, now_ms, AdminState, ApiError, ListOpts, ReadOpts};
 use crate::pool::spec::{self, TenantSpec};
 use crate::state::{self, Command, Response as SmResponse, TenantEntry};
 
@@ -151,31 +150,13 @@ pub(crate) async fn get_one(
     Ok(Json(tenant_json(&name, &e, &views)))
 }
 
-#[derive(Deserialize)]
-pub(crate) struct ListOpts {
-    after: Option<String>,
-    limit: Option<usize>,
-    consistency: Option<String>,
-}
-
 pub(crate) async fn list(
     State(st): Shared,
     Query(q): Query<ListOpts>,
 ) -> Result<Json<Value>, ApiError> {
-    let limit = page_limit(q.limit)?;
-    barrier(
-        &st,
-        &ReadOpts {
-            consistency: q.consistency,
-        },
-    )
-    .await?;
+    let limit = q.prepare(&st).await?;
     let items = state::list_tenants(&*st.store, q.after.as_deref(), limit)?;
-    let next = if items.len() == limit {
-        items.last().map(|(k, _)| k.clone())
-    } else {
-        None
-    };
+    let next = next_cursor(&items, limit);
     let views = all_views(&st).await;
     let items: Vec<Value> = items
         .iter()

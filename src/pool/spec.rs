@@ -10,7 +10,7 @@
 use serde::{Deserialize, Serialize};
 
 /// Longest tenant name, bytes.
-pub const MAX_NAME_BYTES: usize = 64;
+pub const MAX_NAME_BYTES: usize = crate::state::MAX_RESOURCE_NAME_BYTES;
 /// Weight bounds (relative share within a priority group).
 pub const MAX_WEIGHT: u32 = 1_000;
 /// Largest configurable `max_in_flight` (requests outstanding to one tenant from one node).
@@ -207,13 +207,7 @@ struct TenantBody {
 
 /// Checks a tenant name: 1 to 64 bytes of `[A-Za-z0-9._-]`, not starting with `.` or `-`.
 pub fn validate_name(name: &str) -> Result<(), SpecError> {
-    let ok = !name.is_empty()
-        && name.len() <= MAX_NAME_BYTES
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
-        && !name.starts_with(['.', '-']);
-    if ok {
+    if crate::state::is_resource_name(name) {
         Ok(())
     } else {
         Err(err(

@@ -24,6 +24,20 @@ use serde::{Deserialize, Serialize};
 use crate::raft::StateMachine;
 use crate::store::{keys, Store, StoreError, WriteBatch};
 
+/// Longest name of a replicated resource (tenant, queue, ...).
+pub const MAX_RESOURCE_NAME_BYTES: usize = 64;
+
+/// The one naming rule for replicated resources: 1 to [`MAX_RESOURCE_NAME_BYTES`] bytes of
+/// `A-Z a-z 0-9 . _ -`, not starting with `.` or `-` (safe in URLs, keys and metric labels).
+pub fn is_resource_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= MAX_RESOURCE_NAME_BYTES
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
+        && !name.starts_with(['.', '-'])
+}
+
 /// Version byte in front of every encoded command, response and stored value.
 pub const FORMAT_V1: u8 = 1;
 
