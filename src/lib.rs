@@ -7,7 +7,8 @@
 //! - `node`, `dev`, `init`, `status`: the commands, wiring everything together;
 //! - `api` (admin HTTP) and `ingress` (data-plane HTTP);
 //! - `client`: the one way into consensus (write, linearizable read barrier);
-//! - `raft` (the only owner of `RawNode`) and `transport` (peer frames over mutual TLS);
+//! - `raft` (the only owner of `RawNode`), `transport` (peer frames over mutual TLS) and
+//!   `snapshot` (streams snapshot files between nodes over the transport);
 //! - `state` (the deterministic state machine), `store` (the storage trait and sled), `seal`.
 
 pub mod api;
@@ -22,6 +23,7 @@ pub mod node;
 pub mod pool;
 pub mod raft;
 pub mod seal;
+pub mod snapshot;
 pub mod state;
 pub mod status;
 pub mod store;

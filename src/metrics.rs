@@ -36,6 +36,10 @@ pub struct Metrics {
     pub peer_frames_dropped: IntCounterVec,
     pub snapshots_sent: IntCounter,
     pub snapshots_installed: IntCounter,
+    /// Snapshot file bytes this node served to followers, in chunks.
+    pub snapshot_bytes_sent: IntCounter,
+    /// Snapshot transfers reported failed to raft (they are retried).
+    pub snapshot_transfer_failures: IntCounter,
     pub log_compactions: IntCounter,
     /// Durable queue messages handled by this node's ingress, by operation and outcome.
     pub queue_messages: IntCounterVec,
@@ -138,6 +142,18 @@ pub static M: LazyLock<Metrics> = LazyLock::new(|| {
         snapshots_installed: register_int_counter_with_registry!(
             "raft_snapshots_installed_total",
             "snapshots installed from the leader",
+            r
+        )
+        .expect("m"),
+        snapshot_bytes_sent: register_int_counter_with_registry!(
+            "raft_snapshot_bytes_sent_total",
+            "snapshot file bytes served to followers",
+            r
+        )
+        .expect("m"),
+        snapshot_transfer_failures: register_int_counter_with_registry!(
+            "raft_snapshot_transfer_failures_total",
+            "snapshot transfers reported failed (and retried)",
             r
         )
         .expect("m"),
