@@ -9,10 +9,12 @@
 //! SHA-256 against the descriptor, fsyncs and renames it, and only then steps the message into
 //! the driver, whose install reads the staged file. File I/O runs on blocking threads.
 //!
-//! The leader registers each snapshot it sends. The last chunk served reports success to raft
-//! (`report_snapshot`); an abort from the follower, a send that could not be queued, or
-//! [`TRANSFER_IDLE_TIMEOUT`] without a chunk request report failure, and raft retries with a
-//! new snapshot message on a later heartbeat. While a transfer runs, the log is not compacted
+//! The leader registers each snapshot it sends. The follower, once it has handed the verified
+//! snapshot message to its driver, sends "done", and the leader reports success to raft
+//! (`report_snapshot`) — in that order, so the leader's next append reaches the follower's
+//! driver after the snapshot, never before it (which would make it ask for a snapshot again).
+//! An abort from the follower, a send that could not be queued, or [`TRANSFER_IDLE_TIMEOUT`]
+//! without a request report failure, and raft retries with a new snapshot message later. While a transfer runs, the log is not compacted
 //! past its index (the pin shared with the driver), so the follower can continue by log.
 
 use std::collections::HashMap;
@@ -53,6 +55,8 @@ const WATCHDOG_PERIOD: Duration = Duration::from_secs(1);
 pub const REQ_CHUNK: u8 = 0x10;
 /// First byte of a peer request saying the follower gave a transfer up.
 pub const REQ_ABORT: u8 = 0x11;
+/// First byte of a peer request saying the follower has the snapshot and handed it to raft.
+pub const REQ_DONE: u8 = 0x12;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct ChunkRequest {
@@ -209,7 +213,10 @@ impl Snapshots {
 
     /// True for a peer request this module answers.
     pub fn is_snapshot_request(body: &[u8]) -> bool {
-        matches!(body.first(), Some(&REQ_CHUNK) | Some(&REQ_ABORT))
+        matches!(
+            body.first(),
+            Some(&REQ_CHUNK) | Some(&REQ_ABORT) | Some(&REQ_DONE)
+        )
     }
 
     /// Answers a follower's chunk request or abort.
@@ -218,6 +225,11 @@ impl Snapshots {
             Some((&REQ_ABORT, _)) => {
                 tracing::warn!(peer = from, "follower gave up a snapshot transfer");
                 self.finish_outbound(from, false);
+                Vec::new()
+            }
+            Some((&REQ_DONE, _)) => {
+                tracing::info!(peer = from, "follower has the snapshot");
+                self.finish_outbound(from, true);
                 Vec::new()
             }
             Some((&REQ_CHUNK, req)) => encode(&self.serve_chunk(from, req).await),
@@ -250,7 +262,6 @@ impl Snapshots {
                     .inc_by(data.len() as u64);
                 if offset + data.len() as u64 >= desc.bytes {
                     tracing::info!(peer = from, index = desc.index, "snapshot fully sent");
-                    self.finish_outbound(from, true);
                 }
                 ChunkReply::Data(data)
             }
@@ -273,8 +284,11 @@ impl Snapshots {
             }
         };
         let id = (desc.index, desc.term);
-        if self.staging.join(desc.file_name()).exists() {
-            self.step(m);
+        let applied = self.driver.get().map_or(0, |d| d.status().applied_index);
+        if desc.index <= applied || self.staging.join(desc.file_name()).exists() {
+            // Already installed (raft answers with where we are) or already staged.
+            let me = self.clone();
+            tokio::spawn(async move { me.step_and_confirm(from, m).await });
             return;
         }
         {
@@ -308,7 +322,7 @@ impl Snapshots {
                         mib_per_s = desc.bytes as f64 / 1048576.0 / secs.max(1e-9),
                         "snapshot received and verified; installing"
                     );
-                    me.step(m);
+                    me.step_and_confirm(from, m).await;
                 }
                 Err(e) => {
                     tracing::warn!(from, index = desc.index, error = %e, "snapshot fetch failed; the leader retries");
@@ -321,13 +335,17 @@ impl Snapshots {
         });
     }
 
-    fn step(&self, m: Message) {
+    /// Hands the snapshot message to the driver, then tells the leader (see module doc).
+    async fn step_and_confirm(&self, from: u64, m: Message) {
         let Some(d) = self.driver.get().cloned() else {
             return;
         };
-        tokio::spawn(async move {
-            let _ = d.step(m, None).await;
-        });
+        if d.step(m, None).await.is_ok() {
+            let _ = self
+                .transport
+                .request(from, vec![REQ_DONE], CHUNK_TIMEOUT)
+                .await;
+        }
     }
 
     /// Pulls the file chunk by chunk into staging and verifies it against `desc`.

@@ -46,6 +46,18 @@ pub struct LogPosition {
     pub term: u64,
 }
 
+/// Test hook: with `CORRAL_FAILPOINT=snapshot-install-pause` in its environment, a node stops
+/// (forever) after the first state batch of an install, so a test can kill -9 it exactly
+/// mid-install. Not a configuration: only the crash tests set it.
+fn failpoint_pause_mid_install() {
+    if std::env::var("CORRAL_FAILPOINT").as_deref() == Ok("snapshot-install-pause") {
+        tracing::warn!("failpoint snapshot-install-pause: pausing mid-install");
+        loop {
+            std::thread::sleep(std::time::Duration::from_secs(3600));
+        }
+    }
+}
+
 /// What the install marker records: enough to finish the install after a crash.
 #[derive(Serialize, Deserialize)]
 struct InstallMarker {
@@ -99,8 +111,9 @@ pub struct RaftStorage {
     checkpoint: Option<SnapshotDescriptor>,
     /// A checkpoint being built, a step per driver loop.
     building: Option<CheckpointBuilder>,
-    /// Set by [`raft::Storage::snapshot`] (which only gets `&self`) to ask for a build.
-    wanted: Cell<bool>,
+    /// Set by [`raft::Storage::snapshot`] (which only gets `&self`) to ask for a build: the
+    /// lowest index the snapshot must have.
+    wanted: Cell<Option<u64>>,
     /// Lowest checkpoint index a follower is fetching ([`NO_PIN`] when none): the log is not
     /// compacted past it, so the follower can continue by log after installing.
     snapshot_pin: Arc<AtomicU64>,
@@ -191,7 +204,7 @@ impl RaftStorage {
             snapshot_dir: snapshot_dir.to_path_buf(),
             checkpoint: None,
             building: None,
-            wanted: Cell::new(false),
+            wanted: Cell::new(None),
             snapshot_pin,
         };
         if let Some(m) = interrupted {
@@ -398,6 +411,7 @@ impl RaftStorage {
             count += 1;
             if batch.bytes >= INSTALL_BATCH_BYTES {
                 self.kv.write(std::mem::take(&mut batch))?;
+                failpoint_pause_mid_install();
             }
         }
         reader.verify_end(desc, count)?;
@@ -466,7 +480,10 @@ impl RaftStorage {
     /// driver then keeps its loop spinning instead of waiting for the next tick).
     pub fn checkpoint_work(&mut self) -> bool {
         if self.building.is_none() {
-            if !self.wanted.replace(false) || self.applied.index == 0 {
+            let Some(min_index) = self.wanted.take() else {
+                return false;
+            };
+            if self.applied.index == 0 || self.usable_checkpoint(min_index).is_some() {
                 return false;
             }
             let dir = snapfile::checkpoint_dir(&self.snapshot_dir);
@@ -525,6 +542,13 @@ impl RaftStorage {
             .get(offset as usize)
             .copied()
             .ok_or(raft::Error::Store(StorageError::Unavailable))
+    }
+
+    /// The finished checkpoint, if it has at least `min_index` and the log continues from it.
+    fn usable_checkpoint(&self, min_index: u64) -> Option<&SnapshotDescriptor> {
+        self.checkpoint
+            .as_ref()
+            .filter(|d| d.index >= min_index && d.index + 1 >= self.first())
     }
 
     /// The Raft snapshot for a finished checkpoint: metadata and descriptor only.
@@ -606,12 +630,10 @@ impl raft::Storage for RaftStorage {
     /// it; otherwise asks the driver to build one and says "temporarily unavailable" (raft
     /// asks again on the follower's next heartbeat response).
     fn snapshot(&self, request_index: u64, _to: u64) -> raft::Result<Snapshot> {
-        if let Some(d) = &self.checkpoint {
-            if d.index >= request_index && d.index + 1 >= self.first() {
-                return Ok(self.snapshot_of(d));
-            }
+        if let Some(d) = self.usable_checkpoint(request_index) {
+            return Ok(self.snapshot_of(d));
         }
-        self.wanted.set(true);
+        self.wanted.set(Some(request_index));
         Err(raft::Error::Store(
             StorageError::SnapshotTemporarilyUnavailable,
         ))
