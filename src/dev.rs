@@ -317,6 +317,10 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         "  curl -s -X POST -d '{{\"wait_ms\":5000}}' http://{}/queues/{DEV_QUEUE}/messages/head",
         file.nodes[2].ingress_addr
     );
+    println!(
+        "  # snapshots (docs/snapshots.md): stop a node, delete its data dir, start it again, then\n  curl -s http://{}/metrics | grep -E 'snapshot|compaction'",
+        a.admin_addr
+    );
     println!("  corral status --config {}", config.display());
     println!("\nctrl-c stops the cluster.");
     let exited = async {

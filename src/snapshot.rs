@@ -41,6 +41,9 @@ pub const SNAPSHOT_CHUNK_BYTES: usize = 4 * 1024 * 1024;
 pub const MAX_OUTBOUND_TRANSFERS: usize = 2;
 /// A leader-side transfer with no chunk request for this long is reported failed.
 pub const TRANSFER_IDLE_TIMEOUT: Duration = Duration::from_secs(15);
+/// Chunk requests a follower keeps outstanding, so the leader's disk read and the network
+/// overlap with the follower's write; the most a transfer buffers is this many chunks.
+pub const CHUNKS_IN_FLIGHT: usize = 2;
 /// How long a follower waits for one chunk before retrying it.
 pub const CHUNK_TIMEOUT: Duration = Duration::from_secs(10);
 /// Attempts per chunk before the follower gives the transfer up (and tells the leader).
@@ -349,13 +352,24 @@ impl Snapshots {
     }
 
     /// Pulls the file chunk by chunk into staging and verifies it against `desc`.
+    /// [`CHUNKS_IN_FLIGHT`] requests are outstanding at a time, answered in order.
     async fn fetch(&self, from: u64, desc: &SnapshotDescriptor) -> Result<(), TransferError> {
+        use futures::StreamExt as _;
         let staging = self.staging.clone();
         let name = desc.file_name();
         let mut writer = blocking(move || SnapWriter::create(&staging, &name)).await?;
-        while writer.bytes() < desc.bytes {
-            let data = match self.chunk(from, desc, writer.bytes()).await {
-                Ok(d) => d,
+        let offsets = (0..desc.bytes).step_by(SNAPSHOT_CHUNK_BYTES);
+        let mut chunks = futures::stream::iter(offsets)
+            .map(|offset| self.chunk(from, desc, offset))
+            .buffered(CHUNKS_IN_FLIGHT);
+        while let Some(next) = chunks.next().await {
+            let expected = (desc.bytes - writer.bytes()).min(SNAPSHOT_CHUNK_BYTES as u64);
+            let data = match next {
+                Ok(d) if d.len() as u64 == expected => d,
+                Ok(d) => Err(TransferError::Refused(format!(
+                    "chunk of {} bytes where {expected} were expected",
+                    d.len()
+                )))?,
                 Err(e) => {
                     blocking(move || {
                         writer.discard();

@@ -61,9 +61,9 @@ pub const DEFAULT_LOCK_MS: u64 = 60_000;
 pub const DEFAULT_DEDUP_WINDOW_MS: u64 = 10 * 60 * 1000;
 /// Default cap on stored messages (live + dead letters) per queue.
 pub const DEFAULT_MAX_MESSAGES: u64 = 100_000;
-/// Default cap on stored body bytes per queue (32 MiB: snapshots must still fit one 64 MiB
-/// transport frame until chunked snapshots exist; see docs/queue.md).
-pub const DEFAULT_MAX_BYTES: u64 = 32 * 1024 * 1024;
+/// Default cap on stored body bytes per queue (1 GiB, the most a queue may be configured with;
+/// snapshots are streamed in chunks, so the state is not bounded by a transport frame).
+pub const DEFAULT_MAX_BYTES: u64 = 1024 * 1024 * 1024;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Delivery {
