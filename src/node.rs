@@ -250,6 +250,7 @@ pub struct RunningNode {
     pub pool: Arc<Pool>,
     pool_watcher: tokio::task::JoinHandle<()>,
     sweeper: tokio::task::JoinHandle<()>,
+    dispatcher: tokio::task::JoinHandle<()>,
     snapshot_watchdog: tokio::task::JoinHandle<()>,
     stop_http: watch::Sender<bool>,
     http: Vec<tokio::task::JoinHandle<()>>,
@@ -380,6 +381,7 @@ pub async fn start(cfg: NodeConfig) -> Result<RunningNode, NodeError> {
         client.clone(),
         store.clone(),
     ));
+    let dispatcher = crate::dispatch::push::spawn(client.clone(), store.clone(), pool.clone());
     let ingress = crate::ingress::router(Arc::new(crate::ingress::IngressState {
         client: client.clone(),
         store: store.clone(),
@@ -414,6 +416,7 @@ pub async fn start(cfg: NodeConfig) -> Result<RunningNode, NodeError> {
         pool,
         pool_watcher,
         sweeper,
+        dispatcher,
         snapshot_watchdog,
         stop_http,
         http,
@@ -427,6 +430,7 @@ impl RunningNode {
         let _ = self.stop_http.send(true);
         self.pool_watcher.abort();
         self.sweeper.abort();
+        self.dispatcher.abort();
         self.snapshot_watchdog.abort();
         for h in self.http.drain(..) {
             let _ = tokio::time::timeout(HTTP_DRAIN, h).await;
