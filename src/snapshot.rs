@@ -364,12 +364,16 @@ impl Snapshots {
             .buffered(CHUNKS_IN_FLIGHT);
         while let Some(next) = chunks.next().await {
             let expected = (desc.bytes - writer.bytes()).min(SNAPSHOT_CHUNK_BYTES as u64);
-            let data = match next {
-                Ok(d) if d.len() as u64 == expected => d,
+            let checked = match next {
+                Ok(d) if d.len() as u64 == expected => Ok(d),
                 Ok(d) => Err(TransferError::Refused(format!(
                     "chunk of {} bytes where {expected} were expected",
                     d.len()
-                )))?,
+                ))),
+                Err(e) => Err(e),
+            };
+            let data = match checked {
+                Ok(d) => d,
                 Err(e) => {
                     blocking(move || {
                         writer.discard();
