@@ -251,6 +251,7 @@ pub struct RunningNode {
     pool_watcher: tokio::task::JoinHandle<()>,
     sweeper: tokio::task::JoinHandle<()>,
     dispatcher: tokio::task::JoinHandle<()>,
+    rate_sampler: tokio::task::JoinHandle<()>,
     snapshot_watchdog: tokio::task::JoinHandle<()>,
     stop_http: watch::Sender<bool>,
     http: Vec<tokio::task::JoinHandle<()>>,
@@ -382,6 +383,7 @@ pub async fn start(cfg: NodeConfig) -> Result<RunningNode, NodeError> {
         store.clone(),
     ));
     let dispatcher = crate::dispatch::push::spawn(client.clone(), store.clone(), pool.clone());
+    let rate_sampler = api::queues::spawn_rate_sampler(store.clone());
     let ingress = crate::ingress::router(Arc::new(crate::ingress::IngressState {
         client: client.clone(),
         store: store.clone(),
@@ -417,6 +419,7 @@ pub async fn start(cfg: NodeConfig) -> Result<RunningNode, NodeError> {
         pool_watcher,
         sweeper,
         dispatcher,
+        rate_sampler,
         snapshot_watchdog,
         stop_http,
         http,
@@ -431,6 +434,7 @@ impl RunningNode {
         self.pool_watcher.abort();
         self.sweeper.abort();
         self.dispatcher.abort();
+        self.rate_sampler.abort();
         self.snapshot_watchdog.abort();
         for h in self.http.drain(..) {
             let _ = tokio::time::timeout(HTTP_DRAIN, h).await;
