@@ -56,6 +56,7 @@ fn prepare(dir: &Path) -> anyhow::Result<ClusterFile> {
         );
         crate::init::write_credentials(dir, &raw)?;
     }
+    crate::init::write_reveal_token(dir, &raw)?;
     Ok(ClusterFile::load(&file_path)?)
 }
 

@@ -198,9 +198,14 @@ pub struct AuditCounter {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum SecretResponse {
-    Put { version: u64, created: bool },
+    Put {
+        version: u64,
+        created: bool,
+    },
     /// The change was made; `current` is the current version afterwards.
-    Done { current: u64 },
+    Done {
+        current: u64,
+    },
     NotFound,
     /// A precondition does not hold (deleted, kind changed, disabling the current version...).
     Conflict(String),
@@ -307,7 +312,9 @@ impl Apply<'_> {
         actor: &str,
     ) -> Result<(), StoreError> {
         let mut c: AuditCounter = match self.batch.read_through(self.kv, &audit_counter_key())? {
-            Some(b) => decode(&b).map_err(|e| StoreError::Corrupt(format!("audit counter: {e}")))?,
+            Some(b) => {
+                decode(&b).map_err(|e| StoreError::Corrupt(format!("audit counter: {e}")))?
+            }
             None => AuditCounter::default(),
         };
         let entry = AuditEntry {
@@ -452,16 +459,19 @@ impl Apply<'_> {
             AuditAction::NewVersion
         };
         self.audit(index, now_ms, name, action, Some(v), actor)?;
-        Ok(SecretResponse::Put { version: v, created })
+        Ok(SecretResponse::Put {
+            version: v,
+            created,
+        })
     }
 
     /// Reads a secret that must exist and not be deleted.
     fn live(&self, name: &str) -> Result<Result<SecretRecord, SecretResponse>, StoreError> {
         Ok(match self.read(name)? {
             None => Err(SecretResponse::NotFound),
-            Some(r) if r.deleted_ms.is_some() => Err(conflict(
-                "the secret is deleted; restore it first",
-            )),
+            Some(r) if r.deleted_ms.is_some() => {
+                Err(conflict("the secret is deleted; restore it first"))
+            }
             Some(r) => Ok(r),
         })
     }

@@ -108,7 +108,14 @@ fn versions_are_immutable_numbered_and_bounded() {
         r.versions.iter().map(|v| v.version).collect::<Vec<_>>(),
         [2, 3]
     );
-    let SecretCommand::Put { name, settings, version, actor, now_ms, .. } = put("s", "d", 2, 4)
+    let SecretCommand::Put {
+        name,
+        settings,
+        version,
+        actor,
+        now_ms,
+        ..
+    } = put("s", "d", 2, 4)
     else {
         unreachable!()
     };
@@ -177,10 +184,16 @@ fn delete_restore_purge() {
         now_ms,
         due_only,
     };
-    assert!(matches!(t.run(purge(10, false)), SecretResponse::Conflict(_)));
+    assert!(matches!(
+        t.run(purge(10, false)),
+        SecretResponse::Conflict(_)
+    ));
     assert_eq!(t.run(del.clone()), SecretResponse::Done { current: 1 });
     assert_eq!(t.rec("s").purge_at_ms, Some(1_010));
-    assert!(matches!(t.run(put("s", "b", 10, 11)), SecretResponse::Conflict(_)));
+    assert!(matches!(
+        t.run(put("s", "b", 10, 11)),
+        SecretResponse::Conflict(_)
+    ));
     let restore = SecretCommand::Restore {
         name: "s".into(),
         actor: "admin".into(),
@@ -188,7 +201,10 @@ fn delete_restore_purge() {
     };
     assert_eq!(t.run(restore), SecretResponse::Done { current: 1 });
     t.run(del);
-    assert!(matches!(t.run(purge(500, true)), SecretResponse::Conflict(_)));
+    assert!(matches!(
+        t.run(purge(500, true)),
+        SecretResponse::Conflict(_)
+    ));
     assert_eq!(t.run(purge(1_010, true)), SecretResponse::Purged);
     assert!(read_secret(&*t.kv, "s").unwrap().is_none());
     assert_eq!(t.run(purge(2_000, true)), SecretResponse::NotFound);
@@ -270,11 +286,10 @@ fn replay_is_deterministic() {
             actor: "admin".into(),
             now_ms: 3,
         }));
-        let state: Vec<_> = t
-            .kv
-            .scan_prefix(&keys::state(b"x/"))
-            .map(|r| r.unwrap())
-            .collect();
+        let state: Vec<_> =
+            t.kv.scan_prefix(&keys::state(b"x/"))
+                .map(|r| r.unwrap())
+                .collect();
         (answers, state)
     };
     assert_eq!(run(), run());
