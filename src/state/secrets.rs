@@ -38,6 +38,7 @@ pub const MAX_PUSH_ERROR_BYTES: usize = 512;
 pub enum SecretKind {
     UserCredential,
     SecureParameter,
+    #[serde(rename = "oauth2_client_credential")]
     OAuth2ClientCredential,
 }
 
