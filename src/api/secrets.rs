@@ -748,3 +748,75 @@ pub fn refresh_gauges(store: &dyn crate::store::Store) {
             .set(pending as i64);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Each kind becomes the CPI properties its entity set expects, with CPI's defaults; the
+    /// summary holds only non-secret fields.
+    #[test]
+    fn values_become_cpi_properties() {
+        let (p, s) = build_value(
+            SecretKind::UserCredential,
+            &json!({"user": "u", "password": "p"}),
+            &Some("d".into()),
+        )
+        .unwrap();
+        assert_eq!(
+            Value::Object(p),
+            json!({"Kind": "default", "User": "u", "Password": "p", "Description": "d"})
+        );
+        assert_eq!(s.get("user").map(String::as_str), Some("u"));
+        let (p, s) = build_value(
+            SecretKind::OAuth2ClientCredential,
+            &json!({"token_service_url": "https://t", "client_id": "c", "client_secret": "x"}),
+            &None,
+        )
+        .unwrap();
+        assert_eq!(p["ClientAuthentication"], "body");
+        assert_eq!(p["ScopeContentType"], "urlencoded");
+        assert!(!s.values().any(|v| v == "x"));
+        let (p, s) =
+            build_value(SecretKind::SecureParameter, &json!({"value": "v"}), &None).unwrap();
+        assert_eq!(Value::Object(p), json!({"SecureParam": "v"}));
+        assert!(s.is_empty());
+    }
+
+    /// Bad values name the failing field under `value.`.
+    #[test]
+    fn bad_values_name_the_field() {
+        let field = |kind, v: Value| match build_value(kind, &v, &None) {
+            Err(ApiError::Invalid { field, .. }) => field,
+            other => panic!("expected invalid, got {:?}", other.map(|_| ())),
+        };
+        assert_eq!(
+            field(
+                SecretKind::UserCredential,
+                json!({"user": "u", "password": "p", "x": 1})
+            ),
+            Some("value".into())
+        );
+        assert_eq!(
+            field(
+                SecretKind::UserCredential,
+                json!({"user": "u", "password": "p", "cpi_kind": "successfactors"})
+            ),
+            Some("value.company_id".into())
+        );
+        assert_eq!(
+            field(
+                SecretKind::OAuth2ClientCredential,
+                json!({"token_service_url": "t", "client_id": "c", "client_secret": "s",
+                       "client_authentication": "nope"})
+            ),
+            Some("value.client_authentication".into())
+        );
+        assert_eq!(
+            parse_targets(&Some(json!(["a", "a"])))
+                .err()
+                .map(|e| e.to_string()),
+            Some("must be a distinct tenant name".into())
+        );
+    }
+}
