@@ -219,6 +219,7 @@ pub struct RunningNode {
     pub pool: Arc<Pool>,
     pool_watcher: tokio::task::JoinHandle<()>,
     sweeper: tokio::task::JoinHandle<()>,
+    dispatcher: tokio::task::JoinHandle<()>,
     secret_pusher: tokio::task::JoinHandle<()>,
     stop_http: watch::Sender<bool>,
     http: Vec<tokio::task::JoinHandle<()>>,
@@ -343,6 +344,7 @@ pub async fn start(cfg: NodeConfig) -> Result<RunningNode, NodeError> {
         client.clone(),
         store.clone(),
     ));
+    let dispatcher = crate::dispatch::push::spawn(client.clone(), store.clone(), pool.clone());
     let secret_pusher = crate::dispatch::secrets::SecretPusher::new(
         cfg.id,
         client.clone(),
@@ -387,6 +389,7 @@ pub async fn start(cfg: NodeConfig) -> Result<RunningNode, NodeError> {
         pool,
         pool_watcher,
         sweeper,
+        dispatcher,
         secret_pusher,
         stop_http,
         http,
@@ -400,6 +403,7 @@ impl RunningNode {
         let _ = self.stop_http.send(true);
         self.pool_watcher.abort();
         self.sweeper.abort();
+        self.dispatcher.abort();
         self.secret_pusher.abort();
         for h in self.http.drain(..) {
             let _ = tokio::time::timeout(HTTP_DRAIN, h).await;

@@ -104,6 +104,7 @@ struct QueueInput {
     ttl_ms: Option<u64>,
     max_messages: Option<u64>,
     max_bytes: Option<u64>,
+    failover_after_ms: Option<u64>,
 }
 
 fn range<T: PartialOrd + std::fmt::Display>(
@@ -249,7 +250,14 @@ pub fn parse_config(body: &[u8]) -> Result<QueueConfig, ApiError> {
         1,
         1024 * 1024 * 1024,
     )?;
+    let failover_after_ms = range(
+        "failover_after_ms",
+        input.failover_after_ms.unwrap_or(d.failover_after_ms),
+        0,
+        86_400_000,
+    )?;
     Ok(QueueConfig {
+        failover_after_ms,
         delivery,
         max_deliveries,
         lock_ms,
@@ -340,6 +348,7 @@ pub fn config_json(c: &QueueConfig) -> Value {
         "ttl_ms": c.ttl_ms,
         "max_messages": c.max_messages,
         "max_bytes": c.max_bytes,
+        "failover_after_ms": c.failover_after_ms,
     })
 }
 
