@@ -277,15 +277,16 @@ fn audit_log_is_bounded() {
 fn replay_is_deterministic() {
     let run = || {
         let mut t = T::new();
-        let mut answers = Vec::new();
-        answers.push(t.run(put("s", "a", 3, 1)));
-        answers.push(t.run(put("s", "b", 3, 2)));
-        answers.push(t.run(SecretCommand::Rollback {
-            name: "s".into(),
-            version: 1,
-            actor: "admin".into(),
-            now_ms: 3,
-        }));
+        let answers = vec![
+            t.run(put("s", "a", 3, 1)),
+            t.run(put("s", "b", 3, 2)),
+            t.run(SecretCommand::Rollback {
+                name: "s".into(),
+                version: 1,
+                actor: "admin".into(),
+                now_ms: 3,
+            }),
+        ];
         let state: Vec<_> =
             t.kv.scan_prefix(&keys::state(b"x/"))
                 .map(|r| r.unwrap())
