@@ -795,7 +795,7 @@ mod tests {
                 SecretKind::UserCredential,
                 json!({"user": "u", "password": "p", "x": 1})
             ),
-            Some("value".into())
+            Some("value.x".into())
         );
         assert_eq!(
             field(
