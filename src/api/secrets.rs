@@ -363,14 +363,18 @@ pub fn expiry_flags(rec: &SecretRecord, now: u64) -> (bool, bool) {
     }
 }
 
-/// Tenants a secret goes to now: registered tenants its targets include.
-fn target_tenants(st: &AdminState, rec: &SecretRecord) -> Result<Vec<String>, ApiError> {
+/// Names of the registered tenants (the first [`super::MAX_LIST_ITEMS`]).
+fn tenant_names(st: &AdminState) -> Result<Vec<String>, ApiError> {
     let tenants = state::list_tenants(&*st.store, None, super::MAX_LIST_ITEMS)?;
-    Ok(tenants
-        .into_iter()
-        .map(|(n, _)| n)
+    Ok(tenants.into_iter().map(|(n, _)| n).collect())
+}
+
+/// Tenants a secret goes to now: registered tenants its targets include.
+fn target_tenants(all: &[String], rec: &SecretRecord) -> Vec<String> {
+    all.iter()
         .filter(|n| rec.settings.targets.includes(n))
-        .collect())
+        .cloned()
+        .collect()
 }
 
 fn push_json(rec: &SecretRecord, targets: &[String]) -> Value {
@@ -467,7 +471,7 @@ pub(crate) async fn get_one(
     Query(opts): Query<ReadOpts>,
 ) -> Result<Json<Value>, ApiError> {
     let rec = read_rec(&st, &name, &opts).await?;
-    let targets = target_tenants(&st, &rec)?;
+    let targets = target_tenants(&tenant_names(&st)?, &rec);
     Ok(Json(secret_json(&name, &rec, &targets, now_ms())))
 }
 
@@ -481,8 +485,9 @@ pub(crate) async fn list(
     let now = now_ms();
     let mut out = Vec::with_capacity(items.len());
     let mut expiring = Vec::new();
+    let tenants = tenant_names(&st)?;
     for (n, rec) in &items {
-        let targets = target_tenants(&st, rec)?;
+        let targets = target_tenants(&tenants, rec);
         if expiry_flags(rec, now).0 && rec.deleted_ms.is_none() {
             expiring.push(json!(n));
         }
