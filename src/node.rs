@@ -220,6 +220,7 @@ pub struct RunningNode {
     pool_watcher: tokio::task::JoinHandle<()>,
     sweeper: tokio::task::JoinHandle<()>,
     dispatcher: tokio::task::JoinHandle<()>,
+    rate_sampler: tokio::task::JoinHandle<()>,
     secret_pusher: tokio::task::JoinHandle<()>,
     stop_http: watch::Sender<bool>,
     http: Vec<tokio::task::JoinHandle<()>>,
@@ -345,6 +346,7 @@ pub async fn start(cfg: NodeConfig) -> Result<RunningNode, NodeError> {
         store.clone(),
     ));
     let dispatcher = crate::dispatch::push::spawn(client.clone(), store.clone(), pool.clone());
+    let rate_sampler = api::queues::spawn_rate_sampler(store.clone());
     let secret_pusher = crate::dispatch::secrets::SecretPusher::new(
         cfg.id,
         client.clone(),
@@ -390,6 +392,7 @@ pub async fn start(cfg: NodeConfig) -> Result<RunningNode, NodeError> {
         pool_watcher,
         sweeper,
         dispatcher,
+        rate_sampler,
         secret_pusher,
         stop_http,
         http,
@@ -404,6 +407,7 @@ impl RunningNode {
         self.pool_watcher.abort();
         self.sweeper.abort();
         self.dispatcher.abort();
+        self.rate_sampler.abort();
         self.secret_pusher.abort();
         for h in self.http.drain(..) {
             let _ = tokio::time::timeout(HTTP_DRAIN, h).await;

@@ -184,6 +184,7 @@ pub struct QueueStats {
     pub duplicates_total: u64,
     pub completed_total: u64,
     pub expired_total: u64,
+    pub dead_lettered_total: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -1077,6 +1078,7 @@ impl Apply<'_> {
         meta.dead_excerpt = Some(String::from_utf8_lossy(&body[..end]).into_owned());
         meta.dead_reason = Some(reason);
         stats.dead_letters += 1;
+        stats.dead_lettered_total += 1;
         stats.dead_bytes += meta.body_len;
         self.batch
             .put(seq_key("x", queue, meta.sequence), encode(&meta));
