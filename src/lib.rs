@@ -21,6 +21,7 @@ pub mod metrics;
 pub mod node;
 pub mod pool;
 pub mod raft;
+pub mod recurrence;
 pub mod seal;
 pub mod state;
 pub mod status;
