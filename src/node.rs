@@ -217,6 +217,7 @@ pub struct RunningNode {
     pub pool: Arc<Pool>,
     pool_watcher: tokio::task::JoinHandle<()>,
     sweeper: tokio::task::JoinHandle<()>,
+    scheduler: tokio::task::JoinHandle<()>,
     stop_http: watch::Sender<bool>,
     http: Vec<tokio::task::JoinHandle<()>>,
     driver_thread: Option<std::thread::JoinHandle<()>>,
@@ -329,6 +330,11 @@ pub async fn start(cfg: NodeConfig) -> Result<RunningNode, NodeError> {
         client.clone(),
         store.clone(),
     ));
+    let scheduler = tokio::spawn(crate::dispatch::scheduler::run(
+        client.clone(),
+        store.clone(),
+        pool.clone(),
+    ));
     let ingress = crate::ingress::router(Arc::new(crate::ingress::IngressState {
         client: client.clone(),
         store: store.clone(),
@@ -363,6 +369,7 @@ pub async fn start(cfg: NodeConfig) -> Result<RunningNode, NodeError> {
         pool,
         pool_watcher,
         sweeper,
+        scheduler,
         stop_http,
         http,
         driver_thread: Some(driver_thread),
@@ -375,6 +382,7 @@ impl RunningNode {
         let _ = self.stop_http.send(true);
         self.pool_watcher.abort();
         self.sweeper.abort();
+        self.scheduler.abort();
         for h in self.http.drain(..) {
             let _ = tokio::time::timeout(HTTP_DRAIN, h).await;
         }
