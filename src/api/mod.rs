@@ -7,6 +7,7 @@
 
 pub mod error;
 pub mod queues;
+pub mod schedules;
 pub mod tenants;
 
 use std::sync::Arc;
@@ -74,6 +75,14 @@ pub const ADMIN_ROUTES: &[(&str, &str)] = &[
     ("get", "/admin/queues/{name}/dead-letters/{id}"),
     ("delete", "/admin/queues/{name}/dead-letters/{id}"),
     ("post", "/admin/queues/{name}/dead-letters/{id}/redrive"),
+    ("get", "/admin/schedules"),
+    ("post", "/admin/schedules:preview"),
+    ("get", "/admin/schedules/{name}"),
+    ("put", "/admin/schedules/{name}"),
+    ("delete", "/admin/schedules/{name}"),
+    ("post", "/admin/schedules/{name}/pause"),
+    ("post", "/admin/schedules/{name}/resume"),
+    ("post", "/admin/schedules/{name}/trigger"),
 ];
 
 pub struct AdminState {
@@ -125,6 +134,17 @@ pub fn router(state: Arc<AdminState>) -> Router {
             "/admin/queues/{name}/dead-letters/{id}/redrive",
             post(queues::dead_redrive_one),
         )
+        .route("/admin/schedules", get(schedules::list))
+        .route("/admin/schedules:preview", post(schedules::preview))
+        .route(
+            "/admin/schedules/{name}",
+            get(schedules::get_one)
+                .put(schedules::put)
+                .delete(schedules::delete),
+        )
+        .route("/admin/schedules/{name}/pause", post(schedules::pause))
+        .route("/admin/schedules/{name}/resume", post(schedules::resume))
+        .route("/admin/schedules/{name}/trigger", post(schedules::trigger))
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             require_token,
