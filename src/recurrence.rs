@@ -345,7 +345,8 @@ impl Compiled {
         match unit {
             Unit::Days => (d - a).num_days().rem_euclid(n) == 0,
             Unit::Weeks => {
-                let sunday = |x: NaiveDate| x - Duration::days(x.weekday().num_days_from_sunday().into());
+                let sunday =
+                    |x: NaiveDate| x - Duration::days(x.weekday().num_days_from_sunday().into());
                 ((sunday(d) - sunday(a)).num_days() / 7).rem_euclid(n) == 0
             }
             Unit::Months => {
@@ -481,7 +482,11 @@ mod tests {
             // The 31st: months without one are skipped.
             (
                 every(1, Unit::Months, vec![]),
-                vec!["2026-12-31T08:00:00+00:00", "2027-01-31T08:00:00+00:00", "2027-03-31T08:00:00+00:00"],
+                vec![
+                    "2026-12-31T08:00:00+00:00",
+                    "2027-01-31T08:00:00+00:00",
+                    "2027-03-31T08:00:00+00:00",
+                ],
             ),
             (
                 Recurrence::Every {
@@ -496,30 +501,45 @@ mod tests {
             ),
             // Quartz: last day of the month at 23:00; last Friday; nearest weekday to the 15th.
             (
-                Recurrence::Cron { expr: "0 0 23 L * ?".into() },
+                Recurrence::Cron {
+                    expr: "0 0 23 L * ?".into(),
+                },
                 vec!["2026-12-31T23:00:00+00:00", "2027-01-31T23:00:00+00:00"],
             ),
             (
-                Recurrence::Cron { expr: "0 0 9 ? * 6L".into() },
+                Recurrence::Cron {
+                    expr: "0 0 9 ? * 6L".into(),
+                },
                 vec!["2026-12-25T09:00:00+00:00", "2027-01-29T09:00:00+00:00"],
             ),
             (
-                Recurrence::Cron { expr: "0 0 9 15W * ?".into() },
+                Recurrence::Cron {
+                    expr: "0 0 9 15W * ?".into(),
+                },
                 vec!["2026-12-15T09:00:00+00:00", "2027-01-15T09:00:00+00:00"],
             ),
             // Second Monday (Quartz 2 = Monday); explicit year field.
             (
-                Recurrence::Cron { expr: "0 30 6 ? * 2#2 2027".into() },
+                Recurrence::Cron {
+                    expr: "0 30 6 ? * 2#2 2027".into(),
+                },
                 vec!["2027-01-11T06:30:00+00:00", "2027-02-08T06:30:00+00:00"],
             ),
             // CPI's default: every 5th minute at second 0.
             (
-                Recurrence::Cron { expr: "0 0/5 * ? * * *".into() },
+                Recurrence::Cron {
+                    expr: "0 0/5 * ? * * *".into(),
+                },
                 vec!["2026-12-01T10:05:00+00:00", "2026-12-01T10:10:00+00:00"],
             ),
             (
-                Recurrence::Times { at_ms: vec![t0 + 2_000, t0 - 5, t0 + 1_000] },
-                vec!["2026-12-01T10:00:01.500+00:00", "2026-12-01T10:00:02.500+00:00"],
+                Recurrence::Times {
+                    at_ms: vec![t0 + 2_000, t0 - 5, t0 + 1_000],
+                },
+                vec![
+                    "2026-12-01T10:00:01.500+00:00",
+                    "2026-12-01T10:00:02.500+00:00",
+                ],
             ),
         ];
         for (rec, want) in cases {
@@ -564,7 +584,11 @@ mod tests {
     #[test]
     fn dst_in_berlin_fires_as_documented() {
         let tz = parse_tz("Europe/Berlin").unwrap();
-        let show = |v: Vec<u64>| v.into_iter().map(|t| format_local(t, &tz)).collect::<Vec<_>>();
+        let show = |v: Vec<u64>| {
+            v.into_iter()
+                .map(|t| format_local(t, &tz))
+                .collect::<Vec<_>>()
+        };
         // Daily at 02:30: the missing 02:30 fires at 03:00 CEST; the doubled one once (CEST).
         let c = Compiled::new(&spec(daily_at(2, 30), "Europe/Berlin"), 0).unwrap();
         assert_eq!(
@@ -585,7 +609,12 @@ mod tests {
         );
         // Quartz cron at a fixed 02:30 agrees (croner's rule).
         let c = Compiled::new(
-            &spec(Recurrence::Cron { expr: "0 30 2 * * ?".into() }, "Europe/Berlin"),
+            &spec(
+                Recurrence::Cron {
+                    expr: "0 30 2 * * ?".into(),
+                },
+                "Europe/Berlin",
+            ),
             0,
         )
         .unwrap();
@@ -623,7 +652,12 @@ mod tests {
         );
         // Cron with a wildcard hour: the repeated hour fires twice, the missing one not at all.
         let c = Compiled::new(
-            &spec(Recurrence::Cron { expr: "0 15 * * * ?".into() }, "Europe/Berlin"),
+            &spec(
+                Recurrence::Cron {
+                    expr: "0 15 * * * ?".into(),
+                },
+                "Europe/Berlin",
+            ),
             0,
         )
         .unwrap();

@@ -95,10 +95,14 @@ fn restart_and_follow(c: &mut Cluster, killed: &[u64]) {
     for id in killed {
         c.start(*id);
     }
-    poll(Duration::from_secs(30), "all three following one leader", || {
-        let l = c.agreed_leader(&[1, 2, 3])?;
-        (!killed.contains(&l) || killed.len() > 1).then_some(l)
-    });
+    poll(
+        Duration::from_secs(30),
+        "all three following one leader",
+        || {
+            let l = c.agreed_leader(&[1, 2, 3])?;
+            (!killed.contains(&l) || killed.len() > 1).then_some(l)
+        },
+    );
 }
 
 /// Three one-second schedules (missed: all / once / skip) into three pull queues, through
@@ -151,19 +155,32 @@ fn one_second_schedules_fire_exactly_once_through_leader_kills() {
         leader = c.wait_leader(&[1, 2, 3], Duration::from_secs(20));
     }
     let before = enqueued_total(&c, leader, "t-all").unwrap_or(0);
-    poll(Duration::from_secs(30), "firing after the last kill", || {
-        (enqueued_total(&c, leader, "t-all")? >= before + 3).then_some(())
-    });
+    poll(
+        Duration::from_secs(30),
+        "firing after the last kill",
+        || (enqueued_total(&c, leader, "t-all")? >= before + 3).then_some(()),
+    );
     for (_, q) in policies {
-        let (s, _) = post(&c, leader, &format!("/admin/schedules/{q}/pause"), &json!({"note": "check"}));
+        let (s, _) = post(
+            &c,
+            leader,
+            &format!("/admin/schedules/{q}/pause"),
+            &json!({"note": "check"}),
+        );
         assert_eq!(s, 200);
     }
     for (missed, q) in policies {
         let got = drain(&c, leader, q);
-        let s = c.get_json(leader, &format!("/admin/schedules/{q}")).unwrap();
+        let s = c
+            .get_json(leader, &format!("/admin/schedules/{q}"))
+            .unwrap();
         let occ: Vec<u64> = got.iter().map(|m| m.0).collect();
         let unique: BTreeSet<u64> = occ.iter().copied().collect();
-        assert_eq!(unique.len(), occ.len(), "{missed}: an occurrence fired twice");
+        assert_eq!(
+            unique.len(),
+            occ.len(),
+            "{missed}: an occurrence fired twice"
+        );
         assert!(occ.iter().all(|t| t % 1000 == 0));
         let first_due = (s["updated_ms"].as_u64().unwrap() - 1) / 1000 * 1000 + 1000;
         let cursor = s["cursor_ms"].as_u64().unwrap();
@@ -173,7 +190,11 @@ fn one_second_schedules_fire_exactly_once_through_leader_kills() {
             (cursor - first_due) / 1000 + 1,
             "{missed}: fired + skipped must cover every occurrence up to the cursor: {s}"
         );
-        assert_eq!(s["fired_total"].as_u64().unwrap(), occ.len() as u64, "{missed}");
+        assert_eq!(
+            s["fired_total"].as_u64().unwrap(),
+            occ.len() as u64,
+            "{missed}"
+        );
         let (lo, hi) = (*unique.first().unwrap(), *unique.last().unwrap());
         eprintln!(
             "{missed}: {} fired of {} occurrences",
@@ -183,20 +204,33 @@ fn one_second_schedules_fire_exactly_once_through_leader_kills() {
         let late = got.iter().filter(|(o, _, enq)| enq - o > 1_500).count();
         match missed {
             "all" => {
-                assert!(late >= 2, "all: the outages' occurrences were caught up late");
+                assert!(
+                    late >= 2,
+                    "all: the outages' occurrences were caught up late"
+                );
                 assert_eq!(lo, first_due, "all: the first occurrence fired");
                 assert_eq!(hi, cursor);
                 assert_eq!(unique.len() as u64, (hi - lo) / 1000 + 1, "all: a gap");
             }
             "once" => {
                 let covered: u64 = got.iter().map(|m| 1 + m.1).sum();
-                assert_eq!(covered, (hi - first_due) / 1000 + 1, "once: skips cover the gaps");
+                assert_eq!(
+                    covered,
+                    (hi - first_due) / 1000 + 1,
+                    "once: skips cover the gaps"
+                );
                 assert!(covered > occ.len() as u64, "once: the outages skipped some");
             }
             _ => {
-                assert!(accounted > occ.len() as u64, "skip: the outages skipped some");
+                assert!(
+                    accounted > occ.len() as u64,
+                    "skip: the outages skipped some"
+                );
                 for (o, _, enq) in &got {
-                    assert!(enq.saturating_sub(*o) <= 2_000 + 500, "skip: {o} fired late at {enq}");
+                    assert!(
+                        enq.saturating_sub(*o) <= 2_000 + 500,
+                        "skip: {o} fired late at {enq}"
+                    );
                 }
             }
         }
@@ -212,7 +246,12 @@ fn overlap_pause_resume_trigger_and_preview() {
     c.start(1);
     c.wait_leader(&[1], Duration::from_secs(20));
     put(&c, 1, "/admin/queues/slow", &json!({}));
-    put(&c, 1, "/admin/schedules/slow", &every_second("slow", "once", "skip"));
+    put(
+        &c,
+        1,
+        "/admin/schedules/slow",
+        &every_second("slow", "once", "skip"),
+    );
     let get = |c: &Cluster| c.get_json(1, "/admin/schedules/slow").unwrap();
     // The first message arrives and is held (received, not completed): in flight.
     let first = poll(Duration::from_secs(10), "first firing", || {
@@ -243,12 +282,19 @@ fn overlap_pause_resume_trigger_and_preview() {
         .send()
         .unwrap();
     assert_eq!(done.status(), 204);
-    poll(Duration::from_secs(10), "firing again once completed", || {
-        (enqueued_total(&c, 1, "slow")? >= 2).then_some(())
-    });
+    poll(
+        Duration::from_secs(10),
+        "firing again once completed",
+        || (enqueued_total(&c, 1, "slow")? >= 2).then_some(()),
+    );
 
     // Pause with a note: nothing fires while paused (watched over three occurrences).
-    let (s, _) = post(&c, 1, "/admin/schedules/slow/pause", &json!({"note": "maintenance"}));
+    let (s, _) = post(
+        &c,
+        1,
+        "/admin/schedules/slow/pause",
+        &json!({"note": "maintenance"}),
+    );
     assert_eq!(s, 200);
     let g = get(&c);
     assert_eq!(g["state"], "paused");

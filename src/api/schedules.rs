@@ -199,16 +199,27 @@ fn every(e: &EveryInput) -> Result<Recurrence, ApiError> {
         let d = WEEKDAYS
             .iter()
             .position(|x| x.eq_ignore_ascii_case(w))
-            .ok_or_else(|| ApiError::invalid(format!("{}[{i}]", f("weekdays")), "must be one of SUN MON TUE WED THU FRI SAT"))?;
+            .ok_or_else(|| {
+                ApiError::invalid(
+                    format!("{}[{i}]", f("weekdays")),
+                    "must be one of SUN MON TUE WED THU FRI SAT",
+                )
+            })?;
         weekdays.push(d as u8);
     }
     if unit == Unit::Weeks && weekdays.is_empty() {
-        return Err(ApiError::invalid(f("weekdays"), "weekly schedules name their weekdays"));
+        return Err(ApiError::invalid(
+            f("weekdays"),
+            "weekly schedules name their weekdays",
+        ));
     }
     let sub_daily = matches!(unit, Unit::Seconds | Unit::Minutes | Unit::Hours);
     let at_s = match &e.at {
         Some(_) if sub_daily => {
-            return Err(ApiError::invalid(f("at"), "applies to days, weeks, months and years"))
+            return Err(ApiError::invalid(
+                f("at"),
+                "applies to days, weeks, months and years",
+            ))
         }
         Some(a) => parse_time_of_day(a)
             .ok_or_else(|| ApiError::invalid(f("at"), "must be HH:MM or HH:MM:SS"))?,
@@ -261,11 +272,7 @@ fn recurrence_of(r: &RecurrenceInput, tz: &Tz) -> Result<Recurrence, ApiError> {
         RecurrenceInput::Cron(expr) => {
             recurrence::parse_cron(expr).map_err(|e| ApiError::Invalid {
                 field: Some(match e.position {
-                    Some(p) => format!(
-                        "schedule.cron[{}:{}]",
-                        p,
-                        recurrence::CRON_FIELDS[p - 1]
-                    ),
+                    Some(p) => format!("schedule.cron[{}:{}]", p, recurrence::CRON_FIELDS[p - 1]),
                     None => "schedule.cron".into(),
                 }),
                 message: e.message,
@@ -297,7 +304,10 @@ fn body_of(field: &str, body: &str, encoding: Option<&str>) -> Result<Vec<u8>, A
     Ok(bytes)
 }
 
-fn headers_of(field: &str, h: &BTreeMap<String, String>) -> Result<Vec<(String, String)>, ApiError> {
+fn headers_of(
+    field: &str,
+    h: &BTreeMap<String, String>,
+) -> Result<Vec<(String, String)>, ApiError> {
     let bytes: usize = h.iter().map(|(k, v)| k.len() + v.len()).sum();
     if h.len() > MAX_HEADERS || bytes > MAX_HEADER_BYTES {
         return Err(ApiError::invalid(
@@ -382,9 +392,18 @@ fn choice<T: Copy>(field: &str, v: &str, options: &[(&str, T)]) -> Result<T, Api
 /// Validates a schedule document into its stored form.
 pub fn parse_spec(body: &[u8]) -> Result<ScheduleSpec, ApiError> {
     let input: ScheduleInput = parse_json(body)?;
-    let tz = recurrence::parse_tz(&input.time_zone).map_err(|m| ApiError::invalid("time_zone", m))?;
-    let start_ms = input.start.as_deref().map(|s| timestamp("start", s, &tz)).transpose()?;
-    let end_ms = input.end.as_deref().map(|s| timestamp("end", s, &tz)).transpose()?;
+    let tz =
+        recurrence::parse_tz(&input.time_zone).map_err(|m| ApiError::invalid("time_zone", m))?;
+    let start_ms = input
+        .start
+        .as_deref()
+        .map(|s| timestamp("start", s, &tz))
+        .transpose()?;
+    let end_ms = input
+        .end
+        .as_deref()
+        .map(|s| timestamp("end", s, &tz))
+        .transpose()?;
     if let (Some(s), Some(e)) = (start_ms, end_ms) {
         if e <= s {
             return Err(ApiError::invalid("end", "must be after start"));
@@ -393,12 +412,20 @@ pub fn parse_spec(body: &[u8]) -> Result<ScheduleSpec, ApiError> {
     let missed = choice(
         "missed",
         &input.missed,
-        &[("skip", Missed::Skip), ("once", Missed::Once), ("all", Missed::All)],
+        &[
+            ("skip", Missed::Skip),
+            ("once", Missed::Once),
+            ("all", Missed::All),
+        ],
     )?;
     let overlap = choice(
         "overlap",
         &input.overlap,
-        &[("skip", Overlap::Skip), ("buffer", Overlap::Buffer), ("allow", Overlap::Allow)],
+        &[
+            ("skip", Overlap::Skip),
+            ("buffer", Overlap::Buffer),
+            ("allow", Overlap::Allow),
+        ],
     )?;
     if input.catch_up_window_ms > MAX_CATCH_UP_WINDOW_MS {
         return Err(ApiError::invalid(
@@ -407,7 +434,10 @@ pub fn parse_spec(body: &[u8]) -> Result<ScheduleSpec, ApiError> {
         ));
     }
     if input.jitter_ms > MAX_JITTER_MS {
-        return Err(ApiError::invalid("jitter_ms", format!("at most {MAX_JITTER_MS}")));
+        return Err(ApiError::invalid(
+            "jitter_ms",
+            format!("at most {MAX_JITTER_MS}"),
+        ));
     }
     Ok(ScheduleSpec {
         recurrence: recurrence_of(&input.schedule, &tz)?,
@@ -445,7 +475,9 @@ fn outcome_json(o: &Outcome) -> Value {
             tenant,
             status,
             latency_ms,
-        } => json!({"result": "called", "tenant": tenant, "status": status, "latency_ms": latency_ms}),
+        } => {
+            json!({"result": "called", "tenant": tenant, "status": status, "latency_ms": latency_ms})
+        }
         Outcome::CallFailed { error, latency_ms } => {
             json!({"result": "call_failed", "error": error, "latency_ms": latency_ms})
         }
@@ -467,10 +499,7 @@ fn firing_json(f: &Firing, tz: &Tz) -> Value {
 fn entry_json(name: &str, e: &ScheduleEntry, detail: bool) -> Value {
     let definition: Value = serde_json::from_str(&e.spec.document).unwrap_or(Value::Null);
     let compiled = Compiled::new(&e.spec, e.updated_ms).ok();
-    let tz = compiled
-        .as_ref()
-        .map(|c| *c.time_zone())
-        .unwrap_or(Tz::UTC);
+    let tz = compiled.as_ref().map(|c| *c.time_zone()).unwrap_or(Tz::UTC);
     let from = e.cursor_ms.max(now_ms());
     let next = compiled
         .as_ref()
@@ -586,18 +615,21 @@ pub(crate) async fn get_one(
     }
 }
 
-pub(crate) async fn list(State(st): Shared, Query(q): Query<ListOpts>) -> Result<Json<Value>, ApiError> {
+pub(crate) async fn list(
+    State(st): Shared,
+    Query(q): Query<ListOpts>,
+) -> Result<Json<Value>, ApiError> {
     let limit = q.prepare(&st).await?;
     let items = schedules::list_schedules(&*st.store, q.after.as_deref(), limit)?;
     let next = next_cursor(&items, limit);
-    let items: Vec<Value> = items
-        .iter()
-        .map(|(n, e)| entry_json(n, e, false))
-        .collect();
+    let items: Vec<Value> = items.iter().map(|(n, e)| entry_json(n, e, false)).collect();
     Ok(Json(json!({"items": items, "next": next})))
 }
 
-pub(crate) async fn delete(State(st): Shared, Path(name): Path<String>) -> Result<Response, ApiError> {
+pub(crate) async fn delete(
+    State(st): Shared,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
     validate_name(&name)?;
     let cmd = Command::ScheduleDelete { name: name.clone() };
     match answer(st.client.write(&cmd).await?)? {
@@ -613,7 +645,12 @@ struct PauseBody {
     note: Option<String>,
 }
 
-async fn set_paused(st: &AdminState, name: &str, paused: bool, note: String) -> Result<Json<Value>, ApiError> {
+async fn set_paused(
+    st: &AdminState,
+    name: &str,
+    paused: bool,
+    note: String,
+) -> Result<Json<Value>, ApiError> {
     validate_name(name)?;
     let cmd = Command::SchedulePause {
         name: name.to_string(),
@@ -640,18 +677,27 @@ pub(crate) async fn pause(
     };
     let note = b.note.unwrap_or_default();
     if note.len() > MAX_NOTE_BYTES {
-        return Err(ApiError::invalid("note", format!("at most {MAX_NOTE_BYTES} bytes")));
+        return Err(ApiError::invalid(
+            "note",
+            format!("at most {MAX_NOTE_BYTES} bytes"),
+        ));
     }
     set_paused(&st, &name, true, note).await
 }
 
-pub(crate) async fn resume(State(st): Shared, Path(name): Path<String>) -> Result<Json<Value>, ApiError> {
+pub(crate) async fn resume(
+    State(st): Shared,
+    Path(name): Path<String>,
+) -> Result<Json<Value>, ApiError> {
     set_paused(&st, &name, false, String::new()).await
 }
 
 /// "Trigger now": one firing outside the recurrence (whatever the pause or overlap state).
 /// A call target runs in the background; its outcome shows in GET.
-pub(crate) async fn trigger(State(st): Shared, Path(name): Path<String>) -> Result<Response, ApiError> {
+pub(crate) async fn trigger(
+    State(st): Shared,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
     validate_name(&name)?;
     let now = now_ms();
     let fire = Fire {
@@ -664,14 +710,21 @@ pub(crate) async fn trigger(State(st): Shared, Path(name): Path<String>) -> Resu
         message_id: crate::init::random_hex(16),
         now_ms: now,
     };
-    match answer(st.client.write(&Command::ScheduleFire(Box::new(fire))).await?)? {
+    match answer(
+        st.client
+            .write(&Command::ScheduleFire(Box::new(fire)))
+            .await?,
+    )? {
         ScheduleResponse::Fired { firing } => {
-            if let (Outcome::CallStarted { .. }, Ok(Some(e))) = (
-                &firing.outcome,
-                schedules::read_schedule(&*st.store, &name),
-            ) {
-                let (client, pool, n, f) =
-                    (st.client.clone(), st.pool.clone(), name.clone(), firing.clone());
+            if let (Outcome::CallStarted { .. }, Ok(Some(e))) =
+                (&firing.outcome, schedules::read_schedule(&*st.store, &name))
+            {
+                let (client, pool, n, f) = (
+                    st.client.clone(),
+                    st.pool.clone(),
+                    name.clone(),
+                    firing.clone(),
+                );
                 tokio::spawn(async move {
                     crate::dispatch::scheduler::run_call(&client, &pool, &n, &e.spec.target, &f)
                         .await;
@@ -706,22 +759,70 @@ mod tests {
     fn bad_definitions_name_the_field() {
         let q = json!({"queue": {"name": "q"}});
         let cases = [
-            (json!({"schedule": {"cron": "0 0 25 * * ?"}, "target": q}), "schedule.cron[3:hours]"),
-            (json!({"schedule": {"cron": "0 0 *"}, "target": q}), "schedule.cron"),
-            (json!({"schedule": {"cron": "0 * * * * ?"}, "time_zone": "Europe/Nowhere", "target": q}), "time_zone"),
-            (json!({"schedule": {"once": "tomorrow"}, "target": q}), "schedule.once"),
-            (json!({"schedule": {"times": ["2030-01-01T00:00:00", "x"]}, "target": q}), "schedule.times[1]"),
-            (json!({"schedule": {"every": {"n": 0, "unit": "seconds"}}, "target": q}), "schedule.every.n"),
-            (json!({"schedule": {"every": {"unit": "fortnights"}}, "target": q}), "schedule.every.unit"),
-            (json!({"schedule": {"every": {"unit": "weeks", "weekdays": ["MON", "XYZ"]}}, "target": q}), "schedule.every.weekdays[1]"),
-            (json!({"schedule": {"every": {"unit": "weeks"}}, "target": q}), "schedule.every.weekdays"),
-            (json!({"schedule": {"every": {"unit": "days", "at": "25:00"}}, "target": q}), "schedule.every.at"),
-            (json!({"schedule": {"on_create": {}}, "target": {"queue": {"name": "-bad"}}}), "target.queue.name"),
-            (json!({"schedule": {"on_create": {}}, "target": {"call": {"path": "x"}}}), "target.call.path"),
-            (json!({"schedule": {"on_create": {}}, "target": q, "missed": "sometimes"}), "missed"),
-            (json!({"schedule": {"on_create": {}}, "target": q, "overlap": "queue"}), "overlap"),
-            (json!({"schedule": {"on_create": {}}, "target": q, "start": "2030-01-02T00:00:00", "end": "2030-01-01T00:00:00"}), "end"),
-            (json!({"schedule": {"on_create": {}}, "target": q, "colour": 1}), "colour"),
+            (
+                json!({"schedule": {"cron": "0 0 25 * * ?"}, "target": q}),
+                "schedule.cron[3:hours]",
+            ),
+            (
+                json!({"schedule": {"cron": "0 0 *"}, "target": q}),
+                "schedule.cron",
+            ),
+            (
+                json!({"schedule": {"cron": "0 * * * * ?"}, "time_zone": "Europe/Nowhere", "target": q}),
+                "time_zone",
+            ),
+            (
+                json!({"schedule": {"once": "tomorrow"}, "target": q}),
+                "schedule.once",
+            ),
+            (
+                json!({"schedule": {"times": ["2030-01-01T00:00:00", "x"]}, "target": q}),
+                "schedule.times[1]",
+            ),
+            (
+                json!({"schedule": {"every": {"n": 0, "unit": "seconds"}}, "target": q}),
+                "schedule.every.n",
+            ),
+            (
+                json!({"schedule": {"every": {"unit": "fortnights"}}, "target": q}),
+                "schedule.every.unit",
+            ),
+            (
+                json!({"schedule": {"every": {"unit": "weeks", "weekdays": ["MON", "XYZ"]}}, "target": q}),
+                "schedule.every.weekdays[1]",
+            ),
+            (
+                json!({"schedule": {"every": {"unit": "weeks"}}, "target": q}),
+                "schedule.every.weekdays",
+            ),
+            (
+                json!({"schedule": {"every": {"unit": "days", "at": "25:00"}}, "target": q}),
+                "schedule.every.at",
+            ),
+            (
+                json!({"schedule": {"on_create": {}}, "target": {"queue": {"name": "-bad"}}}),
+                "target.queue.name",
+            ),
+            (
+                json!({"schedule": {"on_create": {}}, "target": {"call": {"path": "x"}}}),
+                "target.call.path",
+            ),
+            (
+                json!({"schedule": {"on_create": {}}, "target": q, "missed": "sometimes"}),
+                "missed",
+            ),
+            (
+                json!({"schedule": {"on_create": {}}, "target": q, "overlap": "queue"}),
+                "overlap",
+            ),
+            (
+                json!({"schedule": {"on_create": {}}, "target": q, "start": "2030-01-02T00:00:00", "end": "2030-01-01T00:00:00"}),
+                "end",
+            ),
+            (
+                json!({"schedule": {"on_create": {}}, "target": q, "colour": 1}),
+                "colour",
+            ),
         ];
         for (body, want) in cases {
             let got = field_of(body.clone());
@@ -740,7 +841,9 @@ mod tests {
             .as_bytes(),
         )
         .unwrap();
-        assert!(matches!(&s.recurrence, Recurrence::Every { weekdays, at_s: 30600, .. } if weekdays == &vec![1, 5]));
+        assert!(
+            matches!(&s.recurrence, Recurrence::Every { weekdays, at_s: 30600, .. } if weekdays == &vec![1, 5])
+        );
         let doc: Value = serde_json::from_str(&s.document).unwrap();
         assert_eq!(doc["missed"], "once");
         assert_eq!(doc["overlap"], "skip");

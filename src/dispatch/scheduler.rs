@@ -67,14 +67,14 @@ pub async fn run(client: Arc<Client>, store: Arc<dyn Store>, pool: Arc<Pool>) {
         }
         let mut after: Option<String> = None;
         loop {
-            let page = match schedules::list_schedules(&*store, after.as_deref(), SCHEDULES_PER_PAGE)
-            {
-                Ok(p) => p,
-                Err(e) => {
-                    tracing::warn!(error = %e, "scheduler: cannot list schedules");
-                    break;
-                }
-            };
+            let page =
+                match schedules::list_schedules(&*store, after.as_deref(), SCHEDULES_PER_PAGE) {
+                    Ok(p) => p,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "scheduler: cannot list schedules");
+                        break;
+                    }
+                };
             let full = page.len() == SCHEDULES_PER_PAGE;
             after = page.last().map(|(n, _)| n.clone());
             for (name, _) in page {
@@ -104,14 +104,10 @@ async fn drive(
         };
         let now = now_ms();
         let busy = match &entry.last_run {
-            Some(run) => schedules::run_in_flight(
-                store,
-                &WriteBatch::default(),
-                &entry.spec,
-                run,
-                now,
-            )
-            .unwrap_or(true),
+            Some(run) => {
+                schedules::run_in_flight(store, &WriteBatch::default(), &entry.spec, run, now)
+                    .unwrap_or(true)
+            }
             None => false,
         };
         let Some(fire) = plan(name, &entry, &compiled, now, busy) else {
@@ -127,7 +123,12 @@ async fn drive(
         match client.write(&Command::ScheduleFire(Box::new(fire))).await {
             Ok(Response::Schedule(ScheduleResponse::Fired { firing })) => {
                 if let (Outcome::CallStarted { .. }, Some(p)) = (&firing.outcome, permit) {
-                    let (c, pl, n, t) = (client.clone(), pool.clone(), name.to_string(), entry.spec.target.clone());
+                    let (c, pl, n, t) = (
+                        client.clone(),
+                        pool.clone(),
+                        name.to_string(),
+                        entry.spec.target.clone(),
+                    );
                     tokio::spawn(async move {
                         run_call(&c, &pl, &n, &t, &firing).await;
                         drop(p);
@@ -147,13 +148,7 @@ async fn drive(
 }
 
 /// What to propose for `e` at `now`, if anything. `busy`: the previous firing is in flight.
-pub fn plan(
-    name: &str,
-    e: &ScheduleEntry,
-    c: &Compiled,
-    now: u64,
-    busy: bool,
-) -> Option<Fire> {
+pub fn plan(name: &str, e: &ScheduleEntry, c: &Compiled, now: u64, busy: bool) -> Option<Fire> {
     if e.paused.is_some() {
         return None;
     }
@@ -268,7 +263,10 @@ fn call_headers(
     let mut all = schedules::message_headers(name, &fire, base);
     all.push(("message-id".into(), firing.message_id.clone()));
     for (k, v) in all {
-        if let (Ok(k), Ok(v)) = (HeaderName::from_bytes(k.as_bytes()), HeaderValue::from_str(&v)) {
+        if let (Ok(k), Ok(v)) = (
+            HeaderName::from_bytes(k.as_bytes()),
+            HeaderValue::from_str(&v),
+        ) {
             h.insert(k, v);
         }
     }
@@ -327,21 +325,58 @@ mod tests {
     fn missed_policies_plan_as_documented() {
         // (policy, now, busy, overlap) -> (occurrence, skipped, skip_only) or nothing
         let cases = [
-            (Missed::All, 110_200, false, Overlap::Skip, Some((106_000, 5, false))),
-            (Missed::Once, 110_200, false, Overlap::Skip, Some((110_000, 9, false))),
-            (Missed::Skip, 110_200, false, Overlap::Skip, Some((110_000, 9, false))),
-            (Missed::Skip, 113_500, false, Overlap::Skip, Some((113_000, 12, false))),
-            (Missed::All, 101_050, false, Overlap::Skip, Some((101_000, 0, false))),
+            (
+                Missed::All,
+                110_200,
+                false,
+                Overlap::Skip,
+                Some((106_000, 5, false)),
+            ),
+            (
+                Missed::Once,
+                110_200,
+                false,
+                Overlap::Skip,
+                Some((110_000, 9, false)),
+            ),
+            (
+                Missed::Skip,
+                110_200,
+                false,
+                Overlap::Skip,
+                Some((110_000, 9, false)),
+            ),
+            (
+                Missed::Skip,
+                113_500,
+                false,
+                Overlap::Skip,
+                Some((113_000, 12, false)),
+            ),
+            (
+                Missed::All,
+                101_050,
+                false,
+                Overlap::Skip,
+                Some((101_000, 0, false)),
+            ),
             (Missed::Once, 100_500, false, Overlap::Skip, None),
             // Buffer holds back while the previous firing is in flight; skip/allow propose
             // (the state machine decides).
             (Missed::Once, 101_050, true, Overlap::Buffer, None),
-            (Missed::Once, 101_050, true, Overlap::Skip, Some((101_000, 0, false))),
+            (
+                Missed::Once,
+                101_050,
+                true,
+                Overlap::Skip,
+                Some((101_000, 0, false)),
+            ),
         ];
         for (missed, now, busy, overlap, want) in cases {
             let e = entry(missed, overlap, 100_000);
             let c = Compiled::new(&e.spec, 0).unwrap();
-            let got = plan("s", &e, &c, now, busy).map(|f| (f.occurrence_ms, f.skipped, f.skip_only));
+            let got =
+                plan("s", &e, &c, now, busy).map(|f| (f.occurrence_ms, f.skipped, f.skip_only));
             assert_eq!(got, want, "{missed:?} at {now} busy={busy} {overlap:?}");
         }
         // All, everything older than the window: account for it without firing.
@@ -349,7 +384,10 @@ mod tests {
         e.spec.catch_up_window_ms = 0;
         let c = Compiled::new(&e.spec, 0).unwrap();
         let f = plan("s", &e, &c, 110_200, false).unwrap();
-        assert_eq!((f.occurrence_ms, f.skipped, f.skip_only), (110_000, 9, true));
+        assert_eq!(
+            (f.occurrence_ms, f.skipped, f.skip_only),
+            (110_000, 9, true)
+        );
     }
 
     /// Missed `skip`: an occurrence found later than ON_TIME_MS is skipped, not fired.
@@ -366,7 +404,10 @@ mod tests {
         };
         let c = Compiled::new(&e.spec, 0).unwrap();
         let f = plan("s", &e, &c, 120_000 + ON_TIME_MS + 1, false).unwrap();
-        assert_eq!((f.occurrence_ms, f.skipped, f.skip_only), (120_000, 0, true));
+        assert_eq!(
+            (f.occurrence_ms, f.skipped, f.skip_only),
+            (120_000, 0, true)
+        );
         e.paused = Some(schedules::Pause {
             note: String::new(),
             at_ms: 0,

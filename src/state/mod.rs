@@ -282,9 +282,9 @@ impl CorralState {
             | Command::ScheduleDelete { .. }
             | Command::SchedulePause { .. }
             | Command::ScheduleFire(_)
-            | Command::ScheduleOutcome { .. }) => {
-                self.apply_schedule(index, cmd, batch).map(Response::Schedule)
-            }
+            | Command::ScheduleOutcome { .. }) => self
+                .apply_schedule(index, cmd, batch)
+                .map(Response::Schedule),
             cmd => self.apply_queue(index, cmd, batch).map(Response::Queue),
         }
     }

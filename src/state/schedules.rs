@@ -216,12 +216,21 @@ pub struct Fire {
 /// Answers of schedule commands (wrapped in [`super::Response::Schedule`]).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ScheduleResponse {
-    Put { revision: u64, created: bool },
-    Deleted { existed: bool },
+    Put {
+        revision: u64,
+        created: bool,
+    },
+    Deleted {
+        existed: bool,
+    },
     NotFound,
-    Paused { paused: bool },
+    Paused {
+        paused: bool,
+    },
     /// The firing ran (or was recorded as skipped, see `firing.outcome`).
-    Fired { firing: Firing },
+    Fired {
+        firing: Firing,
+    },
     /// The occurrence was already accounted for: nothing changed.
     Duplicate,
     /// The definition changed since the proposer computed the occurrence: nothing changed.
@@ -231,7 +240,9 @@ pub enum ScheduleResponse {
     /// Overlap `buffer` and the previous firing is still in flight: nothing changed.
     Busy,
     /// A call outcome was recorded (false: no such firing).
-    OutcomeRecorded { found: bool },
+    OutcomeRecorded {
+        found: bool,
+    },
 }
 
 fn key(name: &str) -> Vec<u8> {

@@ -218,7 +218,10 @@ fn overlap_policies_judge_in_flight_by_the_queue() {
             action: Settle::Complete,
         });
         let third = t.sched(fire("s", 2, 4_000, "m3"));
-        assert!(matches!(outcome(&third), Outcome::Enqueued { .. }), "{overlap:?}");
+        assert!(
+            matches!(outcome(&third), Outcome::Enqueued { .. }),
+            "{overlap:?}"
+        );
     }
 }
 
@@ -262,7 +265,11 @@ fn pause_resume_stale_and_manual() {
         outcome(&t.sched(Command::ScheduleFire(Box::new(manual.clone())))),
         Outcome::Enqueued { .. }
     ));
-    assert_eq!(t.entry("s").cursor_ms, 999, "manual firings leave the cursor");
+    assert_eq!(
+        t.entry("s").cursor_ms,
+        999,
+        "manual firings leave the cursor"
+    );
     t.sched(pause(false, 5_000));
     assert_eq!(t.entry("s").cursor_ms, 5_000);
     assert_eq!(
@@ -287,7 +294,10 @@ fn pause_resume_stale_and_manual() {
         t.sched(Command::ScheduleDelete { name: "s".into() }),
         ScheduleResponse::Deleted { existed: true }
     );
-    assert_eq!(t.sched(fire("s", 8, 9_000, "m4")), ScheduleResponse::NotFound);
+    assert_eq!(
+        t.sched(fire("s", 8, 9_000, "m4")),
+        ScheduleResponse::NotFound
+    );
 }
 
 /// Call targets: in flight until an outcome is recorded or the stamped timeout passes; a skip
@@ -326,7 +336,10 @@ fn call_targets_and_skips() {
         }),
         ScheduleResponse::OutcomeRecorded { found: true }
     );
-    assert_eq!(outcome(&t.sched(fire("c", 1, 3_000, "c1"))), &Outcome::CallStarted { timeout_ms: 10_000 });
+    assert_eq!(
+        outcome(&t.sched(fire("c", 1, 3_000, "c1"))),
+        &Outcome::CallStarted { timeout_ms: 10_000 }
+    );
     // No outcome ever recorded (the leader died): in flight only until the timeout.
     assert!(matches!(
         outcome(&t.sched(fire("c", 1, 4_000, "d"))),
@@ -352,9 +365,19 @@ fn call_targets_and_skips() {
     assert_eq!(t.entry("c").skipped_total, before + 5);
     assert_eq!(t.entry("c").cursor_ms, 20_000);
     f.occurrence_ms = 20_000;
-    assert_eq!(t.sched(Command::ScheduleFire(Box::new(f))), ScheduleResponse::Duplicate);
+    assert_eq!(
+        t.sched(Command::ScheduleFire(Box::new(f))),
+        ScheduleResponse::Duplicate
+    );
     let e = t.entry("c");
-    assert_eq!(e.history.iter().find(|h| h.message_id == "a").unwrap().outcome, done);
+    assert_eq!(
+        e.history
+            .iter()
+            .find(|h| h.message_id == "a")
+            .unwrap()
+            .outcome,
+        done
+    );
 }
 
 /// The same log applied twice gives the same state, byte for byte.
