@@ -44,6 +44,8 @@ pub struct Metrics {
     pub queue_in_flight: IntGaugeVec,
     pub queue_dead_letters: IntGaugeVec,
     pub queue_bytes: IntGaugeVec,
+    /// Schedule firings this node proposed as leader and saw applied, by outcome.
+    pub schedule_firings: IntCounterVec,
 }
 
 pub static M: LazyLock<Metrics> = LazyLock::new(|| {
@@ -151,6 +153,13 @@ pub static M: LazyLock<Metrics> = LazyLock::new(|| {
             "queue_messages_total",
             "queue messages handled by this node's ingress: op enqueue (stored, duplicate, full), receive (delivered, empty), settle (complete, abandon, dead-letter, renew-lock, lock_lost)",
             &["op", "outcome"],
+            r
+        )
+        .expect("m"),
+        schedule_firings: register_int_counter_vec_with_registry!(
+            "schedule_firings_total",
+            "schedule firings proposed by this node as leader, by outcome: enqueued, enqueue_failed, skipped, call_started, duplicate (already accounted for), not_fired (paused, stale, busy)",
+            &["outcome"],
             r
         )
         .expect("m"),

@@ -20,7 +20,9 @@
 
 use std::str::FromStr as _;
 
-use chrono::{DateTime, Datelike, Duration, LocalResult, NaiveDate, NaiveDateTime, TimeZone};
+use chrono::{
+    DateTime, Datelike, Duration, LocalResult, NaiveDate, NaiveDateTime, TimeZone, Timelike as _,
+};
 use chrono_tz::Tz;
 use croner::parser::{CronParser, Seconds, Year};
 use croner::Cron;
@@ -401,8 +403,6 @@ impl Compiled {
         None
     }
 }
-
-use chrono::Timelike as _;
 
 #[cfg(test)]
 mod tests {

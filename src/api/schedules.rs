@@ -500,7 +500,12 @@ fn entry_json(name: &str, e: &ScheduleEntry, detail: bool) -> Value {
     let definition: Value = serde_json::from_str(&e.spec.document).unwrap_or(Value::Null);
     let compiled = Compiled::new(&e.spec, e.updated_ms).ok();
     let tz = compiled.as_ref().map(|c| *c.time_zone()).unwrap_or(Tz::UTC);
-    let from = e.cursor_ms.max(now_ms());
+    // Active: from the cursor, so a due-but-not-yet-fired occurrence shows; paused: from now
+    // (what came due while paused will be skipped).
+    let from = match e.paused {
+        Some(_) => e.cursor_ms.max(now_ms()),
+        None => e.cursor_ms,
+    };
     let next = compiled
         .as_ref()
         .map(|c| occurrences(c, from))

@@ -122,6 +122,7 @@ async fn drive(
         };
         match client.write(&Command::ScheduleFire(Box::new(fire))).await {
             Ok(Response::Schedule(ScheduleResponse::Fired { firing })) => {
+                count(outcome_label(&firing.outcome));
                 if let (Outcome::CallStarted { .. }, Some(p)) = (&firing.outcome, permit) {
                     let (c, pl, n, t) = (
                         client.clone(),
@@ -136,6 +137,10 @@ async fn drive(
                 }
             }
             Ok(other) => {
+                count(match other {
+                    Response::Schedule(ScheduleResponse::Duplicate) => "duplicate",
+                    _ => "not_fired",
+                });
                 tracing::debug!(schedule = name, answer = ?other, "scheduler: nothing fired");
                 return;
             }
@@ -144,6 +149,24 @@ async fn drive(
                 return;
             }
         }
+    }
+}
+
+fn count(outcome: &str) {
+    crate::metrics::M
+        .schedule_firings
+        .with_label_values(&[outcome])
+        .inc();
+}
+
+fn outcome_label(o: &Outcome) -> &'static str {
+    match o {
+        Outcome::Enqueued { .. } => "enqueued",
+        Outcome::EnqueueFailed { .. } => "enqueue_failed",
+        Outcome::Skipped { .. } => "skipped",
+        Outcome::CallStarted { .. } => "call_started",
+        Outcome::Called { .. } => "called",
+        Outcome::CallFailed { .. } => "call_failed",
     }
 }
 

@@ -465,19 +465,18 @@ impl Apply<'_> {
 
     /// Enqueues the delivery in this same batch (queue target), or marks the call started.
     fn deliver(&mut self, spec: &ScheduleSpec, f: &Fire) -> Result<Outcome, StoreError> {
-        let Target::Queue {
-            queue,
-            content_type,
-            headers,
-            body,
-        } = &spec.target
-        else {
-            let Target::Call { timeout_ms, .. } = &spec.target else {
-                unreachable!("two target kinds")
-            };
-            return Ok(Outcome::CallStarted {
-                timeout_ms: *timeout_ms,
-            });
+        let (queue, content_type, headers, body) = match &spec.target {
+            Target::Queue {
+                queue,
+                content_type,
+                headers,
+                body,
+            } => (queue, content_type, headers, body),
+            Target::Call { timeout_ms, .. } => {
+                return Ok(Outcome::CallStarted {
+                    timeout_ms: *timeout_ms,
+                })
+            }
         };
         let dedup = if f.manual {
             format!("schedule:{}:manual:{}", f.name, f.message_id)
