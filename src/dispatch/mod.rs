@@ -1,4 +1,6 @@
-//! Leader-side workers: tasks that run on every node but act only while it leads, turning
-//! replicated state into proposals and tenant calls.
+//! Leader-side workers: they read the applied state, act on the outside world (tenants), and
+//! record what happened through Raft. Each runs on every node but works only while that node
+//! leads, so a leader change hands the work over with the log.
 
+pub mod push;
 pub mod scheduler;
