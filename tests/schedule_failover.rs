@@ -360,3 +360,72 @@ fn overlap_pause_resume_trigger_and_preview() {
         .unwrap();
     assert_eq!(r.status(), 204);
 }
+
+/// Call targets: each firing calls a flow on an emulated tenant through the pool and records
+/// the tenant, status and latency; while a slow call is still running, the next occurrences
+/// are skipped for overlap (the sync call is "in flight").
+#[test]
+fn call_target_records_outcome_and_skips_while_running() {
+    use corral::emulator::{spawn_tenant, Behaviour, FlowSpec, TenantConfig};
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let mut cfg = TenantConfig::new("st1");
+    cfg.flows.push(("tick".into(), FlowSpec::echo("/tick")));
+    cfg.flows.push((
+        "slow".into(),
+        FlowSpec {
+            behaviour: Behaviour::Delay,
+            delay_ms: Some(3_000),
+            ..FlowSpec::echo("/slow")
+        },
+    ));
+    let tenant = rt.block_on(spawn_tenant(cfg)).unwrap();
+    let mut c = Cluster::new(1, |t| t);
+    c.start(1);
+    c.wait_leader(&[1], Duration::from_secs(20));
+    let d = tenant.description();
+    put(
+        &c,
+        1,
+        "/admin/tenants/st1",
+        &serde_json::to_value(&d).unwrap(),
+    );
+    let call = |path: &str| {
+        json!({
+            "schedule": {"every": {"n": 1, "unit": "seconds"}},
+            "target": {"call": {"path": path, "body": "{}", "content_type": "application/json",
+                                 "timeout_ms": 10000}},
+        })
+    };
+    put(&c, 1, "/admin/schedules/fast", &call("/http/tick"));
+    put(&c, 1, "/admin/schedules/slow", &call("/http/slow"));
+    let firings = |name: &str| -> Vec<Value> {
+        c.get_json(1, &format!("/admin/schedules/{name}"))
+            .and_then(|s| s["last_firings"].as_array().cloned())
+            .unwrap_or_default()
+    };
+    let called = poll(Duration::from_secs(30), "a recorded 200 call", || {
+        firings("fast")
+            .into_iter()
+            .find(|f| f["outcome"]["result"] == "called" && f["outcome"]["status"] == 200)
+    });
+    assert_eq!(called["outcome"]["tenant"], "st1");
+    assert!(called["outcome"]["latency_ms"].as_u64().is_some());
+    // The slow flow takes 3 s: the occurrences meanwhile are skipped, then it is recorded.
+    poll(
+        Duration::from_secs(30),
+        "overlap skips and a slow call recorded",
+        || {
+            let f = firings("slow");
+            let skips = f
+                .iter()
+                .filter(|f| f["outcome"]["reason"] == "overlap")
+                .count();
+            let done = f.iter().any(|f| {
+                f["outcome"]["result"] == "called"
+                    && f["outcome"]["latency_ms"].as_u64().unwrap_or(0) >= 3_000
+            });
+            (skips >= 2 && done).then_some(())
+        },
+    );
+    rt.block_on(tenant.shutdown());
+}
