@@ -14,11 +14,13 @@
 //!   sealed with the master key, so the log, snapshots and data files never hold them in clear.
 //! - `q?/...`: the durable queue (configuration, messages, leases, dedup, dead letters); see
 //!   [`queue`] for its layout.
+//! - `x/...`: shared secrets (sealed versions, push state, audit log); see [`secrets`].
 //! - `sc/<name>`: replicated timers (definition, occurrence cursor, last firings); see
 //!   [`schedules`].
 
 pub mod queue;
 pub mod schedules;
+pub mod secrets;
 
 use std::sync::Arc;
 
@@ -119,6 +121,8 @@ pub enum Command {
         now_ms: u64,
         results: Vec<queue::DeliveryResult>,
     },
+    /// Any change to a shared secret (see [`secrets`]); values arrive sealed.
+    Secret(secrets::SecretCommand),
     /// Creates or replaces a schedule (validated by the API).
     SchedulePut {
         name: String,
@@ -166,6 +170,8 @@ pub enum Response {
     },
     /// The answer to any queue command.
     Queue(queue::QueueResponse),
+    /// The answer to any secret command.
+    Secret(secrets::SecretResponse),
     /// The answer to any schedule command.
     Schedule(schedules::ScheduleResponse),
 }
@@ -293,6 +299,12 @@ impl CorralState {
                 batch.delete(tenant_key(&name));
                 Ok(Response::TenantDeleted { existed })
             }
+            Command::Secret(cmd) => secrets::Apply {
+                kv: &*self.kv,
+                batch,
+            }
+            .apply(index, cmd)
+            .map(Response::Secret),
             cmd @ (Command::SchedulePut { .. }
             | Command::ScheduleDelete { .. }
             | Command::SchedulePause { .. }
@@ -390,6 +402,7 @@ impl CorralState {
             | Command::ConfigDelete { .. }
             | Command::TenantPut { .. }
             | Command::TenantDelete { .. }
+            | Command::Secret(_)
             | Command::SchedulePut { .. }
             | Command::ScheduleDelete { .. }
             | Command::SchedulePause { .. }
