@@ -332,6 +332,35 @@ fn orders_flow() -> crate::emulator::FlowSpec {
     }
 }
 
+/// The sample schedule `corral dev` creates, and the pull queue it fills.
+const DEV_SCHEDULE: &str = "heartbeat";
+
+/// Creates (or replaces) a pull queue and a schedule that enqueues into it every minute.
+async fn create_sample_schedule(admin: &Admin) -> anyhow::Result<()> {
+    let queue = format!("/admin/queues/{DEV_SCHEDULE}");
+    admin
+        .put(
+            &queue,
+            &serde_json::json!({}),
+            "creating the sample schedule's queue",
+        )
+        .await?;
+    let body = serde_json::json!({
+        "schedule": {"cron": "0 * * ? * *"},
+        "time_zone": "Europe/Berlin",
+        "target": {"queue": {"name": DEV_SCHEDULE, "body": "{\"ping\":true}",
+                             "content_type": "application/json"}},
+        "missed": "once",
+        "overlap": "allow",
+    });
+    let path = format!("/admin/schedules/{DEV_SCHEDULE}");
+    admin
+        .put(&path, &body, "creating the sample schedule")
+        .await?;
+    println!("sample schedule `{DEV_SCHEDULE}` (Quartz `0 * * ? * *`, Europe/Berlin) enqueues into queue `{DEV_SCHEDULE}` every minute");
+    Ok(())
+}
+
 async fn start_pool(admin: &Admin) -> anyhow::Result<Vec<crate::emulator::TenantHandle>> {
     let mut handles = Vec::new();
     for i in 1..=DEV_TENANTS {
@@ -429,6 +458,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     let admin = Admin::new(&file)?;
     let tenants = start_pool(&admin).await?;
     create_sample_queues(&admin).await?;
+    create_sample_schedule(&admin).await?;
     show_sample_delivery(&admin, &file.nodes[1].ingress_addr).await?;
     create_sample_secret(&admin, &tenants).await?;
     let a = &file.nodes[0];
@@ -477,6 +507,16 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     );
     println!(
         "  # snapshots (docs/snapshots.md): stop a node, delete its data dir, start it again, then\n  curl -s http://{}/metrics | grep -E 'snapshot|compaction'",
+        a.admin_addr
+    );
+    println!(
+        "  curl -s -H \"Authorization: Bearer $(cat {})\" http://{}/admin/schedules/{DEV_SCHEDULE}",
+        file.admin_token_file.display(),
+        a.admin_addr
+    );
+    println!(
+        "  curl -s -X POST -H \"Authorization: Bearer $(cat {})\" -H 'content-type: application/json' -d '{{\"schedule\":{{\"every\":{{\"n\":2,\"unit\":\"weeks\",\"weekdays\":[\"MON\"],\"at\":\"02:30\"}}}},\"time_zone\":\"Europe/Berlin\",\"target\":{{\"queue\":{{\"name\":\"{DEV_SCHEDULE}\"}}}}}}' http://{}/admin/schedules:preview",
+        file.admin_token_file.display(),
         a.admin_addr
     );
     println!("  corral status --config {}", config.display());

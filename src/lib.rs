@@ -23,6 +23,7 @@ pub mod metrics;
 pub mod node;
 pub mod pool;
 pub mod raft;
+pub mod recurrence;
 pub mod seal;
 pub mod snapshot;
 pub mod state;

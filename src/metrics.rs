@@ -60,6 +60,8 @@ pub struct Metrics {
     pub secret_push_pending: IntGaugeVec,
     /// Push attempts by this node (as leader), by outcome (deployed, failed).
     pub secret_pushes: IntCounterVec,
+    /// Schedule firings this node proposed as leader and saw applied, by outcome.
+    pub schedule_firings: IntCounterVec,
 }
 
 pub static M: LazyLock<Metrics> = LazyLock::new(|| {
@@ -179,6 +181,13 @@ pub static M: LazyLock<Metrics> = LazyLock::new(|| {
             "queue_messages_total",
             "queue messages handled by this node: op enqueue (stored, duplicate, full), receive (delivered, empty), settle (complete, abandon, dead-letter, renew-lock, lock_lost), push (completed, failed, tenant_trouble)",
             &["op", "outcome"],
+            r
+        )
+        .expect("m"),
+        schedule_firings: register_int_counter_vec_with_registry!(
+            "schedule_firings_total",
+            "schedule firings proposed by this node as leader, by outcome: enqueued, enqueue_failed, skipped, call_started, duplicate (already accounted for), not_fired (paused, stale, busy)",
+            &["outcome"],
             r
         )
         .expect("m"),

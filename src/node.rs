@@ -256,6 +256,7 @@ pub struct RunningNode {
     rate_sampler: tokio::task::JoinHandle<()>,
     secret_pusher: tokio::task::JoinHandle<()>,
     snapshot_watchdog: tokio::task::JoinHandle<()>,
+    scheduler: tokio::task::JoinHandle<()>,
     stop_http: watch::Sender<bool>,
     http: Vec<tokio::task::JoinHandle<()>>,
     driver_thread: Option<std::thread::JoinHandle<()>>,
@@ -406,6 +407,11 @@ pub async fn start(cfg: NodeConfig) -> Result<RunningNode, NodeError> {
         envelope.clone(),
     )
     .spawn();
+    let scheduler = tokio::spawn(crate::dispatch::scheduler::run(
+        client.clone(),
+        store.clone(),
+        pool.clone(),
+    ));
     let ingress = crate::ingress::router(Arc::new(crate::ingress::IngressState {
         client: client.clone(),
         store: store.clone(),
@@ -446,6 +452,7 @@ pub async fn start(cfg: NodeConfig) -> Result<RunningNode, NodeError> {
         rate_sampler,
         secret_pusher,
         snapshot_watchdog,
+        scheduler,
         stop_http,
         http,
         driver_thread: Some(driver_thread),
@@ -462,6 +469,7 @@ impl RunningNode {
         self.rate_sampler.abort();
         self.secret_pusher.abort();
         self.snapshot_watchdog.abort();
+        self.scheduler.abort();
         for h in self.http.drain(..) {
             let _ = tokio::time::timeout(HTTP_DRAIN, h).await;
         }

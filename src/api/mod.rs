@@ -7,6 +7,7 @@
 
 pub mod error;
 pub mod queues;
+pub mod schedules;
 pub mod secrets;
 pub mod tenants;
 
@@ -87,6 +88,14 @@ pub const ADMIN_ROUTES: &[(&str, &str)] = &[
     ("post", "/admin/secrets/{name}/restore"),
     ("post", "/admin/secrets/{name}/reveal"),
     ("get", "/admin/audit/secrets"),
+    ("get", "/admin/schedules"),
+    ("post", "/admin/schedules:preview"),
+    ("get", "/admin/schedules/{name}"),
+    ("put", "/admin/schedules/{name}"),
+    ("delete", "/admin/schedules/{name}"),
+    ("post", "/admin/schedules/{name}/pause"),
+    ("post", "/admin/schedules/{name}/resume"),
+    ("post", "/admin/schedules/{name}/trigger"),
 ];
 
 pub struct AdminState {
@@ -163,6 +172,17 @@ pub fn router(state: Arc<AdminState>) -> Router {
         .route("/admin/secrets/{name}/rollback", post(secrets::rollback))
         .route("/admin/secrets/{name}/restore", post(secrets::restore))
         .route("/admin/audit/secrets", get(secrets::audit))
+        .route("/admin/schedules", get(schedules::list))
+        .route("/admin/schedules:preview", post(schedules::preview))
+        .route(
+            "/admin/schedules/{name}",
+            get(schedules::get_one)
+                .put(schedules::put)
+                .delete(schedules::delete),
+        )
+        .route("/admin/schedules/{name}/pause", post(schedules::pause))
+        .route("/admin/schedules/{name}/resume", post(schedules::resume))
+        .route("/admin/schedules/{name}/trigger", post(schedules::trigger))
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             require_token,

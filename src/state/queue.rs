@@ -749,6 +749,21 @@ pub fn peek_dead_letter(
     Ok(Some((meta, body)))
 }
 
+/// True while message `id` of `queue` is live (ready or leased): not completed, expired,
+/// dead-lettered or purged. The scheduler's overlap policy asks this inside apply, through the
+/// pending batch, so every node answers alike.
+pub fn is_live(
+    kv: &dyn Store,
+    batch: &WriteBatch,
+    queue: &str,
+    id: &str,
+) -> Result<bool, StoreError> {
+    let Some(seq) = read_id(kv, batch, queue, id)? else {
+        return Ok(false);
+    };
+    Ok(batch.read_through(kv, &seq_key("m", queue, seq))?.is_some())
+}
+
 fn read_id(
     kv: &dyn Store,
     batch: &WriteBatch,
