@@ -56,8 +56,21 @@ impl Corral {
             .collect();
         ports_free(&addrs)?;
         run(Command::new(BIN)
-            .args(["init", "--nodes", "3", "--host-per-node", "--host", "127.0.0.1"])
-            .args(["--base-port", &BASE_PORT.to_string(), "--name", "bench", "--force"])
+            .args([
+                "init",
+                "--nodes",
+                "3",
+                "--host-per-node",
+                "--host",
+                "127.0.0.1",
+            ])
+            .args([
+                "--base-port",
+                &BASE_PORT.to_string(),
+                "--name",
+                "bench",
+                "--force",
+            ])
             .arg("--dir")
             .arg(dir))?;
         let token = std::fs::read_to_string(dir.join("admin.token"))
@@ -144,7 +157,10 @@ impl Corral {
                     .map_err(|e| e.to_string())?;
                 match r.status().as_u16() {
                     202 => Ok(()),
-                    s => Err(format!("enqueue: {s} {}", r.text().await.unwrap_or_default())),
+                    s => Err(format!(
+                        "enqueue: {s} {}",
+                        r.text().await.unwrap_or_default()
+                    )),
                 }
             })
         })
@@ -203,9 +219,11 @@ impl Corral {
         let route = route_document();
         match self.put(&format!("/admin/routes/{ROUTE}"), &route).await? {
             (200 | 201, _) => Ok(()),
-            (404, _) => Err("this corral has no sync proxy yet: PUT /admin/routes answered 404 \
+            (404, _) => Err(
+                "this corral has no sync proxy yet: PUT /admin/routes answered 404 \
                              (issue #6)"
-                .into()),
+                    .into(),
+            ),
             (s, text) => Err(format!(
                 "PUT /admin/routes/{ROUTE} refused the harness's route document ({s} {text}); \
                  set CORRAL_BENCH_ROUTE to a JSON route document"
@@ -225,7 +243,9 @@ impl Corral {
                 Err(e) => e.to_string(),
             };
             if std::time::Instant::now() >= deadline {
-                return Err(format!("{url} did not answer 2xx within 15 s (last: {last})"));
+                return Err(format!(
+                    "{url} did not answer 2xx within 15 s (last: {last})"
+                ));
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }

@@ -162,9 +162,8 @@ pub async fn open_loop(op: Op, rate_per_s: f64, dur: Duration) -> Stats {
 /// Consumers that receive-and-acknowledge until `target` messages are done, no message
 /// arrives for `idle`, or `max` passes. `op(worker)` returns Ok(true) for one message
 /// acknowledged, Ok(false) when none was there.
-pub type ConsumeOp = Arc<
-    dyn Fn(usize) -> Pin<Box<dyn Future<Output = Result<bool, String>> + Send>> + Send + Sync,
->;
+pub type ConsumeOp =
+    Arc<dyn Fn(usize) -> Pin<Box<dyn Future<Output = Result<bool, String>> + Send>> + Send + Sync>;
 
 pub async fn consume(
     op: ConsumeOp,
@@ -180,8 +179,13 @@ pub async fn consume(
     let start = Instant::now();
     let tasks: Vec<_> = (0..workers)
         .map(|w| {
-            let (op, rec, done, stop, last_msg) =
-                (op.clone(), rec.clone(), done.clone(), stop.clone(), last_msg.clone());
+            let (op, rec, done, stop, last_msg) = (
+                op.clone(),
+                rec.clone(),
+                done.clone(),
+                stop.clone(),
+                last_msg.clone(),
+            );
             tokio::spawn(async move {
                 while !stop.load(Ordering::Relaxed) {
                     let t = Instant::now();

@@ -247,7 +247,10 @@ async fn install(s: &Settings) -> std::collections::HashMap<&'static str, String
             .await
             .unwrap_or_else(|e| Err(e.to_string()))
         } else {
-            Err(format!("not installed ({}) and --no-install", pkgs.join(" ")))
+            Err(format!(
+                "not installed ({}) and --no-install",
+                pkgs.join(" ")
+            ))
         };
         if let Err(e) = r {
             for (peer, _) in &apt {
@@ -313,7 +316,10 @@ async fn queue_system(
     let closed = load::closed_loop(enqueue.clone(), s.producers, dur).await;
     show(sys, "enqueue", &closed);
     let backlog = warm.ok + closed.ok;
-    eprintln!("   consume-and-ack of {backlog} messages, {} consumers", s.consumers);
+    eprintln!(
+        "   consume-and-ack of {backlog} messages, {} consumers",
+        s.consumers
+    );
     let consumed = load::consume(
         consume_op,
         s.consumers,
@@ -390,7 +396,11 @@ async fn proxy_section(
     Ok(())
 }
 
-async fn corral_proxy(s: &Settings, dir: &Path, http: &reqwest::Client) -> Result<ProxyRow, String> {
+async fn corral_proxy(
+    s: &Settings,
+    dir: &Path,
+    http: &reqwest::Client,
+) -> Result<ProxyRow, String> {
     let c = corral::Corral::start(dir, http.clone()).await?;
     c.create_route(proxy::BACKEND).await?;
     c.wait_route().await?;
@@ -410,7 +420,12 @@ async fn proxy_target(
 ) -> ProxyRow {
     let op = proxy::get_op(http.clone(), urls);
     let dur = Duration::from_secs(s.seconds);
-    let _ = load::closed_loop(op.clone(), s.proxy_connections, Duration::from_secs(s.warmup_seconds)).await;
+    let _ = load::closed_loop(
+        op.clone(),
+        s.proxy_connections,
+        Duration::from_secs(s.warmup_seconds),
+    )
+    .await;
     let closed = load::closed_loop(op.clone(), s.proxy_connections, dur).await;
     show(name, "closed loop", &closed);
     let open = load::open_loop(op, s.proxy_rate_per_s, dur).await;
@@ -442,7 +457,9 @@ fn print_report(r: &Report) {
             "## Durable enqueue, 1 KiB, {} producers, closed loop (acked when durable on a majority)\n",
             s.producers
         );
-        println!("| system | msgs/s | p50 ms | p99 ms | p99.9 ms | errors | corral ÷ system (msgs/s) |");
+        println!(
+            "| system | msgs/s | p50 ms | p99 ms | p99.9 ms | errors | corral ÷ system (msgs/s) |"
+        );
         println!("|---|---:|---:|---:|---:|---:|---:|");
         for q in &r.queue {
             let e = &q.enqueue;

@@ -116,11 +116,15 @@ pub fn ports_free(addrs: &[SocketAddr]) -> Result<(), String> {
 
 /// Polls until a TCP connect to `addr` succeeds.
 pub async fn wait_tcp(addr: SocketAddr, timeout: Duration) -> Result<(), String> {
-    poll(timeout, &format!("{addr} to accept connections"), || async {
-        TcpStream::connect_timeout(&addr, Duration::from_millis(200))
-            .ok()
-            .map(|_| ())
-    })
+    poll(
+        timeout,
+        &format!("{addr} to accept connections"),
+        || async {
+            TcpStream::connect_timeout(&addr, Duration::from_millis(200))
+                .ok()
+                .map(|_| ())
+        },
+    )
     .await
 }
 
@@ -198,7 +202,10 @@ pub fn nats_server(install: bool) -> Result<PathBuf, String> {
 /// The binary pip put in the interpreter's scripts directory (not a pyenv shim).
 fn pip_nats_server() -> Option<PathBuf> {
     let out = Command::new("python3")
-        .args(["-c", "import sysconfig; print(sysconfig.get_path('scripts'))"])
+        .args([
+            "-c",
+            "import sysconfig; print(sysconfig.get_path('scripts'))",
+        ])
         .output()
         .ok()?;
     let dir = String::from_utf8_lossy(&out.stdout).trim().to_string();

@@ -72,7 +72,13 @@ fn write_node_files(dir: &Path, i: u16) -> Result<(), String> {
     let n = dir.join(format!("rabbit-{i}"));
     std::fs::create_dir_all(n.join("log")).map_err(|e| e.to_string())?;
     let peers: String = (0..3)
-        .map(|j| format!("cluster_formation.classic_config.nodes.{} = {}\n", j + 1, node_name(j)))
+        .map(|j| {
+            format!(
+                "cluster_formation.classic_config.nodes.{} = {}\n",
+                j + 1,
+                node_name(j)
+            )
+        })
         .collect();
     let conf = format!(
         "listeners.tcp.default = 127.0.0.1:{}\nloopback_users = none\n\
@@ -129,14 +135,19 @@ async fn await_boot(dir: &Path, i: u16, node: &mut Proc) -> Result<(), String> {
     loop {
         node.check_alive()?;
         let d = dir.to_path_buf();
-        let ok = tokio::task::spawn_blocking(move || ctl(&d, i, &["-q", "await_startup", "-t", "5"]))
-            .await
-            .map_err(|e| e.to_string())?;
+        let ok =
+            tokio::task::spawn_blocking(move || ctl(&d, i, &["-q", "await_startup", "-t", "5"]))
+                .await
+                .map_err(|e| e.to_string())?;
         if ok.is_ok() {
             return Ok(());
         }
         if std::time::Instant::now() > deadline {
-            return Err(format!("{} did not boot: {}", node_name(i), ok.unwrap_err()));
+            return Err(format!(
+                "{} did not boot: {}",
+                node_name(i),
+                ok.unwrap_err()
+            ));
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
@@ -152,7 +163,11 @@ impl Rabbit {
         let mut epmd_cmd = Command::new("epmd");
         epmd_cmd.args(["-port", &EPMD_PORT.to_string(), "-address", "127.0.0.1"]);
         let epmd = Proc::spawn("epmd", epmd_cmd, &dir.join("epmd.log"))?;
-        wait_tcp(SocketAddr::from(([127, 0, 0, 1], EPMD_PORT)), Duration::from_secs(10)).await?;
+        wait_tcp(
+            SocketAddr::from(([127, 0, 0, 1], EPMD_PORT)),
+            Duration::from_secs(10),
+        )
+        .await?;
         // The first node forms the cluster; the other two find it through classic config.
         let mut nodes = vec![start_node(dir, 0)?];
         await_boot(dir, 0, &mut nodes[0]).await?;
@@ -162,19 +177,23 @@ impl Rabbit {
             await_boot(dir, i, &mut nodes[i as usize]).await?;
         }
         let d = dir.to_path_buf();
-        poll(Duration::from_secs(60), "three running rabbitmq nodes", || {
-            let d = d.clone();
-            async move {
-                let out = tokio::task::spawn_blocking(move || {
-                    ctl(&d, 0, &["cluster_status", "--formatter", "json"])
-                })
-                .await
-                .ok()?
-                .ok()?;
-                let v: serde_json::Value = serde_json::from_str(&out).ok()?;
-                (v["running_nodes"].as_array()?.len() == 3).then_some(())
-            }
-        })
+        poll(
+            Duration::from_secs(60),
+            "three running rabbitmq nodes",
+            || {
+                let d = d.clone();
+                async move {
+                    let out = tokio::task::spawn_blocking(move || {
+                        ctl(&d, 0, &["cluster_status", "--formatter", "json"])
+                    })
+                    .await
+                    .ok()?
+                    .ok()?;
+                    let v: serde_json::Value = serde_json::from_str(&out).ok()?;
+                    (v["running_nodes"].as_array()?.len() == 3).then_some(())
+                }
+            },
+        )
         .await?;
         let mut conns = Vec::new();
         for i in 0..3 {
@@ -190,9 +209,15 @@ impl Rabbit {
     }
 
     async fn declare(&self) -> Result<(), String> {
-        let ch = self.conns[0].create_channel().await.map_err(|e| e.to_string())?;
+        let ch = self.conns[0]
+            .create_channel()
+            .await
+            .map_err(|e| e.to_string())?;
         let mut args = FieldTable::default();
-        args.insert("x-queue-type".into(), AMQPValue::LongString("quorum".into()));
+        args.insert(
+            "x-queue-type".into(),
+            AMQPValue::LongString("quorum".into()),
+        );
         args.insert("x-quorum-initial-group-size".into(), AMQPValue::LongInt(3));
         ch.queue_declare(
             QUEUE,
