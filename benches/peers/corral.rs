@@ -1,16 +1,17 @@
 //! corral as a peer: a three-node cluster of the built release binary on 127.0.0.1-3, the
-//! durable queue over its HTTP ingress, and (once issue #6 lands) the sync proxy through a
+//! durable queue over its HTTP ingress (pull consumers, and push delivery to the bench's
+//! backend registered as the pool's tenant), and (once issue #6 lands) the sync proxy through a
 //! route the harness creates with `PUT /admin/routes/{name}`.
 
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::Command;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use crate::load::{ConsumeOp, Op};
+use crate::load::{ConsumeOp, Op, Stats};
 use crate::procs::{poll, ports_free, run, Proc};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_corral");
@@ -22,6 +23,8 @@ const RECEIVE_WAIT_MS: u64 = 500;
 /// The route the sync-proxy section calls through: `/http/bench/...` on every ingress.
 pub const ROUTE: &str = "bench";
 pub const ROUTE_PREFIX: &str = "/http/bench";
+/// Where push delivery POSTs each message on the backend tenant (it answers 200 to any path).
+const PUSH_PATH: &str = "/http/push";
 const NODES: u64 = 3;
 
 pub struct Corral {
@@ -134,8 +137,10 @@ impl Corral {
 
     /// A pull queue large enough for the whole closed-loop backlog (caps at their maxima).
     pub async fn create_queue(&self) -> Result<(), String> {
-        let body = json!({"max_messages": 10_000_000, "max_bytes": 1024u64 * 1024 * 1024});
-        match self.put(&format!("/admin/queues/{QUEUE}"), &body).await? {
+        match self
+            .put(&format!("/admin/queues/{QUEUE}"), &queue_document())
+            .await?
+        {
             (200 | 201, _) => Ok(()),
             (s, text) => Err(format!("PUT /admin/queues/{QUEUE}: {s} {text}")),
         }
@@ -202,9 +207,9 @@ impl Corral {
         })
     }
 
-    /// Registers `backend` as the only tenant and creates the sync route to it. Err(reason)
-    /// when this corral has no sync proxy yet (404) or refuses the route document.
-    pub async fn create_route(&self, backend: SocketAddr) -> Result<(), String> {
+    /// Registers `backend` as the pool's only tenant and waits until every node's pool holds
+    /// it healthy (its first probes admit it).
+    pub async fn register_backend(&self, backend: SocketAddr) -> Result<(), String> {
         let url = format!("http://{backend}");
         let cred = json!({"kind": "basic", "user": "bench", "password": "bench"});
         let tenant = json!({
@@ -216,6 +221,58 @@ impl Corral {
             (200 | 201, _) => {}
             (s, text) => return Err(format!("PUT /admin/tenants/backend: {s} {text}")),
         }
+        poll(
+            Duration::from_secs(30),
+            "the backend tenant healthy on every node",
+            || async {
+                let v = self.get(1, "/admin/tenants/backend").await.ok()?;
+                let by_node = v["health_by_node"].as_object()?;
+                (by_node.len() == NODES as usize
+                    && by_node.values().all(|h| h["status"] == "healthy"))
+                .then_some(())
+            },
+        )
+        .await
+    }
+
+    /// Switches the queue to push delivery to the backend tenant and times the backlog's
+    /// drain: from the switch until `stats.depth` is 0 (each message completed by a 2xx).
+    pub async fn push_drain(&self, max: Duration) -> Result<Stats, String> {
+        let path = format!("/admin/queues/{QUEUE}");
+        let depth = |v: &Value| v["stats"]["depth"].as_u64();
+        let before = self.get(1, &path).await?;
+        let backlog = depth(&before).ok_or("no stats.depth in GET /admin/queues")?;
+        let mut cfg = queue_document();
+        cfg["delivery"] = json!({"mode": "push", "path": PUSH_PATH});
+        let start = Instant::now();
+        match self.put(&path, &cfg).await? {
+            (200 | 201, _) => {}
+            (s, text) => return Err(format!("PUT {path} (push): {s} {text}")),
+        }
+        let mut left = backlog;
+        while left > 0 && start.elapsed() < max {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            if let Ok(v) = self.get(1, &format!("{path}?consistency=local")).await {
+                left = depth(&v).unwrap_or(left);
+            }
+        }
+        let seconds = start.elapsed().as_secs_f64();
+        let after = self.get(1, &path).await?;
+        let dead = after["stats"]["dead_letters"].as_u64().unwrap_or(0);
+        let done = backlog - left;
+        Ok(Stats {
+            ok: done.saturating_sub(dead),
+            errors: dead + left,
+            seconds,
+            per_s: done.saturating_sub(dead) as f64 / seconds.max(1e-9),
+            first_error: (left > 0).then(|| format!("{left} messages not delivered in {max:?}")),
+            ..Default::default()
+        })
+    }
+
+    /// Creates the sync route to the registered backend. Err(reason) when this corral has no
+    /// sync proxy yet (404) or refuses the route document.
+    pub async fn create_route(&self) -> Result<(), String> {
         let route = route_document();
         match self.put(&format!("/admin/routes/{ROUTE}"), &route).await? {
             (200 | 201, _) => Ok(()),
@@ -250,6 +307,11 @@ impl Corral {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
+}
+
+/// The bench queue: pull, caps at their maxima so the whole backlog fits.
+fn queue_document() -> Value {
+    json!({"max_messages": 10_000_000, "max_bytes": 1024u64 * 1024 * 1024})
 }
 
 /// The route document: `CORRAL_BENCH_ROUTE` (JSON) if set, else a sync route on

@@ -100,6 +100,9 @@ struct QueueRow {
     enqueue: Stats,
     consume: Stats,
     open_loop: Stats,
+    /// corral only: the open-loop backlog drained by push delivery to the backend tenant.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    push_drain: Option<Stats>,
 }
 
 #[derive(Debug, Serialize)]
@@ -190,6 +193,9 @@ async fn run(s: Settings) -> Result<(), String> {
         .build()
         .map_err(|e| e.to_string())?;
     let body = bytes::Bytes::from(vec![b'x'; MESSAGE_BYTES]);
+    // The one backend: corral's push tenant in the queue section, the proxies' upstream.
+    proxy::start_backend()?;
+    procs::wait_tcp(proxy::BACKEND, Duration::from_secs(5)).await?;
     for sys in QUEUE_PEERS.into_iter().filter(|p| s.wants(p)) {
         let sub = dir.path().join(format!("queue-{sys}"));
         std::fs::create_dir_all(&sub).map_err(|e| e.to_string())?;
@@ -279,6 +285,7 @@ async fn queue_system(
     body: bytes::Bytes,
 ) -> Result<QueueRow, String> {
     let (enqueue, consume_op): (load::Op, load::ConsumeOp);
+    let mut corral_node = None;
     // Each arm keeps its system alive in `_guard` until the phases are done.
     let _guard: Box<dyn std::any::Any + Send>;
     match sys {
@@ -287,7 +294,8 @@ async fn queue_system(
             c.create_queue().await?;
             enqueue = c.enqueue_op(body);
             consume_op = c.consume_op();
-            _guard = Box::new(c);
+            corral_node = Some(c);
+            _guard = Box::new(());
         }
         "nats" => {
             let bin = procs::nats_server(false)?;
@@ -332,12 +340,37 @@ async fn queue_system(
     eprintln!("   open-loop enqueue at {}/s, {dur:?}", s.queue_rate_per_s);
     let open = load::open_loop(enqueue, s.queue_rate_per_s, dur).await;
     show(sys, "open loop", &open);
+    let push_drain = match &corral_node {
+        Some(c) => Some(corral_push(c, s).await),
+        None => None,
+    };
     Ok(QueueRow {
         system: sys.into(),
         enqueue: closed,
         consume: consumed,
         open_loop: open,
+        push_drain,
     })
+}
+
+/// The open-loop backlog delivered by push to the backend tenant (errors, not a failed row,
+/// when push cannot start).
+async fn corral_push(c: &corral::Corral, s: &Settings) -> Stats {
+    eprintln!("   push delivery of the open-loop backlog to the backend tenant");
+    let r = match c.register_backend(proxy::BACKEND).await {
+        Ok(()) => {
+            c.push_drain(Duration::from_secs(s.consume_max_seconds))
+                .await
+        }
+        Err(e) => Err(e),
+    };
+    let st = r.unwrap_or_else(|e| Stats {
+        errors: 1,
+        first_error: Some(e),
+        ..Default::default()
+    });
+    show("corral", "push drain", &st);
+    st
 }
 
 fn show(sys: &str, what: &str, st: &Stats) {
@@ -364,8 +397,6 @@ async fn proxy_section(
     missing: &std::collections::HashMap<&'static str, String>,
     report: &mut Report,
 ) -> Result<(), String> {
-    proxy::start_backend()?;
-    procs::wait_tcp(proxy::BACKEND, Duration::from_secs(5)).await?;
     eprintln!("== proxy: direct (baseline)");
     let row = proxy_target("direct", s, http, vec![proxy::direct_url()]).await;
     report.proxy.push(row);
@@ -402,7 +433,8 @@ async fn corral_proxy(
     http: &reqwest::Client,
 ) -> Result<ProxyRow, String> {
     let c = corral::Corral::start(dir, http.clone()).await?;
-    c.create_route(proxy::BACKEND).await?;
+    c.register_backend(proxy::BACKEND).await?;
+    c.create_route().await?;
     c.wait_route().await?;
     let urls = (1..=3)
         .map(|id| format!("{}{}/ping", corral::ingress(id), corral::ROUTE_PREFIX))
@@ -489,6 +521,29 @@ fn print_report(r: &Report) {
                 c.per_s,
                 c.errors,
                 ratio(corral_q.map(|x| x.consume.per_s), Some(c.per_s))
+            );
+        }
+        if let Some(p) = corral_q.and_then(|c| c.push_drain.as_ref()) {
+            let vs: Vec<String> = r
+                .queue
+                .iter()
+                .filter(|q| q.system != "corral")
+                .map(|q| {
+                    format!(
+                        "{} {}",
+                        q.system,
+                        ratio(Some(p.per_s), Some(q.consume.per_s))
+                    )
+                })
+                .collect();
+            println!(
+                "\ncorral push delivery of the open-loop backlog to the backend tenant: {} messages \
+                 at {:.0} msgs/s, {} errors{}; corral push ÷ system: {}",
+                p.ok,
+                p.per_s,
+                p.errors,
+                p.first_error.as_ref().map(|e| format!(" ({e})")).unwrap_or_default(),
+                if vs.is_empty() { "-".into() } else { vs.join(", ") }
             );
         }
         println!(
