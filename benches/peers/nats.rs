@@ -72,7 +72,11 @@ impl Nats {
         }
         let mut clients = Vec::new();
         for i in 0..3 {
-            wait_tcp(client_addr(i), Duration::from_secs(20)).await?;
+            if let Err(e) = wait_tcp(client_addr(i), Duration::from_secs(20)).await {
+                // An exit explains more than the timeout: say why, with the log's tail.
+                procs[i as usize].check_alive()?;
+                return Err(e);
+            }
             clients.push(
                 async_nats::connect(client_addr(i).to_string())
                     .await

@@ -115,7 +115,11 @@ pub async fn start_haproxy(dir: &Path) -> Result<Proc, String> {
     let mut cmd = Command::new("haproxy");
     cmd.arg("-db").arg("-f").arg(&path);
     let mut p = Proc::spawn("haproxy", cmd, &dir.join("haproxy.log"))?;
-    wait_tcp(HAPROXY, Duration::from_secs(10)).await?;
+    if let Err(e) = wait_tcp(HAPROXY, Duration::from_secs(10)).await {
+        // An exit explains more than the timeout: say why, with the log's tail.
+        p.check_alive()?;
+        return Err(e);
+    }
     p.check_alive()?;
     Ok(p)
 }
@@ -151,7 +155,11 @@ pub async fn start_nginx(dir: &Path) -> Result<Proc, String> {
         .arg("-e")
         .arg(dir.join("nginx-error.log"));
     let mut p = Proc::spawn("nginx", cmd, &dir.join("nginx.log"))?;
-    wait_tcp(NGINX, Duration::from_secs(10)).await?;
+    if let Err(e) = wait_tcp(NGINX, Duration::from_secs(10)).await {
+        // An exit explains more than the timeout: say why, with the log's tail.
+        p.check_alive()?;
+        return Err(e);
+    }
     p.check_alive()?;
     Ok(p)
 }
