@@ -56,6 +56,7 @@ fn prepare(dir: &Path) -> anyhow::Result<ClusterFile> {
         );
         crate::init::write_credentials(dir, &raw)?;
     }
+    crate::init::write_reveal_token(dir, &raw)?;
     Ok(ClusterFile::load(&file_path)?)
 }
 
@@ -182,6 +183,79 @@ impl Admin {
         }
         Ok(())
     }
+}
+
+/// The sample secret `corral dev` creates and pushes to both emulated tenants.
+const DEV_SECRET: &str = "CPI-AUTH-SHARED";
+/// How long `dev` waits for the sample secret to be deployed on every tenant.
+const SECRET_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Creates a new version of the sample secret, waits (bounded) until corral's push state says
+/// every tenant holds it, and reads it back through each emulated tenant's control API.
+async fn create_sample_secret(
+    admin: &Admin,
+    tenants: &[crate::emulator::TenantHandle],
+) -> anyhow::Result<()> {
+    let password = crate::init::random_hex(12);
+    let body = serde_json::json!({
+        "kind": "user_credential",
+        "description": "shared credential pushed by corral dev",
+        "value": {"user": "svc-shared", "password": password},
+    });
+    let path = format!("/admin/secrets/{DEV_SECRET}");
+    admin
+        .put(&path, &body, "creating the sample secret")
+        .await?;
+    let deadline = Instant::now() + SECRET_TIMEOUT;
+    let mut view = Value::Null;
+    while Instant::now() < deadline {
+        if let Ok(r) = admin
+            .http
+            .get(format!("http://{}{path}", admin.addr))
+            .bearer_auth(&admin.token)
+            .send()
+            .await
+        {
+            view = r.json().await.unwrap_or(Value::Null);
+            let done = view["push"].as_object().is_some_and(|m| {
+                m.len() >= tenants.len() && m.values().all(|p| p["state"] == "deployed")
+            });
+            if done {
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    println!(
+        "\nsample secret `{DEV_SECRET}` (user credential, version {}) pushed to the tenants:\n",
+        view["current_version"]
+    );
+    for h in tenants {
+        let d = h.description();
+        let push = &view["push"][&d.name];
+        let read_back: Value = match admin
+            .http
+            .get(format!(
+                "{}/secrets/UserCredentials/{DEV_SECRET}",
+                d.control_url
+            ))
+            .send()
+            .await
+        {
+            Ok(r) => r.json().await.unwrap_or(Value::Null),
+            Err(_) => Value::Null,
+        };
+        let matches = read_back["deployed"]["Password"] == password.as_str();
+        println!(
+            "  {:<10} corral: {:<9} version {} after {} attempt(s); tenant reads back {} (password matches: {matches})",
+            d.name,
+            push["state"].as_str().unwrap_or("?"),
+            push["version"],
+            push["attempts"],
+            read_back["status"].as_str().unwrap_or("nothing"),
+        );
+    }
+    Ok(())
 }
 
 /// Creates (or replaces) the sample queues through the admin API.
@@ -353,9 +427,10 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         crate::status::render(&rows)
     );
     let admin = Admin::new(&file)?;
-    let _tenants = start_pool(&admin).await?;
+    let tenants = start_pool(&admin).await?;
     create_sample_queues(&admin).await?;
     show_sample_delivery(&admin, &file.nodes[1].ingress_addr).await?;
+    create_sample_secret(&admin, &tenants).await?;
     let a = &file.nodes[0];
     println!("\nadmin token: {}", file.admin_token_file.display());
     println!("try:");
@@ -374,6 +449,18 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         file.admin_token_file.display(),
         a.admin_addr
     );
+    println!(
+        "  curl -s -H \"Authorization: Bearer $(cat {})\" http://{}/admin/secrets/{DEV_SECRET}",
+        file.admin_token_file.display(),
+        a.admin_addr
+    );
+    if let Some(reveal) = &file.reveal_token_file {
+        println!(
+            "  curl -s -X POST -H \"Authorization: Bearer $(cat {})\" http://{}/admin/secrets/{DEV_SECRET}/reveal",
+            reveal.display(),
+            a.admin_addr
+        );
+    }
     let ingress = &file.nodes[1].ingress_addr;
     println!(
         "  curl -s -X POST -H 'Message-Id: order-1' -H 'content-type: application/json' -d '{{\"order\":1}}' http://{ingress}/queues/{DEV_QUEUE}/messages"

@@ -5,7 +5,7 @@
 //! (see `docs/architecture.md`):
 //!
 //! - `node`, `dev`, `init`, `status`: the commands, wiring everything together;
-//! - `api` (admin HTTP) and `ingress` (data-plane HTTP);
+//! - `api` (admin HTTP), `ingress` (data-plane HTTP) and `dispatch` (leader-side workers);
 //! - `client`: the one way into consensus (write, linearizable read barrier);
 //! - `raft` (the only owner of `RawNode`) and `transport` (peer frames over mutual TLS);
 //! - `state` (the deterministic state machine), `store` (the storage trait and sled), `seal`.

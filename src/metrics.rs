@@ -47,6 +47,15 @@ pub struct Metrics {
     /// Replicated running totals per queue and event (enqueued, duplicate, completed,
     /// dead_lettered, expired): the same on every node; take `rate()` of them.
     pub queue_events: IntGaugeVec,
+    /// Per secret, from this node's applied state at each scrape: 1 while the current version
+    /// expires within the secret's `expiry_warning_ms` (or has expired), else 0.
+    pub secret_expiring: IntGaugeVec,
+    /// Per secret: seconds until the current version expires (negative once expired).
+    pub secret_expires_in_seconds: IntGaugeVec,
+    /// Target tenants that do not hold a secret's current version yet, per secret.
+    pub secret_push_pending: IntGaugeVec,
+    /// Push attempts by this node (as leader), by outcome (deployed, failed).
+    pub secret_pushes: IntCounterVec,
 }
 
 pub static M: LazyLock<Metrics> = LazyLock::new(|| {
@@ -162,6 +171,10 @@ pub static M: LazyLock<Metrics> = LazyLock::new(|| {
         queue_dead_letters: register_int_gauge_vec_with_registry!("queue_dead_letters", "messages in the dead-letter queue", &["queue"], r).expect("m"),
         queue_bytes: register_int_gauge_vec_with_registry!("queue_bytes", "body bytes of live messages", &["queue"], r).expect("m"),
         queue_events: register_int_gauge_vec_with_registry!("queue_events_total", "replicated running totals per queue: enqueued, duplicate, completed, dead_lettered, expired", &["queue", "event"], r).expect("m"),
+        secret_expiring: register_int_gauge_vec_with_registry!("secret_expiring", "1 while the secret's current version expires within its expiry_warning_ms or has expired", &["secret"], r).expect("m"),
+        secret_expires_in_seconds: register_int_gauge_vec_with_registry!("secret_expires_in_seconds", "seconds until the secret's current version expires (negative: expired)", &["secret"], r).expect("m"),
+        secret_push_pending: register_int_gauge_vec_with_registry!("secret_push_pending", "target tenants not yet holding the secret's current version", &["secret"], r).expect("m"),
+        secret_pushes: register_int_counter_vec_with_registry!("secret_pushes_total", "secret push attempts made by this node as leader, by outcome (deployed, failed)", &["outcome"], r).expect("m"),
     }
 });
 

@@ -54,6 +54,8 @@ pub enum NodeError {
     Transport(#[from] TransportError),
     #[error("raft: {0}")]
     Driver(#[from] crate::raft::DriverError),
+    #[error("secret `{secret}`: its stored data keys do not open with this node's master key ({source}); the master key file differs from the one the cluster sealed them with; refusing to start")]
+    SecretKeys { secret: String, source: SealError },
     #[error("tenant `{tenant}`: its stored credentials do not open with this node's master key ({source}); the master key file differs from the one the cluster sealed them with; refusing to start")]
     TenantCredentials { tenant: String, source: SealError },
 }
@@ -219,6 +221,7 @@ pub struct RunningNode {
     sweeper: tokio::task::JoinHandle<()>,
     dispatcher: tokio::task::JoinHandle<()>,
     rate_sampler: tokio::task::JoinHandle<()>,
+    secret_pusher: tokio::task::JoinHandle<()>,
     stop_http: watch::Sender<bool>,
     http: Vec<tokio::task::JoinHandle<()>>,
     driver_thread: Option<std::thread::JoinHandle<()>>,
@@ -262,6 +265,17 @@ pub async fn start(cfg: NodeConfig) -> Result<RunningNode, NodeError> {
     if let Err((tenant, source)) = crate::pool::verify_stored_credentials(&*store, &master)? {
         return Err(NodeError::TenantCredentials { tenant, source });
     }
+    if let Err((secret, source)) =
+        crate::dispatch::secrets::verify_stored_secrets(&*store, &master)?
+    {
+        return Err(NodeError::SecretKeys { secret, source });
+    }
+    let reveal_token = cfg
+        .reveal_token_file
+        .as_deref()
+        .map(load_token)
+        .transpose()?;
+    let envelope = Arc::new(crate::seal::Envelope::new(&master));
 
     let (inbound_tx, inbound_rx) = flume::bounded(INBOUND_CAPACITY);
     let transport = Transport::start(
@@ -333,6 +347,14 @@ pub async fn start(cfg: NodeConfig) -> Result<RunningNode, NodeError> {
     ));
     let dispatcher = crate::dispatch::push::spawn(client.clone(), store.clone(), pool.clone());
     let rate_sampler = api::queues::spawn_rate_sampler(store.clone());
+    let secret_pusher = crate::dispatch::secrets::SecretPusher::new(
+        cfg.id,
+        client.clone(),
+        store.clone(),
+        pool.clone(),
+        envelope.clone(),
+    )
+    .spawn();
     let ingress = crate::ingress::router(Arc::new(crate::ingress::IngressState {
         client: client.clone(),
         store: store.clone(),
@@ -344,6 +366,8 @@ pub async fn start(cfg: NodeConfig) -> Result<RunningNode, NodeError> {
         store,
         admin_token,
         pool: pool.clone(),
+        reveal_token,
+        envelope,
     }));
     let (stop_http, stop_rx) = watch::channel(false);
     let http = vec![
@@ -369,6 +393,7 @@ pub async fn start(cfg: NodeConfig) -> Result<RunningNode, NodeError> {
         sweeper,
         dispatcher,
         rate_sampler,
+        secret_pusher,
         stop_http,
         http,
         driver_thread: Some(driver_thread),
@@ -383,6 +408,7 @@ impl RunningNode {
         self.sweeper.abort();
         self.dispatcher.abort();
         self.rate_sampler.abort();
+        self.secret_pusher.abort();
         for h in self.http.drain(..) {
             let _ = tokio::time::timeout(HTTP_DRAIN, h).await;
         }

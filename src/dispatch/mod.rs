@@ -3,3 +3,4 @@
 //! leads, so a leader change hands the work over with the log.
 
 pub mod push;
+pub mod secrets;

@@ -14,8 +14,10 @@
 //!   sealed with the master key, so the log, snapshots and data files never hold them in clear.
 //! - `q?/...`: the durable queue (configuration, messages, leases, dedup, dead letters); see
 //!   [`queue`] for its layout.
+//! - `x/...`: shared secrets (sealed versions, push state, audit log); see [`secrets`].
 
 pub mod queue;
+pub mod secrets;
 
 use std::sync::Arc;
 
@@ -116,6 +118,8 @@ pub enum Command {
         now_ms: u64,
         results: Vec<queue::DeliveryResult>,
     },
+    /// Any change to a shared secret (see [`secrets`]); values arrive sealed.
+    Secret(secrets::SecretCommand),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -140,6 +144,8 @@ pub enum Response {
     },
     /// The answer to any queue command.
     Queue(queue::QueueResponse),
+    /// The answer to any secret command.
+    Secret(secrets::SecretResponse),
 }
 
 /// A stored tenant: non-secret spec (JSON) plus sealed credentials, with its revision.
@@ -265,6 +271,12 @@ impl CorralState {
                 batch.delete(tenant_key(&name));
                 Ok(Response::TenantDeleted { existed })
             }
+            Command::Secret(cmd) => secrets::Apply {
+                kv: &*self.kv,
+                batch,
+            }
+            .apply(index, cmd)
+            .map(Response::Secret),
             cmd => self.apply_queue(index, cmd, batch).map(Response::Queue),
         }
     }
@@ -323,7 +335,8 @@ impl CorralState {
             Command::ConfigPut { .. }
             | Command::ConfigDelete { .. }
             | Command::TenantPut { .. }
-            | Command::TenantDelete { .. } => Err(StoreError::Corrupt(
+            | Command::TenantDelete { .. }
+            | Command::Secret(_) => Err(StoreError::Corrupt(
                 "non-queue command routed to the queue".into(),
             )),
         }
