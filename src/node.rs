@@ -216,6 +216,7 @@ pub struct RunningNode {
     /// This node's view of the tenant pool (dispatchers call it).
     pub pool: Arc<Pool>,
     pool_watcher: tokio::task::JoinHandle<()>,
+    proxy_watcher: tokio::task::JoinHandle<()>,
     sweeper: tokio::task::JoinHandle<()>,
     stop_http: watch::Sender<bool>,
     http: Vec<tokio::task::JoinHandle<()>>,
@@ -329,10 +330,19 @@ pub async fn start(cfg: NodeConfig) -> Result<RunningNode, NodeError> {
         client.clone(),
         store.clone(),
     ));
-    let ingress = crate::ingress::router(Arc::new(crate::ingress::IngressState {
+    let ingress_state = Arc::new(crate::ingress::IngressState {
         client: client.clone(),
         store: store.clone(),
-    }));
+    });
+    let live = {
+        let (transport, me) = (transport.clone(), cfg.id);
+        let peers: Vec<u64> = cfg.peers.iter().map(|(id, _)| *id).filter(|id| *id != me).collect();
+        Box::new(move || 1 + peers.iter().filter(|p| transport.is_connected(**p)).count())
+    };
+    let proxy = crate::ingress::proxy::Proxy::new(pool.clone(), ingress_state.clone(), &master, live, false);
+    proxy.reload();
+    let proxy_watcher = proxy.spawn_watcher();
+    let ingress = crate::ingress::router(ingress_state, proxy.clone());
     let admin = api::router(Arc::new(AdminState {
         cfg: cfg.clone(),
         client: client.clone(),
@@ -340,6 +350,7 @@ pub async fn start(cfg: NodeConfig) -> Result<RunningNode, NodeError> {
         store,
         admin_token,
         pool: pool.clone(),
+        proxy,
     }));
     let (stop_http, stop_rx) = watch::channel(false);
     let http = vec![
@@ -362,6 +373,7 @@ pub async fn start(cfg: NodeConfig) -> Result<RunningNode, NodeError> {
         client,
         pool,
         pool_watcher,
+        proxy_watcher,
         sweeper,
         stop_http,
         http,
@@ -374,6 +386,7 @@ impl RunningNode {
     pub async fn shutdown(mut self) {
         let _ = self.stop_http.send(true);
         self.pool_watcher.abort();
+        self.proxy_watcher.abort();
         self.sweeper.abort();
         for h in self.http.drain(..) {
             let _ = tokio::time::timeout(HTTP_DRAIN, h).await;

@@ -7,6 +7,7 @@
 
 pub mod error;
 pub mod queues;
+pub mod routes;
 pub mod tenants;
 
 use std::sync::Arc;
@@ -74,6 +75,14 @@ pub const ADMIN_ROUTES: &[(&str, &str)] = &[
     ("get", "/admin/queues/{name}/dead-letters/{id}"),
     ("delete", "/admin/queues/{name}/dead-letters/{id}"),
     ("post", "/admin/queues/{name}/dead-letters/{id}/redrive"),
+    ("get", "/admin/routes"),
+    ("get", "/admin/routes/{name}"),
+    ("put", "/admin/routes/{name}"),
+    ("delete", "/admin/routes/{name}"),
+    ("get", "/admin/api-keys"),
+    ("get", "/admin/api-keys/{name}"),
+    ("put", "/admin/api-keys/{name}"),
+    ("delete", "/admin/api-keys/{name}"),
 ];
 
 pub struct AdminState {
@@ -83,6 +92,8 @@ pub struct AdminState {
     pub store: Arc<dyn Store>,
     pub admin_token: String,
     pub pool: Arc<crate::pool::Pool>,
+    /// The sync proxy (seals client API keys).
+    pub proxy: Arc<crate::ingress::proxy::Proxy>,
 }
 
 type Shared = State<Arc<AdminState>>;
@@ -124,6 +135,20 @@ pub fn router(state: Arc<AdminState>) -> Router {
         .route(
             "/admin/queues/{name}/dead-letters/{id}/redrive",
             post(queues::dead_redrive_one),
+        )
+        .route("/admin/routes", get(routes::route_list))
+        .route(
+            "/admin/routes/{name}",
+            get(routes::route_get)
+                .put(routes::route_put)
+                .delete(routes::route_delete),
+        )
+        .route("/admin/api-keys", get(routes::key_list))
+        .route(
+            "/admin/api-keys/{name}",
+            get(routes::key_get)
+                .put(routes::key_put)
+                .delete(routes::key_delete),
         )
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
