@@ -255,6 +255,10 @@ pub async fn start(cfg: NodeConfig) -> Result<RunningNode, NodeError> {
     let admin_token = load_token(&cfg.admin_token_file)?;
     let master = Sealer::load_master_key(&cfg.master_key_file)?;
     let tls_material = tls::load(&cfg.ca_cert, &cfg.cert, &cfg.key)?;
+    let ingress_tls = match &cfg.ingress_tls {
+        Some((cert, key)) => Some(crate::ingress::tls::server_config(cert, key)?),
+        None => None,
+    };
     check_identity(&cfg.data_dir, &cfg)?;
     let store: Arc<dyn Store> = Arc::new(SledStore::open(&cfg.data_dir.join("store"))?);
     check_master_key(&*store, &Sealer::from_master_key(&master, "canary"))?;
@@ -339,7 +343,7 @@ pub async fn start(cfg: NodeConfig) -> Result<RunningNode, NodeError> {
         let peers: Vec<u64> = cfg.peers.iter().map(|(id, _)| *id).filter(|id| *id != me).collect();
         Box::new(move || 1 + peers.iter().filter(|p| transport.is_connected(**p)).count())
     };
-    let proxy = crate::ingress::proxy::Proxy::new(pool.clone(), ingress_state.clone(), &master, live, false);
+    let proxy = crate::ingress::proxy::Proxy::new(pool.clone(), ingress_state.clone(), &master, live, ingress_tls.is_some());
     proxy.reload();
     let proxy_watcher = proxy.spawn_watcher();
     let ingress = crate::ingress::router(ingress_state, proxy.clone());
@@ -353,18 +357,18 @@ pub async fn start(cfg: NodeConfig) -> Result<RunningNode, NodeError> {
         proxy,
     }));
     let (stop_http, stop_rx) = watch::channel(false);
-    let http = vec![
+    let mut http = vec![
         serve(
             admin_listener,
             api::limit_in_flight(admin, api::MAX_ADMIN_IN_FLIGHT),
             stop_rx.clone(),
         ),
-        serve(
-            ingress_listener,
-            api::limit_in_flight(ingress, api::MAX_INGRESS_IN_FLIGHT),
-            stop_rx,
-        ),
     ];
+    let ingress = api::limit_in_flight(ingress, api::MAX_INGRESS_IN_FLIGHT);
+    http.push(match ingress_tls {
+        Some(tls_cfg) => crate::ingress::tls::serve(ingress_listener, ingress, tls_cfg, stop_rx),
+        None => serve(ingress_listener, ingress, stop_rx),
+    });
     tracing::info!(id = cfg.id, peer = %cfg.peer_addr, admin = %admin_addr, ingress = %ingress_addr, "node started");
     Ok(RunningNode {
         admin_addr,

@@ -493,3 +493,53 @@ fn large_upload_streams_with_bounded_memory() {
     assert!(grew < 32 * 1024 * 1024, "peak RSS grew by {} MB", grew >> 20);
     drop(ts);
 }
+
+/// With `ingress_cert`/`ingress_key` in the cluster file the ingress listener speaks TLS:
+/// a client trusting the certificate calls through the proxy; plain HTTP is refused.
+#[test]
+fn ingress_tls_when_configured() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let ts = tenants(&rt, &["pt1"]);
+    let descs: Vec<_> = ts.iter().map(|(_, d)| d.clone()).collect();
+    let certs = tempfile::tempdir().unwrap();
+    let (cert_path, key_path) = (certs.path().join("in.pem"), certs.path().join("in.key"));
+    let mut c = Cluster::new(1, |text| {
+        let host = text
+            .lines()
+            .find(|l| l.starts_with("ingress_addr"))
+            .and_then(|l| l.split('"').nth(1))
+            .and_then(|a| a.rsplit_once(':'))
+            .map(|(h, _)| h.to_string())
+            .unwrap();
+        let ck = rcgen::generate_simple_self_signed(vec![host]).unwrap();
+        std::fs::write(&cert_path, ck.cert.pem()).unwrap();
+        std::fs::write(&key_path, ck.signing_key.serialize_pem()).unwrap();
+        text.replace(
+            "key = \"node-1.key\"",
+            &format!(
+                "key = \"node-1.key\"\ningress_cert = {:?}\ningress_key = {:?}",
+                cert_path.display().to_string(),
+                key_path.display().to_string()
+            ),
+        )
+    });
+    c.start_all();
+    c.wait_leader(&[1], Duration::from_secs(20));
+    register(&c, &descs);
+    let (code, _) = admin_put(&c, 1, "/admin/routes/all", &json!({}));
+    assert_eq!(code, 201);
+    let pem = std::fs::read(&cert_path).unwrap();
+    let https = reqwest::blocking::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(&pem).unwrap())
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    let url = c.ingress_url(1, "/http/echo").replace("http://", "https://");
+    let r = poll(Duration::from_secs(10), "a call over TLS", || {
+        let r = https.post(&url).body("over tls").send().ok()?;
+        (r.status() == 200).then_some(r)
+    });
+    assert_eq!(r.text().unwrap(), "over tls");
+    assert!(c.http.post(c.ingress_url(1, "/http/echo")).body("x").send().is_err());
+    drop(ts);
+}

@@ -9,6 +9,7 @@ pub mod proxy;
 pub mod queue;
 pub mod route;
 pub mod throttle;
+pub mod tls;
 
 use std::sync::Arc;
 
