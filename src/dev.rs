@@ -134,8 +134,10 @@ async fn wait_ready(file: &ClusterFile, children: &mut Children) -> anyhow::Resu
 }
 
 /// Starts the emulated tenants and registers them through node 1's admin API.
-/// The sample queue `corral dev` creates (pull delivery: push dispatch comes with issue #5).
+/// The sample push queue `corral dev` creates, delivered to the emulated tenants' `/http/orders`.
 const DEV_QUEUE: &str = "orders";
+/// A sample pull queue, for consumers that receive with peek-lock.
+const DEV_PULL_QUEUE: &str = "invoices";
 
 /// The admin API of the dev cluster's first node, as `dev` uses it to set things up.
 struct Admin {
@@ -182,16 +184,78 @@ impl Admin {
     }
 }
 
-/// Creates (or replaces) the sample queue through the admin API.
-async fn create_sample_queue(admin: &Admin) -> anyhow::Result<()> {
-    let body = serde_json::json!({
-        "delivery": {"mode": "pull"},
-        "dedup": {"window_ms": 600_000, "key": {"source": "header", "name": "message-id"}},
+/// Creates (or replaces) the sample queues through the admin API.
+async fn create_sample_queues(admin: &Admin) -> anyhow::Result<()> {
+    let dedup = serde_json::json!({"window_ms": 600_000, "key": {"source": "header", "name": "message-id"}});
+    let push = serde_json::json!({
+        "delivery": {"mode": "push", "path": "/http/orders"},
+        "dedup": dedup,
     });
     let path = format!("/admin/queues/{DEV_QUEUE}");
-    admin.put(&path, &body, "creating the sample queue").await?;
-    println!("\nsample queue `{DEV_QUEUE}` (pull, dedup on Message-Id for 10 min) is ready");
+    admin
+        .put(&path, &push, "creating the sample push queue")
+        .await?;
+    let pull = serde_json::json!({"delivery": {"mode": "pull"}, "dedup": dedup});
+    let path = format!("/admin/queues/{DEV_PULL_QUEUE}");
+    admin
+        .put(&path, &pull, "creating the sample pull queue")
+        .await?;
+    println!("\nsample queues (dedup on Message-Id for 10 min):");
+    println!(
+        "  `{DEV_QUEUE}`: push, each message POSTed to one tenant's /http/orders (idempotent flow)"
+    );
+    println!("  `{DEV_PULL_QUEUE}`: pull, for consumers that receive with peek-lock");
     Ok(())
+}
+
+/// Posts one sample message to the push queue and prints its trace once a tenant took it.
+async fn show_sample_delivery(admin: &Admin, ingress: &str) -> anyhow::Result<()> {
+    let r = admin
+        .http
+        .post(format!("http://{ingress}/queues/{DEV_QUEUE}/messages"))
+        .header("message-id", "dev-sample-order")
+        .header("content-type", "application/json")
+        .body(r#"{"order":0}"#)
+        .send()
+        .await?;
+    let id = r.json::<Value>().await?["id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let deadline = Instant::now() + POOL_TIMEOUT;
+    while Instant::now() < deadline {
+        let t: Value = admin
+            .http
+            .get(format!("http://{}/admin/messages/{id}", admin.addr))
+            .bearer_auth(&admin.token)
+            .send()
+            .await?
+            .json()
+            .await
+            .unwrap_or(Value::Null);
+        if t["state"] == "completed" {
+            let a = &t["attempts"][0];
+            println!(
+                "  message {id} was delivered to {} (status {}, {} ms)",
+                a["tenant"].as_str().unwrap_or("?"),
+                a["status"],
+                a["latency_ms"]
+            );
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    println!("  message {id} is not delivered yet; see GET /admin/messages/{id}");
+    Ok(())
+}
+
+/// The flow the sample push queue delivers to: answers 200 and, like an iFlow with an
+/// Idempotent Process Call, skips a message id it already processed.
+fn orders_flow() -> crate::emulator::FlowSpec {
+    crate::emulator::FlowSpec {
+        idempotent: true,
+        ..crate::emulator::FlowSpec::echo("/orders")
+    }
 }
 
 /// The sample proxy route `corral dev` creates: `/http/` to the pool, round robin, 20/s.
@@ -224,9 +288,9 @@ async fn create_sample_route(admin: &Admin) -> anyhow::Result<()> {
 async fn start_pool(admin: &Admin) -> anyhow::Result<Vec<crate::emulator::TenantHandle>> {
     let mut handles = Vec::new();
     for i in 1..=DEV_TENANTS {
-        let h =
-            crate::emulator::spawn_tenant(crate::emulator::TenantConfig::new(format!("tenant{i}")))
-                .await?;
+        let mut cfg = crate::emulator::TenantConfig::new(format!("tenant{i}"));
+        cfg.flows.push(("orders".into(), orders_flow()));
+        let h = crate::emulator::spawn_tenant(cfg).await?;
         let d = h.description();
         let what = format!("registering tenant {}", d.name);
         admin
@@ -317,7 +381,8 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     );
     let admin = Admin::new(&file)?;
     let _tenants = start_pool(&admin).await?;
-    create_sample_queue(&admin).await?;
+    create_sample_queues(&admin).await?;
+    show_sample_delivery(&admin, &file.nodes[1].ingress_addr).await?;
     create_sample_route(&admin).await?;
     let a = &file.nodes[0];
     println!("\nadmin token: {}", file.admin_token_file.display());
@@ -342,7 +407,13 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         "  curl -s -X POST -H 'Message-Id: order-1' -H 'content-type: application/json' -d '{{\"order\":1}}' http://{ingress}/queues/{DEV_QUEUE}/messages"
     );
     println!(
-        "  curl -s -X POST -d '{{\"wait_ms\":5000}}' http://{}/queues/{DEV_QUEUE}/messages/head",
+        "  curl -s -H \"Authorization: Bearer $(cat {})\" http://{}/admin/messages/ID   # the trace: which tenant, status, latency",
+        file.admin_token_file.display(),
+        a.admin_addr
+    );
+    println!("  curl -s -X POST -d 'invoice 7' http://{ingress}/queues/{DEV_PULL_QUEUE}/messages");
+    println!(
+        "  curl -s -X POST -d '{{\"wait_ms\":5000}}' http://{}/queues/{DEV_PULL_QUEUE}/messages/head",
         file.nodes[2].ingress_addr
     );
     println!(

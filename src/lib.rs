@@ -14,6 +14,7 @@ pub mod api;
 pub mod client;
 pub mod config;
 pub mod dev;
+pub mod dispatch;
 pub mod emulator;
 pub mod ingress;
 pub mod init;

@@ -44,6 +44,9 @@ pub struct Metrics {
     pub queue_in_flight: IntGaugeVec,
     pub queue_dead_letters: IntGaugeVec,
     pub queue_bytes: IntGaugeVec,
+    /// Replicated running totals per queue and event (enqueued, duplicate, completed,
+    /// dead_lettered, expired): the same on every node; take `rate()` of them.
+    pub queue_events: IntGaugeVec,
 }
 
 pub static M: LazyLock<Metrics> = LazyLock::new(|| {
@@ -149,7 +152,7 @@ pub static M: LazyLock<Metrics> = LazyLock::new(|| {
         .expect("m"),
         queue_messages: register_int_counter_vec_with_registry!(
             "queue_messages_total",
-            "queue messages handled by this node's ingress: op enqueue (stored, duplicate, full), receive (delivered, empty), settle (complete, abandon, dead-letter, renew-lock, lock_lost)",
+            "queue messages handled by this node: op enqueue (stored, duplicate, full), receive (delivered, empty), settle (complete, abandon, dead-letter, renew-lock, lock_lost), push (completed, failed, tenant_trouble)",
             &["op", "outcome"],
             r
         )
@@ -158,6 +161,7 @@ pub static M: LazyLock<Metrics> = LazyLock::new(|| {
         queue_in_flight: register_int_gauge_vec_with_registry!("queue_in_flight", "messages locked by a consumer", &["queue"], r).expect("m"),
         queue_dead_letters: register_int_gauge_vec_with_registry!("queue_dead_letters", "messages in the dead-letter queue", &["queue"], r).expect("m"),
         queue_bytes: register_int_gauge_vec_with_registry!("queue_bytes", "body bytes of live messages", &["queue"], r).expect("m"),
+        queue_events: register_int_gauge_vec_with_registry!("queue_events_total", "replicated running totals per queue: enqueued, duplicate, completed, dead_lettered, expired", &["queue", "event"], r).expect("m"),
     }
 });
 

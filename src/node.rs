@@ -218,6 +218,8 @@ pub struct RunningNode {
     pool_watcher: tokio::task::JoinHandle<()>,
     proxy_watcher: tokio::task::JoinHandle<()>,
     sweeper: tokio::task::JoinHandle<()>,
+    dispatcher: tokio::task::JoinHandle<()>,
+    rate_sampler: tokio::task::JoinHandle<()>,
     stop_http: watch::Sender<bool>,
     http: Vec<tokio::task::JoinHandle<()>>,
     driver_thread: Option<std::thread::JoinHandle<()>>,
@@ -334,6 +336,8 @@ pub async fn start(cfg: NodeConfig) -> Result<RunningNode, NodeError> {
         client.clone(),
         store.clone(),
     ));
+    let dispatcher = crate::dispatch::push::spawn(client.clone(), store.clone(), pool.clone());
+    let rate_sampler = api::queues::spawn_rate_sampler(store.clone());
     let ingress_state = Arc::new(crate::ingress::IngressState {
         client: client.clone(),
         store: store.clone(),
@@ -379,6 +383,8 @@ pub async fn start(cfg: NodeConfig) -> Result<RunningNode, NodeError> {
         pool_watcher,
         proxy_watcher,
         sweeper,
+        dispatcher,
+        rate_sampler,
         stop_http,
         http,
         driver_thread: Some(driver_thread),
@@ -392,6 +398,8 @@ impl RunningNode {
         self.pool_watcher.abort();
         self.proxy_watcher.abort();
         self.sweeper.abort();
+        self.dispatcher.abort();
+        self.rate_sampler.abort();
         for h in self.http.drain(..) {
             let _ = tokio::time::timeout(HTTP_DRAIN, h).await;
         }

@@ -75,6 +75,7 @@ pub const ADMIN_ROUTES: &[(&str, &str)] = &[
     ("get", "/admin/queues/{name}/dead-letters/{id}"),
     ("delete", "/admin/queues/{name}/dead-letters/{id}"),
     ("post", "/admin/queues/{name}/dead-letters/{id}/redrive"),
+    ("get", "/admin/messages/{id}"),
     ("get", "/admin/routes"),
     ("get", "/admin/routes/{name}"),
     ("put", "/admin/routes/{name}"),
@@ -136,6 +137,7 @@ pub fn router(state: Arc<AdminState>) -> Router {
             "/admin/queues/{name}/dead-letters/{id}/redrive",
             post(queues::dead_redrive_one),
         )
+        .route("/admin/messages/{id}", get(queues::message_trace))
         .route("/admin/routes", get(routes::route_list))
         .route(
             "/admin/routes/{name}",
@@ -231,6 +233,7 @@ fn refresh_queue_gauges(store: &dyn Store) {
         &m.queue_in_flight,
         &m.queue_dead_letters,
         &m.queue_bytes,
+        &m.queue_events,
     ] {
         g.reset();
     }
@@ -251,6 +254,17 @@ fn refresh_queue_gauges(store: &dyn Store) {
             m.queue_bytes
                 .with_label_values(&[&name])
                 .set(s.bytes as i64);
+            for (event, n) in [
+                ("enqueued", s.enqueued_total),
+                ("duplicate", s.duplicates_total),
+                ("completed", s.completed_total),
+                ("dead_lettered", s.dead_lettered_total),
+                ("expired", s.expired_total),
+            ] {
+                m.queue_events
+                    .with_label_values(&[&name, event])
+                    .set(n as i64);
+            }
         }
     }
 }

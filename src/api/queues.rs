@@ -5,7 +5,9 @@
 //! [`QueueConfig`]; stats come from the per-queue counters the state machine keeps in the same
 //! batch as the messages, so reading them never scans a queue.
 
-use std::sync::Arc;
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, LazyLock, Mutex};
+use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
@@ -20,10 +22,11 @@ use super::{
     barrier, next_cursor, now_ms, page_limit, parse_json, AdminState, ApiError, ListOpts, ReadOpts,
 };
 use crate::state::queue::{
-    self, DedupKey, Delivery, MessageMeta, Ordering, QueueConfig, QueueEntry, QueueResponse,
-    RetryPolicy,
+    self, Attempt, DedupKey, Delivery, Final, MessageMeta, Ordering, QueueConfig, QueueEntry,
+    QueueResponse, QueueStats, RetryPolicy, Whereabouts,
 };
 use crate::state::{Command, Response as SmResponse};
+use crate::store::Store;
 
 type Shared = State<Arc<AdminState>>;
 
@@ -34,6 +37,70 @@ pub const MAX_PUSH_PATH_BYTES: usize = 512;
 /// Most commands one admin delete/purge/redrive proposes before answering (each touches at
 /// most `queue::CHUNK_LIMIT` keys per range).
 pub const MAX_CHUNK_ROUNDS: usize = 1_000;
+/// Queues a message trace lookup searches for a live message.
+pub const MAX_TRACE_QUEUES: usize = 1_000;
+/// How often this node samples queue totals for the rates in `GET /admin/queues/{name}`.
+pub const RATE_SAMPLE_EVERY: Duration = Duration::from_secs(5);
+/// Samples kept per queue: rates are over the last minute.
+const RATE_SAMPLES: usize = 13;
+/// Queues sampled per round.
+const MAX_RATE_QUEUES: usize = 1_000;
+
+/// (when, enqueued, completed, dead-lettered) totals per queue, sampled on this node.
+type Samples = HashMap<String, VecDeque<(Instant, u64, u64, u64)>>;
+static RATES: LazyLock<Mutex<Samples>> = LazyLock::new(|| Mutex::new(HashMap::new()));
+
+/// Samples every queue's replicated totals every [`RATE_SAMPLE_EVERY`] so a GET can show
+/// per-second rates over the last minute without scanning anything.
+pub fn spawn_rate_sampler(store: Arc<dyn Store>) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(RATE_SAMPLE_EVERY);
+        loop {
+            tick.tick().await;
+            let Ok(queues) = queue::list_queues(&*store, None, MAX_RATE_QUEUES) else {
+                continue;
+            };
+            let now = Instant::now();
+            let mut book = RATES.lock().unwrap_or_else(|e| e.into_inner());
+            book.retain(|q, _| queues.iter().any(|(n, _)| n == q));
+            for (name, _) in queues {
+                let Ok(s) = queue::read_stats(&*store, &name) else {
+                    continue;
+                };
+                let v = book.entry(name).or_default();
+                if v.len() >= RATE_SAMPLES {
+                    v.pop_front();
+                }
+                v.push_back((
+                    now,
+                    s.enqueued_total,
+                    s.completed_total,
+                    s.dead_lettered_total,
+                ));
+            }
+        }
+    })
+}
+
+/// Per-second rates over the sampled window (the current totals as the newest point).
+fn rates_json(name: &str, s: &QueueStats) -> Value {
+    let book = RATES.lock().unwrap_or_else(|e| e.into_inner());
+    let Some(&(at, enq, done, dead)) = book.get(name).and_then(|v| v.front()) else {
+        return json!({"window_s": 0});
+    };
+    let secs = at.elapsed().as_secs_f64();
+    if secs < 1.0 {
+        return json!({"window_s": 0});
+    }
+    let per_s =
+        |now: u64, then: u64| ((now.saturating_sub(then)) as f64 / secs * 10.0).round() / 10.0;
+    json!({
+        "window_s": secs.round(),
+        "enqueued_per_s": per_s(s.enqueued_total, enq),
+        "completed_per_s": per_s(s.completed_total, done),
+        "dead_lettered_per_s": per_s(s.dead_lettered_total, dead),
+    })
+}
 
 /// Queue names: 1..=64 of `A-Z a-z 0-9 . _ -`, not starting with `.` or `-`.
 pub fn validate_name(name: &str) -> Result<(), ApiError> {
@@ -104,6 +171,7 @@ struct QueueInput {
     ttl_ms: Option<u64>,
     max_messages: Option<u64>,
     max_bytes: Option<u64>,
+    failover_after_ms: Option<u64>,
 }
 
 fn range<T: PartialOrd + std::fmt::Display>(
@@ -249,7 +317,14 @@ pub fn parse_config(body: &[u8]) -> Result<QueueConfig, ApiError> {
         1,
         1024 * 1024 * 1024,
     )?;
+    let failover_after_ms = range(
+        "failover_after_ms",
+        input.failover_after_ms.unwrap_or(d.failover_after_ms),
+        0,
+        86_400_000,
+    )?;
     Ok(QueueConfig {
+        failover_after_ms,
         delivery,
         max_deliveries,
         lock_ms,
@@ -340,6 +415,7 @@ pub fn config_json(c: &QueueConfig) -> Value {
         "ttl_ms": c.ttl_ms,
         "max_messages": c.max_messages,
         "max_bytes": c.max_bytes,
+        "failover_after_ms": c.failover_after_ms,
     })
 }
 
@@ -361,6 +437,8 @@ fn queue_json(st: &AdminState, name: &str, e: &QueueEntry) -> Result<Value, ApiE
         "duplicates_total": s.duplicates_total,
         "completed_total": s.completed_total,
         "expired_total": s.expired_total,
+        "dead_lettered_total": s.dead_lettered_total,
+        "rates": rates_json(name, &s),
     });
     Ok(v)
 }
@@ -466,7 +544,79 @@ pub fn meta_json(m: &MessageMeta) -> Value {
         "headers": headers,
         "body_bytes": m.body_len,
         "dead_letter_reason": m.dead_reason,
+        "dead_letter_excerpt": m.dead_excerpt,
+        "last_status": m.last_status,
+        "last_tenant": m.last_tenant,
+        "attempts_total": m.attempts_total,
     })
+}
+
+fn attempt_json(a: &Attempt) -> Value {
+    json!({
+        "at_ms": a.at_ms,
+        "tenant": a.tenant,
+        "status": a.status,
+        "error": a.error,
+        "latency_ms": a.latency_ms,
+        "counted": a.counted,
+        "note": a.note,
+    })
+}
+
+/// `GET /admin/messages/{id}`: where a message is and what happened to it: accepted when,
+/// every attempt (tenant, status, latency, failover notes) and its final state. Finished
+/// messages are kept for `queue::TRACE_RETENTION_MS`.
+pub(crate) async fn message_trace(
+    State(st): Shared,
+    Path(id): Path<String>,
+    Query(opts): Query<ReadOpts>,
+) -> Result<Json<Value>, ApiError> {
+    barrier(&st, &opts).await?;
+    let found = queue::find_message(&*st.store, &id, MAX_TRACE_QUEUES)?.ok_or_else(|| {
+        ApiError::NotFound(format!(
+            "message `{id}` (finished messages are kept for {} s)",
+            queue::TRACE_RETENTION_MS / 1000
+        ))
+    })?;
+    let (queue, meta, state, extra) = match found {
+        Whereabouts::Live { queue, meta, lease } => {
+            let (state, extra) = match lease {
+                Some(l) if l.deadline_ms > now_ms() => (
+                    "in_flight",
+                    json!({"held_by": l.consumer, "locked_until_ms": l.deadline_ms}),
+                ),
+                _ if meta.visible_at_ms > now_ms() => (
+                    "waiting_retry",
+                    json!({"visible_at_ms": meta.visible_at_ms}),
+                ),
+                _ => ("ready", json!({})),
+            };
+            (queue, meta, state, extra)
+        }
+        Whereabouts::Dead { queue, meta } => (queue, meta, "dead_lettered", json!({})),
+        Whereabouts::Finished(t) => {
+            let state = match t.outcome {
+                Final::Completed => "completed",
+                Final::Expired => "expired",
+            };
+            (
+                t.queue,
+                t.meta,
+                state,
+                json!({"finished_ms": t.finished_ms}),
+            )
+        }
+    };
+    let mut v = meta_json(&meta);
+    v["queue"] = json!(queue);
+    v["accepted_ms"] = json!(meta.enqueued_ms);
+    v["state"] = json!(state);
+    v["uncertain"] = json!(meta.uncertain);
+    v["attempts"] = json!(meta.attempts.iter().map(attempt_json).collect::<Vec<_>>());
+    if let (Some(o), Some(e)) = (v.as_object_mut(), extra.as_object()) {
+        o.extend(e.clone());
+    }
+    Ok(Json(v))
 }
 
 #[derive(Deserialize)]

@@ -153,6 +153,19 @@ pub enum Outcome {
     Cancelled,
 }
 
+/// Whether one named tenant can take work on this node now (see [`Pool::availability`]).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Availability {
+    Selectable,
+    /// Not selectable for `for_ms` (unhealthy, not yet probed, draining, disabled...).
+    Unavailable {
+        for_ms: u64,
+        reason: String,
+    },
+    /// Not in the pool (removed, or never registered).
+    Unknown,
+}
+
 /// Restricts a pick.
 #[derive(Debug, Clone, Default)]
 pub struct Selector {
@@ -888,6 +901,29 @@ impl Pool {
         Err(PoolError::Saturated)
     }
 
+    /// Whether tenant `name` can take work now, and if not, since when and why. Admin states
+    /// (draining, disabled) and unusable credentials count as unavailable for ever.
+    pub fn availability(&self, name: &str) -> Availability {
+        let Some(t) = self.get(name) else {
+            return Availability::Unknown;
+        };
+        let conf = t.conf();
+        let h = lock(&t.health);
+        match t.excluded(&conf, &h) {
+            None => Availability::Selectable,
+            Some(reason) => {
+                let for_ms = if conf.spec.state != AdminState::Active || conf.creds.is_err() {
+                    u64::MAX
+                } else {
+                    Instant::now()
+                        .saturating_duration_since(h.changed_at)
+                        .as_millis() as u64
+                };
+                Availability::Unavailable { for_ms, reason }
+            }
+        }
+    }
+
     /// Like [`Pool::pick_with`], but when every selectable tenant is at its concurrency limit,
     /// waits up to `wait` for a slot to free (woken by each call that ends). At most
     /// [`MAX_PICK_WAITERS`] callers wait at once; the next one gets `Saturated` at once.
@@ -916,6 +952,26 @@ impl Pool {
                 break Err(PoolError::Saturated);
             }
         }
+    }
+
+    /// Claims tenant `name` itself for one call (a sticky redelivery), within its adaptive
+    /// limit. Fails when it is not selectable or is at its limit.
+    pub fn acquire(&self, name: &str) -> Result<Lease, PoolError> {
+        let t = self
+            .get(name)
+            .ok_or_else(|| PoolError::UnknownTenant(name.to_string()))?;
+        let c = t.candidate(Instant::now(), self.opts.slow_start);
+        if let Some(reasons) = c.excluded {
+            return Err(PoolError::NoTenant { reasons });
+        }
+        if !t.try_acquire(c.limit) {
+            return Err(PoolError::Saturated);
+        }
+        Ok(Lease {
+            tenant: t,
+            started: Instant::now(),
+            done: false,
+        })
     }
 
     /// Keeps tenant `name` out of selection for `for_` (capped at [`MAX_BACKOFF`]): it

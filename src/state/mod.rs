@@ -101,6 +101,21 @@ pub enum Command {
     },
     /// Removes a dead letter (or a chunk of all of them).
     QueuePurgeDead { queue: String, id: Option<String> },
+    /// Push dispatch, proposed by the leader: leases messages to the tenants it chose until
+    /// `now_ms + lock_ms`, and holds back those whose sticky tenant cannot take them yet.
+    QueueDispatch {
+        queue: String,
+        now_ms: u64,
+        lock_ms: u64,
+        leases: Vec<queue::PushLease>,
+        defers: Vec<queue::Defer>,
+    },
+    /// Push outcomes: complete, retry after the stamped backoff, or dead-letter.
+    QueueRecord {
+        queue: String,
+        now_ms: u64,
+        results: Vec<queue::DeliveryResult>,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -293,6 +308,18 @@ impl CorralState {
             Command::QueueSweep { now_ms } => q.sweep(now_ms),
             Command::QueueRedrive { queue, id, now_ms } => q.redrive(&queue, id.as_deref(), now_ms),
             Command::QueuePurgeDead { queue, id } => q.purge_dead(&queue, id.as_deref()),
+            Command::QueueDispatch {
+                queue,
+                now_ms,
+                lock_ms,
+                leases,
+                defers,
+            } => q.dispatch(&queue, now_ms, lock_ms, leases, defers),
+            Command::QueueRecord {
+                queue,
+                now_ms,
+                results,
+            } => q.record(&queue, now_ms, results),
             Command::ConfigPut { .. }
             | Command::ConfigDelete { .. }
             | Command::TenantPut { .. }

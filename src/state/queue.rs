@@ -64,11 +64,22 @@ pub const DEFAULT_MAX_MESSAGES: u64 = 100_000;
 /// Default cap on stored body bytes per queue (32 MiB: snapshots must still fit one 64 MiB
 /// transport frame until chunked snapshots exist; see docs/queue.md).
 pub const DEFAULT_MAX_BYTES: u64 = 32 * 1024 * 1024;
+/// Default time a tenant must have been unhealthy before a message whose last attempt there
+/// had an uncertain outcome may move to another tenant (30 s).
+pub const DEFAULT_FAILOVER_AFTER_MS: u64 = 30_000;
+/// Attempts kept per message for its trace (the oldest are dropped; `attempts_total` counts all).
+pub const MAX_TRACE_ATTEMPTS: usize = 16;
+/// How long the trace of a completed or expired message is kept (1 hour).
+pub const TRACE_RETENTION_MS: u64 = 3_600_000;
+/// Most traces of finished messages kept cluster-wide; the sweep removes the oldest beyond it.
+pub const MAX_RETAINED_TRACES: u64 = 100_000;
+/// Bytes of the body kept with a dead letter as its excerpt.
+pub const DEAD_EXCERPT_BYTES: usize = 256;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Delivery {
     Pull,
-    /// Push to the tenant pool at `path` (e.g. `/http/orders`); dispatch is future work.
+    /// Push to the tenant pool at `path` (e.g. `/http/orders`) by the leader's dispatcher.
     Push {
         path: String,
     },
@@ -124,6 +135,9 @@ pub struct QueueConfig {
     pub ttl_ms: Option<u64>,
     pub max_messages: u64,
     pub max_bytes: u64,
+    /// Push only: how long the tenant of an uncertain attempt must have been unhealthy before
+    /// the message may go to another tenant (until then it waits for that tenant).
+    pub failover_after_ms: u64,
 }
 
 impl Default for QueueConfig {
@@ -141,6 +155,7 @@ impl Default for QueueConfig {
             ttl_ms: None,
             max_messages: DEFAULT_MAX_MESSAGES,
             max_bytes: DEFAULT_MAX_BYTES,
+            failover_after_ms: DEFAULT_FAILOVER_AFTER_MS,
         }
     }
 }
@@ -169,6 +184,7 @@ pub struct QueueStats {
     pub duplicates_total: u64,
     pub completed_total: u64,
     pub expired_total: u64,
+    pub dead_lettered_total: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -186,6 +202,93 @@ pub struct MessageMeta {
     pub body_len: u64,
     /// Why it was dead-lettered (dead letters only).
     pub dead_reason: Option<String>,
+    /// The start of the body (dead letters only), for listings.
+    pub dead_excerpt: Option<String>,
+    /// The last [`MAX_TRACE_ATTEMPTS`] deliveries, oldest first.
+    pub attempts: Vec<Attempt>,
+    /// Every delivery attempt, counted or not.
+    pub attempts_total: u32,
+    /// The tenant (push) or consumer (pull) of the latest attempt.
+    pub last_tenant: Option<String>,
+    /// The latest attempt's outcome is unknown (in flight, timed out, lost with a leader):
+    /// a push redelivery then goes to `last_tenant` so its idempotent process call can drop
+    /// a duplicate.
+    pub uncertain: bool,
+    /// The latest HTTP status a tenant answered.
+    pub last_status: Option<u16>,
+}
+
+/// One delivery of a message, for its trace.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Attempt {
+    pub at_ms: u64,
+    /// Tenant (push) or consumer (pull).
+    pub tenant: String,
+    pub status: Option<u16>,
+    pub error: Option<String>,
+    pub latency_ms: Option<u64>,
+    /// Counted toward `max_deliveries` (tenant trouble is not).
+    pub counted: bool,
+    /// Why this tenant was chosen when it was not the obvious one (failover).
+    pub note: Option<String>,
+}
+
+/// A leader's choice: lease message `seq` to `tenant` under `lock_token`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PushLease {
+    pub seq: u64,
+    pub lock_token: String,
+    pub tenant: String,
+    pub note: Option<String>,
+}
+
+/// Holds message `seq` back until `until_ms` (its sticky tenant cannot take it yet).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Defer {
+    pub seq: u64,
+    pub until_ms: u64,
+}
+
+/// How a push attempt ended, decided by the dispatcher (backoff and jitter stamped in).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Verdict {
+    /// 2xx: the message is done.
+    Completed,
+    /// Try again at `visible_at_ms`. `counted`: the attempt counts toward `max_deliveries`
+    /// (past it the message is dead-lettered). `uncertain`: the tenant may have processed it.
+    Retry {
+        visible_at_ms: u64,
+        counted: bool,
+        uncertain: bool,
+    },
+}
+
+/// The outcome of one push attempt, reported by the dispatcher.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeliveryResult {
+    pub seq: u64,
+    pub lock_token: String,
+    pub tenant: String,
+    pub status: Option<u16>,
+    pub error: Option<String>,
+    pub latency_ms: u64,
+    pub verdict: Verdict,
+}
+
+/// How a message's life ended, kept for [`TRACE_RETENTION_MS`] after it left the queue.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Final {
+    Completed,
+    Expired,
+}
+
+/// The retained trace of a finished message (`qh/<id>`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FinishedTrace {
+    pub queue: String,
+    pub meta: MessageMeta,
+    pub outcome: Final,
+    pub finished_ms: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -280,6 +383,19 @@ pub enum QueueResponse {
         count: u64,
         done: bool,
     },
+    /// The answer to a dispatch: the messages now leased (with bodies) and how many were
+    /// deferred; the rest of the asked-for leases were no longer available.
+    Dispatched {
+        leased: Vec<Received>,
+        deferred: u32,
+    },
+    /// The answer to delivery results. `lost`: results whose lease had moved on.
+    Recorded {
+        completed: u32,
+        retried: u32,
+        dead_lettered: u32,
+        lost: u32,
+    },
 }
 
 // ---------- keys ----------
@@ -333,6 +449,47 @@ fn blocked_by_order(
         .first()
         .and_then(|(k, _)| k.len().checked_sub(8).and_then(|i| be_u64(&k[i..])))
         .is_some_and(|oldest| oldest != meta.sequence))
+}
+
+/// `qh/<id>`: the retained trace of a finished message (ids are unique across queues).
+fn trace_key(id: &str) -> Vec<u8> {
+    keys::state(format!("qh/{id}").as_bytes())
+}
+
+/// `qy/<until><id>`: when a retained trace goes.
+fn trace_exp_key(until_ms: u64, id: &str) -> Vec<u8> {
+    let mut key = keys::state(b"qy/");
+    key.extend_from_slice(&until_ms.to_be_bytes());
+    key.extend_from_slice(id.as_bytes());
+    key
+}
+
+/// `qz`: how many traces are retained (for the [`MAX_RETAINED_TRACES`] bound).
+fn trace_count_key() -> Vec<u8> {
+    keys::state(b"qz")
+}
+
+fn trace_count(kv: &dyn Store, batch: &WriteBatch) -> Result<u64, StoreError> {
+    Ok(batch
+        .read_through(kv, &trace_count_key())?
+        .and_then(|b| be_u64(&b))
+        .unwrap_or(0))
+}
+
+/// Appends `a` to the message's trace, keeping the newest [`MAX_TRACE_ATTEMPTS`].
+fn push_attempt(meta: &mut MessageMeta, a: Attempt) {
+    if meta.attempts.len() >= MAX_TRACE_ATTEMPTS {
+        meta.attempts.remove(0);
+    }
+    meta.attempts.push(a);
+}
+
+/// What a lease grants: found at ready-index `key`, held by `holder` until `deadline_ms`.
+struct Grant {
+    key: Vec<u8>,
+    lock_token: String,
+    deadline_ms: u64,
+    holder: String,
 }
 
 fn exp_key(kind: &str, at: u64, queue: &str, rest: &[u8]) -> Vec<u8> {
@@ -463,9 +620,90 @@ pub fn has_visible(
     Ok(false)
 }
 
-/// True when some dedup entry or lease has expired by `now_ms` (the leader then sweeps).
+/// Up to `limit` messages of `queue` visible at `now_ms` that a dispatcher may lease, oldest
+/// first, skipping those `skip` names (already being dispatched) and, under per-key ordering,
+/// those an older message of their key blocks. Inspects at most `4 * limit` index entries.
+pub fn visible_candidates(
+    kv: &dyn Store,
+    queue: &str,
+    cfg: &QueueConfig,
+    now_ms: u64,
+    limit: usize,
+    skip: impl Fn(u64) -> bool,
+) -> Result<Vec<MessageMeta>, StoreError> {
+    let from = qk("r", queue, &[]);
+    let to = ready_key(queue, now_ms.saturating_add(1), 0);
+    let b = WriteBatch::default();
+    let mut out = Vec::new();
+    for (key, _) in kv.range(&from, &to, limit.saturating_mul(4))? {
+        let Some(seq) = key.len().checked_sub(8).and_then(|i| be_u64(&key[i..])) else {
+            continue;
+        };
+        if skip(seq) {
+            continue;
+        }
+        let Some(meta) = get::<MessageMeta>(kv, &b, &seq_key("m", queue, seq), "message")? else {
+            continue;
+        };
+        if !blocked_by_order(kv, &b, queue, cfg.ordering, &meta)? {
+            out.push(meta);
+            if out.len() >= limit {
+                break;
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Where a message is now, for its trace.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Whereabouts {
+    /// Live in `queue`; `lease` while a tenant or consumer holds it.
+    Live {
+        queue: String,
+        meta: MessageMeta,
+        lease: Option<Lease>,
+    },
+    Dead {
+        queue: String,
+        meta: MessageMeta,
+    },
+    Finished(FinishedTrace),
+}
+
+/// Finds message `id` in any queue (live or dead), or its retained trace. Looks in at most
+/// `max_queues` queues.
+pub fn find_message(
+    kv: &dyn Store,
+    id: &str,
+    max_queues: usize,
+) -> Result<Option<Whereabouts>, StoreError> {
+    let b = WriteBatch::default();
+    if let Some(t) = get::<FinishedTrace>(kv, &b, &trace_key(id), "trace")? {
+        return Ok(Some(Whereabouts::Finished(t)));
+    }
+    for (queue, _) in list_queues(kv, None, max_queues)? {
+        let Some(seq) = read_id(kv, &b, &queue, id)? else {
+            continue;
+        };
+        if let Some(meta) = get::<MessageMeta>(kv, &b, &seq_key("m", &queue, seq), "message")? {
+            let lease = get::<Lease>(kv, &b, &seq_key("l", &queue, seq), "lease")?;
+            return Ok(Some(Whereabouts::Live { queue, meta, lease }));
+        }
+        if let Some(meta) = get::<MessageMeta>(kv, &b, &seq_key("x", &queue, seq), "dead")? {
+            return Ok(Some(Whereabouts::Dead { queue, meta }));
+        }
+    }
+    Ok(None)
+}
+
+/// True when some dedup entry, lease or retained trace has expired by `now_ms`, or more than
+/// [`MAX_RETAINED_TRACES`] traces are kept (the leader then sweeps).
 pub fn sweep_due(kv: &dyn Store, now_ms: u64) -> Result<bool, StoreError> {
-    for kind in ["e", "t"] {
+    if trace_count(kv, &WriteBatch::default())? > MAX_RETAINED_TRACES {
+        return Ok(true);
+    }
+    for kind in ["e", "t", "y"] {
         let from = keys::state(format!("q{kind}/").as_bytes());
         let mut to = from.clone();
         to.extend_from_slice(&now_ms.to_be_bytes());
@@ -753,6 +991,12 @@ impl Apply<'_> {
                         headers: m.headers,
                         body_len: m.body.len() as u64,
                         dead_reason: None,
+                        dead_excerpt: None,
+                        attempts: Vec::new(),
+                        attempts_total: 0,
+                        last_tenant: None,
+                        uncertain: false,
+                        last_status: None,
                     };
                     self.batch.put(seq_key("m", queue, seq), encode(&meta));
                     self.batch.put(seq_key("b", queue, seq), m.body);
@@ -826,11 +1070,116 @@ impl Apply<'_> {
         stats: &mut QueueStats,
     ) -> Result<(), StoreError> {
         self.remove_live(queue, &meta, stats, true)?;
+        let body = self
+            .batch
+            .read_through(self.kv, &seq_key("b", queue, meta.sequence))?
+            .unwrap_or_default();
+        let end = body.len().min(DEAD_EXCERPT_BYTES);
+        meta.dead_excerpt = Some(String::from_utf8_lossy(&body[..end]).into_owned());
         meta.dead_reason = Some(reason);
         stats.dead_letters += 1;
+        stats.dead_lettered_total += 1;
         stats.dead_bytes += meta.body_len;
         self.batch
             .put(seq_key("x", queue, meta.sequence), encode(&meta));
+        Ok(())
+    }
+
+    /// Leases `meta` (found at ready-index `key`): any expired lease is replaced, the ready
+    /// entry moves to the lock deadline, and the attempt is recorded for the trace.
+    fn lease(
+        &mut self,
+        queue: &str,
+        mut meta: MessageMeta,
+        grant: Grant,
+        attempt: Attempt,
+        stats: &mut QueueStats,
+    ) -> Result<Received, StoreError> {
+        let seq = meta.sequence;
+        self.drop_lease(queue, seq, stats)?;
+        self.batch.delete(grant.key);
+        let deadline = grant.deadline_ms;
+        meta.delivery_count += 1;
+        meta.attempts_total = meta.attempts_total.saturating_add(1);
+        meta.visible_at_ms = deadline;
+        meta.last_tenant = Some(attempt.tenant.clone());
+        meta.uncertain = true;
+        push_attempt(&mut meta, attempt);
+        self.batch.put(ready_key(queue, deadline, seq), vec![]);
+        self.batch.put(seq_key("m", queue, seq), encode(&meta));
+        let lease = Lease {
+            lock_token: grant.lock_token.clone(),
+            deadline_ms: deadline,
+            consumer: grant.holder,
+        };
+        self.batch.put(seq_key("l", queue, seq), encode(&lease));
+        self.batch
+            .put(exp_key("t", deadline, queue, &seq.to_be_bytes()), vec![]);
+        stats.in_flight += 1;
+        let body = self
+            .batch
+            .read_through(self.kv, &seq_key("b", queue, seq))?
+            .unwrap_or_default();
+        Ok(Received {
+            meta,
+            body,
+            lock_token: grant.lock_token,
+            locked_until_ms: deadline,
+        })
+    }
+
+    /// A message met at the head that may not be delivered any more: TTL-expired ones are
+    /// dropped (their trace kept), over-delivered ones dead-lettered. True when it was removed.
+    fn retire_if_due(
+        &mut self,
+        queue: &str,
+        cfg: &QueueConfig,
+        meta: &MessageMeta,
+        now_ms: u64,
+        stats: &mut QueueStats,
+    ) -> Result<bool, StoreError> {
+        if meta.expires_at_ms.is_some_and(|t| t <= now_ms) {
+            self.remove_live(queue, meta, stats, false)?;
+            stats.expired_total += 1;
+            self.keep_trace(queue, meta.clone(), Final::Expired, now_ms)?;
+            return Ok(true);
+        }
+        if meta.delivery_count >= cfg.max_deliveries {
+            let reason = format!(
+                "delivered {} times (max_deliveries {})",
+                meta.delivery_count, cfg.max_deliveries
+            );
+            self.dead_letter(queue, meta.clone(), reason, stats)?;
+            return Ok(true);
+        }
+        Ok(false)
+    }
+
+    /// Keeps the trace of a message that left the queue, for [`TRACE_RETENTION_MS`] (and at
+    /// most [`MAX_RETAINED_TRACES`] of them, oldest removed first by the sweep).
+    fn keep_trace(
+        &mut self,
+        queue: &str,
+        meta: MessageMeta,
+        outcome: Final,
+        now_ms: u64,
+    ) -> Result<(), StoreError> {
+        let hkey = trace_key(&meta.id);
+        if get::<FinishedTrace>(self.kv, self.batch, &hkey, "trace")?.is_some() {
+            return Ok(());
+        }
+        let until = now_ms.saturating_add(TRACE_RETENTION_MS);
+        self.batch.put(trace_exp_key(until, &meta.id), vec![]);
+        let t = FinishedTrace {
+            queue: queue.to_string(),
+            meta,
+            outcome,
+            finished_ms: now_ms,
+        };
+        self.batch.put(hkey, encode(&t));
+        let n = trace_count(self.kv, self.batch)?;
+        self.batch
+            .put(trace_count_key(), (n + 1).to_be_bytes().to_vec());
         Ok(())
     }
 
@@ -857,56 +1206,37 @@ impl Apply<'_> {
             let Some(seq) = key.len().checked_sub(8).and_then(|i| be_u64(&key[i..])) else {
                 continue;
             };
-            let Some(mut meta) =
+            let Some(meta) =
                 get::<MessageMeta>(self.kv, self.batch, &seq_key("m", queue, seq), "message")?
             else {
                 // An index entry without its message: drop it.
                 self.batch.delete(key);
                 continue;
             };
-            if meta.expires_at_ms.is_some_and(|t| t <= now_ms) {
-                self.remove_live(queue, &meta, &mut stats, false)?;
-                stats.expired_total += 1;
-                continue;
-            }
-            if meta.delivery_count >= entry.config.max_deliveries {
-                let reason = format!(
-                    "delivered {} times (max_deliveries {})",
-                    meta.delivery_count, entry.config.max_deliveries
-                );
-                self.dead_letter(queue, meta, reason, &mut stats)?;
+            if self.retire_if_due(queue, &entry.config, &meta, now_ms, &mut stats)? {
                 continue;
             }
             if blocked_by_order(self.kv, self.batch, queue, entry.config.ordering, &meta)? {
                 continue;
             }
-            // Lease it: any expired lease is replaced.
-            self.drop_lease(queue, seq, &mut stats)?;
-            self.batch.delete(key);
-            let deadline = now_ms.saturating_add(lock_ms);
-            meta.delivery_count += 1;
-            meta.visible_at_ms = deadline;
-            self.batch.put(ready_key(queue, deadline, seq), vec![]);
-            self.batch.put(seq_key("m", queue, seq), encode(&meta));
-            let lease = Lease {
-                lock_token: lock_token.clone(),
-                deadline_ms: deadline,
-                consumer: consumer.clone(),
+            let attempt = Attempt {
+                at_ms: now_ms,
+                tenant: consumer.clone(),
+                status: None,
+                error: None,
+                latency_ms: None,
+                counted: true,
+                note: None,
             };
-            self.batch.put(seq_key("l", queue, seq), encode(&lease));
-            self.batch
-                .put(exp_key("t", deadline, queue, &seq.to_be_bytes()), vec![]);
-            stats.in_flight += 1;
-            let body = self
-                .batch
-                .read_through(self.kv, &seq_key("b", queue, seq))?
-                .unwrap_or_default();
-            found = Some(Box::new(Received {
-                meta,
-                body,
+            let grant = Grant {
+                key,
                 lock_token: lock_token.clone(),
-                locked_until_ms: deadline,
-            }));
+                deadline_ms: now_ms.saturating_add(lock_ms),
+                holder: consumer.clone(),
+            };
+            found = Some(Box::new(
+                self.lease(queue, meta, grant, attempt, &mut stats)?,
+            ));
             break;
         }
         self.put_stats(queue, &stats);
@@ -945,6 +1275,8 @@ impl Apply<'_> {
             Settle::Complete => {
                 self.remove_live(queue, &meta, &mut stats, false)?;
                 stats.completed_total += 1;
+                meta.uncertain = false;
+                self.keep_trace(queue, meta, Final::Completed, now_ms)?;
                 QueueResponse::Settled {
                     locked_until_ms: None,
                 }
@@ -1039,9 +1371,207 @@ impl Apply<'_> {
                 }
             }
         }
+        self.sweep_traces(now_ms)?;
         Ok(QueueResponse::Swept {
             dedup_expired: out.0,
             leases_expired: out.1,
+        })
+    }
+
+    /// Removes retained traces that expired, and the oldest beyond [`MAX_RETAINED_TRACES`]
+    /// (at most [`SWEEP_LIMIT`] per sweep).
+    fn sweep_traces(&mut self, now_ms: u64) -> Result<(), StoreError> {
+        let mut count = trace_count(self.kv, self.batch)?;
+        let from = keys::state(b"qy/");
+        let over = count.saturating_sub(MAX_RETAINED_TRACES) as usize;
+        let found = scan_through(self.kv, self.batch, &from, &prefix_end(&from), SWEEP_LIMIT)?;
+        let mut removed = 0usize;
+        for (key, _) in found {
+            let at = be_u64(&key[from.len()..from.len() + 8]).unwrap_or(0);
+            if at > now_ms && removed >= over {
+                break;
+            }
+            let id = String::from_utf8_lossy(&key[from.len() + 8..]).into_owned();
+            self.batch.delete(key);
+            self.batch.delete(trace_key(&id));
+            count = count.saturating_sub(1);
+            removed += 1;
+            if removed >= SWEEP_LIMIT {
+                break;
+            }
+        }
+        if removed > 0 {
+            self.batch
+                .put(trace_count_key(), count.to_be_bytes().to_vec());
+        }
+        Ok(())
+    }
+
+    /// Leases messages to the tenants the leader's dispatcher chose, and defers those whose
+    /// sticky tenant cannot take them yet. A lease whose message is no longer visible (taken,
+    /// settled, blocked by its ordering key) is skipped: the dispatcher's view may lag.
+    pub fn dispatch(
+        &mut self,
+        queue: &str,
+        now_ms: u64,
+        lock_ms: u64,
+        leases: Vec<PushLease>,
+        defers: Vec<Defer>,
+    ) -> Result<QueueResponse, StoreError> {
+        let (entry, mut stats) = match self.load(queue)? {
+            Live::Gone => return Ok(QueueResponse::NotFound),
+            Live::Deleting => return Ok(QueueResponse::Deleting),
+            Live::Ok(e, s) => (e, s),
+        };
+        let mut leased = Vec::with_capacity(leases.len());
+        for l in leases {
+            let Some(meta) = self.visible(queue, l.seq, now_ms)? else {
+                continue;
+            };
+            if self.retire_if_due(queue, &entry.config, &meta, now_ms, &mut stats)? {
+                continue;
+            }
+            if blocked_by_order(self.kv, self.batch, queue, entry.config.ordering, &meta)? {
+                continue;
+            }
+            let grant = Grant {
+                key: ready_key(queue, meta.visible_at_ms, l.seq),
+                lock_token: l.lock_token,
+                deadline_ms: now_ms.saturating_add(lock_ms),
+                holder: l.tenant.clone(),
+            };
+            let attempt = Attempt {
+                at_ms: now_ms,
+                tenant: l.tenant,
+                status: None,
+                error: None,
+                latency_ms: None,
+                counted: true,
+                note: l.note,
+            };
+            leased.push(self.lease(queue, meta, grant, attempt, &mut stats)?);
+        }
+        let mut deferred = 0u32;
+        for d in defers {
+            let Some(mut meta) = self.visible(queue, d.seq, now_ms)? else {
+                continue;
+            };
+            self.batch
+                .delete(ready_key(queue, meta.visible_at_ms, d.seq));
+            meta.visible_at_ms = d.until_ms.max(now_ms);
+            self.batch
+                .put(ready_key(queue, meta.visible_at_ms, d.seq), vec![]);
+            self.batch.put(seq_key("m", queue, d.seq), encode(&meta));
+            deferred += 1;
+        }
+        self.put_stats(queue, &stats);
+        Ok(QueueResponse::Dispatched { leased, deferred })
+    }
+
+    /// The live message `seq` if it is visible at `now_ms` (not leased, not backing off).
+    fn visible(
+        &self,
+        queue: &str,
+        seq: u64,
+        now_ms: u64,
+    ) -> Result<Option<MessageMeta>, StoreError> {
+        let meta: Option<MessageMeta> =
+            get(self.kv, self.batch, &seq_key("m", queue, seq), "message")?;
+        Ok(meta.filter(|m| m.visible_at_ms <= now_ms))
+    }
+
+    /// Records push outcomes. A 2xx completes the message even when its lease moved on (the
+    /// tenant did process it; a concurrent attempt's duplicate is the tenant's idempotent
+    /// call's to drop). Other results apply only while their lease still holds.
+    pub fn record(
+        &mut self,
+        queue: &str,
+        now_ms: u64,
+        results: Vec<DeliveryResult>,
+    ) -> Result<QueueResponse, StoreError> {
+        let (entry, mut stats) = match self.load(queue)? {
+            Live::Gone => return Ok(QueueResponse::NotFound),
+            Live::Deleting => return Ok(QueueResponse::Deleting),
+            Live::Ok(e, s) => (e, s),
+        };
+        let (mut completed, mut retried, mut dead, mut lost) = (0u32, 0u32, 0u32, 0u32);
+        for r in results {
+            let Some(mut meta) =
+                get::<MessageMeta>(self.kv, self.batch, &seq_key("m", queue, r.seq), "message")?
+            else {
+                lost += 1;
+                continue;
+            };
+            let lease: Option<Lease> =
+                get(self.kv, self.batch, &seq_key("l", queue, r.seq), "lease")?;
+            let holds = lease.is_some_and(|l| l.lock_token == r.lock_token);
+            let counted = matches!(r.verdict, Verdict::Retry { counted: true, .. });
+            let outcome = Attempt {
+                at_ms: now_ms.saturating_sub(r.latency_ms),
+                tenant: r.tenant.clone(),
+                status: r.status,
+                error: r.error.clone(),
+                latency_ms: Some(r.latency_ms),
+                counted: counted || r.verdict == Verdict::Completed,
+                note: None,
+            };
+            match (holds, meta.attempts.last_mut()) {
+                (true, Some(last)) if last.tenant == r.tenant => {
+                    let note = last.note.take();
+                    *last = Attempt { note, ..outcome };
+                }
+                _ => push_attempt(&mut meta, outcome),
+            }
+            meta.last_status = r.status.or(meta.last_status);
+            match r.verdict {
+                Verdict::Completed => {
+                    self.remove_live(queue, &meta, &mut stats, false)?;
+                    stats.completed_total += 1;
+                    meta.uncertain = false;
+                    self.keep_trace(queue, meta, Final::Completed, now_ms)?;
+                    completed += 1;
+                }
+                Verdict::Retry { .. } if !holds => lost += 1,
+                Verdict::Retry {
+                    visible_at_ms,
+                    counted,
+                    uncertain,
+                } => {
+                    self.drop_lease(queue, r.seq, &mut stats)?;
+                    if !counted {
+                        meta.delivery_count = meta.delivery_count.saturating_sub(1);
+                    }
+                    meta.uncertain = uncertain;
+                    if counted && meta.delivery_count >= entry.config.max_deliveries {
+                        let status = r
+                            .status
+                            .map(|s| format!("status {s}"))
+                            .or(r.error)
+                            .unwrap_or_default();
+                        let reason = format!(
+                            "failed {} deliveries (max_deliveries {}); last: {status}",
+                            meta.delivery_count, entry.config.max_deliveries
+                        );
+                        self.dead_letter(queue, meta, reason, &mut stats)?;
+                        dead += 1;
+                        continue;
+                    }
+                    self.batch
+                        .delete(ready_key(queue, meta.visible_at_ms, r.seq));
+                    meta.visible_at_ms = visible_at_ms.max(now_ms);
+                    self.batch
+                        .put(ready_key(queue, meta.visible_at_ms, r.seq), vec![]);
+                    self.batch.put(seq_key("m", queue, r.seq), encode(&meta));
+                    retried += 1;
+                }
+            }
+        }
+        self.put_stats(queue, &stats);
+        Ok(QueueResponse::Recorded {
+            completed,
+            retried,
+            dead_lettered: dead,
+            lost,
         })
     }
 
@@ -1069,6 +1599,7 @@ impl Apply<'_> {
             stats.dead_letters = stats.dead_letters.saturating_sub(1);
             stats.dead_bytes = stats.dead_bytes.saturating_sub(meta.body_len);
             meta.dead_reason = None;
+            meta.dead_excerpt = None;
             meta.delivery_count = 0;
             meta.visible_at_ms = now_ms;
             self.batch.put(seq_key("m", queue, seq), encode(&meta));

@@ -239,7 +239,8 @@ fn receive_leases_once_and_lock_expiry_redelivers() {
         (s.depth, s.bytes, s.in_flight, s.completed_total),
         (0, 0, 0, 1)
     );
-    assert_eq!(t.state_keys(), 2, "completed message left keys behind");
+    // Config and stats remain, plus the retained trace (record, expiry index, count).
+    assert_eq!(t.state_keys(), 5, "completed message left keys behind");
 }
 
 #[test]
@@ -518,4 +519,263 @@ fn per_key_ordering_holds_back_later_messages_of_a_key() {
     ));
     assert_eq!(ids(&mut u, 1, "t1").as_deref(), Some("a1"));
     assert_eq!(ids(&mut u, 1, "t2").as_deref(), Some("a2"));
+}
+
+fn push_cfg(max_deliveries: u32) -> QueueConfig {
+    QueueConfig {
+        delivery: Delivery::Push {
+            path: "/http/orders".into(),
+        },
+        max_deliveries,
+        lock_ms: 1_000,
+        ..QueueConfig::default()
+    }
+}
+
+fn lease(seq: u64, token: &str, tenant: &str) -> PushLease {
+    PushLease {
+        seq,
+        lock_token: token.into(),
+        tenant: tenant.into(),
+        note: None,
+    }
+}
+
+fn dispatch(now_ms: u64, leases: Vec<PushLease>, defers: Vec<Defer>) -> Command {
+    Command::QueueDispatch {
+        queue: "p".into(),
+        now_ms,
+        lock_ms: 1_000,
+        leases,
+        defers,
+    }
+}
+
+/// One push outcome recorded at `now_ms`.
+fn result(
+    now_ms: u64,
+    seq: u64,
+    token: &str,
+    tenant: &str,
+    status: Option<u16>,
+    verdict: Verdict,
+) -> Command {
+    Command::QueueRecord {
+        queue: "p".into(),
+        now_ms,
+        results: vec![DeliveryResult {
+            seq,
+            lock_token: token.into(),
+            tenant: tenant.into(),
+            status,
+            error: None,
+            latency_ms: 5,
+            verdict,
+        }],
+    }
+}
+
+fn leased(r: QueueResponse) -> Vec<Received> {
+    match r {
+        QueueResponse::Dispatched { leased, .. } => leased,
+        other => panic!("expected Dispatched, got {other:?}"),
+    }
+}
+
+fn enqueue_p(t: &mut T, n: u64) {
+    let msgs = (0..n)
+        .map(|i| msg(&format!("m{i}"), None, format!("body {i}").as_bytes()))
+        .collect();
+    t.run(Command::QueueEnqueue {
+        queue: "p".into(),
+        now_ms: 100,
+        messages: msgs,
+    });
+}
+
+/// A dispatch leases each visible message once, to the tenant the leader chose, and marks the
+/// attempt uncertain until its outcome is recorded; a second lease of the same message in the
+/// same or a later command (before the lock expires) is skipped; a 2xx completes it, leaves
+/// only its retained trace, and the trace names the tenant, status and latency.
+#[test]
+fn push_lease_once_complete_and_trace() {
+    let mut t = T::new();
+    t.put("p", push_cfg(3));
+    enqueue_p(&mut t, 2);
+    let got = leased(t.run(dispatch(
+        200,
+        vec![
+            lease(1, "t1", "A"),
+            lease(1, "t2", "B"),
+            lease(2, "t3", "B"),
+        ],
+        vec![],
+    )));
+    assert_eq!(got.len(), 2, "seq 1 leased twice");
+    assert_eq!(got[0].meta.last_tenant.as_deref(), Some("A"));
+    assert!(got[0].meta.uncertain);
+    assert_eq!(got[0].body, b"body 0");
+    assert!(leased(t.run(dispatch(500, vec![lease(1, "t4", "B")], vec![]))).is_empty());
+    assert_eq!(t.stats("p").in_flight, 2);
+    let r = t.run(result(300, 1, "t1", "A", Some(200), Verdict::Completed));
+    assert!(
+        matches!(r, QueueResponse::Recorded { completed: 1, .. }),
+        "{r:?}"
+    );
+    match find_message(&*t.kv, "m0", 10).unwrap() {
+        Some(Whereabouts::Finished(tr)) => {
+            assert_eq!(tr.outcome, Final::Completed);
+            assert_eq!(tr.meta.attempts.len(), 1);
+            let a = &tr.meta.attempts[0];
+            assert_eq!(
+                (a.tenant.as_str(), a.status, a.latency_ms),
+                ("A", Some(200), Some(5))
+            );
+        }
+        other => panic!("no finished trace: {other:?}"),
+    }
+    match find_message(&*t.kv, "m1", 10).unwrap() {
+        Some(Whereabouts::Live { lease: Some(l), .. }) => assert_eq!(l.consumer, "B"),
+        other => panic!("m1 should be live and leased: {other:?}"),
+    }
+}
+
+/// Tenant trouble (429/503, connection errors, timeouts) does not count toward
+/// max_deliveries; other failures do, and past the limit the message is dead-lettered with the
+/// reason, last status and a body excerpt. A retry is not visible before its backoff.
+#[test]
+fn push_retries_count_only_real_failures() {
+    let mut t = T::new();
+    t.put("p", push_cfg(2));
+    enqueue_p(&mut t, 1);
+    let mut now = 200;
+    for i in 0..5 {
+        let tok = format!("x{i}");
+        assert_eq!(
+            leased(t.run(dispatch(now, vec![lease(1, &tok, "A")], vec![]))).len(),
+            1
+        );
+        let v = Verdict::Retry {
+            visible_at_ms: now + 50,
+            counted: false,
+            uncertain: false,
+        };
+        t.run(result(now + 10, 1, &tok, "A", Some(503), v));
+        assert!(leased(t.run(dispatch(now + 40, vec![lease(1, "early", "A")], vec![]))).is_empty());
+        now += 50;
+    }
+    let live = match find_message(&*t.kv, "m0", 10).unwrap() {
+        Some(Whereabouts::Live { meta, .. }) => meta,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!((live.delivery_count, live.attempts_total), (0, 5));
+    assert!(!live.uncertain);
+    for i in 0..2 {
+        let tok = format!("f{i}");
+        assert_eq!(
+            leased(t.run(dispatch(now, vec![lease(1, &tok, "A")], vec![]))).len(),
+            1
+        );
+        let v = Verdict::Retry {
+            visible_at_ms: now + 10,
+            counted: true,
+            uncertain: false,
+        };
+        t.run(result(now + 5, 1, &tok, "A", Some(500), v));
+        now += 10;
+    }
+    let s = t.stats("p");
+    assert_eq!((s.depth, s.dead_letters, s.in_flight), (0, 1, 0));
+    let dead = list_dead_letters(&*t.kv, "p", None, 10).unwrap();
+    let reason = dead[0].dead_reason.clone().unwrap();
+    assert!(
+        reason.contains("max_deliveries 2") && reason.contains("500"),
+        "{reason}"
+    );
+    assert_eq!(dead[0].dead_excerpt.as_deref(), Some("body 0"));
+    assert_eq!(dead[0].last_status, Some(500));
+}
+
+/// A lost lease (the lock expired and another attempt took over) cannot retry or count, but a
+/// 2xx from the old attempt still completes the message: the tenant did process it. A lease
+/// not settled becomes visible again exactly at its deadline, still marked uncertain with its
+/// tenant, so the next dispatch can send it back there.
+#[test]
+fn push_lost_leases_and_expiry() {
+    let mut t = T::new();
+    t.put("p", push_cfg(5));
+    enqueue_p(&mut t, 1);
+    assert_eq!(
+        leased(t.run(dispatch(200, vec![lease(1, "a", "A")], vec![]))).len(),
+        1
+    );
+    assert!(
+        visible_candidates(&*t.kv, "p", &push_cfg(5), 1_199, 10, |_| false)
+            .unwrap()
+            .is_empty()
+    );
+    let c = visible_candidates(&*t.kv, "p", &push_cfg(5), 1_200, 10, |_| false).unwrap();
+    assert_eq!(c.len(), 1);
+    assert!(c[0].uncertain && c[0].last_tenant.as_deref() == Some("A"));
+    assert_eq!(
+        leased(t.run(dispatch(1_200, vec![lease(1, "b", "A")], vec![]))).len(),
+        1
+    );
+    let retry = Verdict::Retry {
+        visible_at_ms: 0,
+        counted: true,
+        uncertain: false,
+    };
+    let r = t.run(result(1_300, 1, "a", "A", Some(500), retry));
+    assert!(
+        matches!(r, QueueResponse::Recorded { lost: 1, .. }),
+        "{r:?}"
+    );
+    let r = t.run(result(1_301, 1, "a", "A", Some(200), Verdict::Completed));
+    assert!(
+        matches!(r, QueueResponse::Recorded { completed: 1, .. }),
+        "{r:?}"
+    );
+    let s = t.stats("p");
+    assert_eq!((s.depth, s.in_flight, s.completed_total), (0, 0, 1));
+    let r = t.run(result(1_302, 1, "b", "A", Some(200), Verdict::Completed));
+    assert!(
+        matches!(r, QueueResponse::Recorded { lost: 1, .. }),
+        "{r:?}"
+    );
+}
+
+/// A deferral holds a message back until its time; traces go after their retention, and the
+/// sweep keeps their count right.
+#[test]
+fn push_defer_and_trace_retention() {
+    let mut t = T::new();
+    t.put("p", push_cfg(5));
+    enqueue_p(&mut t, 1);
+    let r = t.run(dispatch(
+        200,
+        vec![],
+        vec![Defer {
+            seq: 1,
+            until_ms: 900,
+        }],
+    ));
+    assert!(matches!(r, QueueResponse::Dispatched { deferred: 1, .. }));
+    assert!(leased(t.run(dispatch(899, vec![lease(1, "a", "A")], vec![]))).is_empty());
+    assert_eq!(
+        leased(t.run(dispatch(900, vec![lease(1, "a", "A")], vec![]))).len(),
+        1
+    );
+    t.run(result(950, 1, "a", "A", Some(201), Verdict::Completed));
+    assert!(sweep_due(&*t.kv, 951 + TRACE_RETENTION_MS).unwrap());
+    t.run(Command::QueueSweep {
+        now_ms: 951 + TRACE_RETENTION_MS,
+    });
+    assert!(find_message(&*t.kv, "m0", 10).unwrap().is_none());
+    assert_eq!(
+        t.state_keys(),
+        3,
+        "config, stats and a zero trace count remain"
+    );
+    assert!(!sweep_due(&*t.kv, 951 + TRACE_RETENTION_MS).unwrap());
 }

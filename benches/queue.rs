@@ -1,0 +1,383 @@
+//! The durable queue end to end on a three-node cluster (in-process nodes, real mutual-TLS
+//! transport on loopback, sled on this disk, fsync on every Ready):
+//! - enqueue over HTTP keep-alive (1 KiB bodies) with 1, 16, 64 and 256 concurrent clients:
+//!   acknowledged messages/s and p50/p99 latency;
+//! - push deliveries/s to two emulated CPI tenants with zero-delay idempotent flows, draining
+//!   a backlog (enqueued while the queue was pull, then switched to push);
+//! - baseline in the same run, on the same cluster: the cluster-core replicated write
+//!   (1 KiB `ConfigPut` through the Raft client, no HTTP) with 64 writers.
+//!
+//! Run: `cargo bench --bench queue` (options: `-- --seconds N --backlog N`). Prints a table and
+//! writes `target/bench-results/queue.json`.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use corral::emulator::{spawn_tenant, FlowSpec, TenantConfig};
+use corral::state::Command;
+use serde_json::{json, Value};
+
+const BODY_BYTES: usize = 1024;
+
+fn arg(name: &str, default: u64) -> u64 {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1)?.parse().ok())
+        .unwrap_or(default)
+}
+
+fn pct(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    sorted[((sorted.len() as f64 * p) as usize).min(sorted.len() - 1)]
+}
+
+struct Row {
+    what: String,
+    clients: usize,
+    per_s: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    errors: u64,
+}
+
+/// Closed-loop load: `clients` tasks each repeating `op` until the deadline.
+async fn closed_loop<F, Fut>(what: &str, clients: usize, seconds: u64, op: F) -> Row
+where
+    F: Fn(usize, u64) -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = bool> + Send,
+{
+    let deadline = Instant::now() + Duration::from_secs(seconds);
+    let started = Instant::now();
+    let tasks: Vec<_> = (0..clients)
+        .map(|c| {
+            let op = op.clone();
+            tokio::spawn(async move {
+                let (mut lat, mut errors, mut i) = (Vec::new(), 0u64, 0u64);
+                while Instant::now() < deadline {
+                    i += 1;
+                    let t = Instant::now();
+                    if op(c, i).await {
+                        lat.push(t.elapsed().as_secs_f64() * 1000.0);
+                    } else {
+                        errors += 1;
+                    }
+                }
+                (lat, errors)
+            })
+        })
+        .collect();
+    let (mut all, mut errors) = (Vec::new(), 0);
+    for t in tasks {
+        let (lat, e) = t.await.expect("client task");
+        all.extend(lat);
+        errors += e;
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    all.sort_by(|a, b| a.total_cmp(b));
+    Row {
+        what: what.into(),
+        clients,
+        per_s: all.len() as f64 / elapsed,
+        p50_ms: pct(&all, 0.50),
+        p99_ms: pct(&all, 0.99),
+        errors,
+    }
+}
+
+struct Bench {
+    nodes: Vec<corral::node::RunningNode>,
+    admin: String,
+    token: String,
+    ingress: Vec<String>,
+    http: reqwest::Client,
+    _dir: tempfile::TempDir,
+}
+
+impl Bench {
+    async fn start() -> Bench {
+        let dir = tempfile::tempdir_in("target").expect("tempdir");
+        let file = corral::init::run(&corral::init::InitArgs {
+            nodes: 3,
+            dir: dir.path().to_path_buf(),
+            host: "127.0.0.1".into(),
+            host_per_node: false,
+            base_port: 27300,
+            name: "bench".into(),
+            force: true,
+        })
+        .expect("init");
+        let cluster = corral::config::ClusterFile::load(&file).expect("cluster file");
+        let mut nodes = Vec::new();
+        for id in 1..=3 {
+            let cfg = cluster.node(id).expect("node");
+            nodes.push(corral::node::start(cfg).await.expect("start"));
+        }
+        while nodes[0].driver.status().leader.is_none() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let token = std::fs::read_to_string(dir.path().join("admin.token")).expect("token");
+        Bench {
+            admin: nodes[0].admin_addr.to_string(),
+            ingress: nodes.iter().map(|n| n.ingress_addr.to_string()).collect(),
+            nodes,
+            token: token.trim().to_string(),
+            http: reqwest::Client::builder()
+                .pool_max_idle_per_host(512)
+                .timeout(Duration::from_secs(30))
+                .build()
+                .expect("http"),
+            _dir: dir,
+        }
+    }
+
+    async fn put(&self, path: &str, body: &Value) {
+        let r = self
+            .http
+            .put(format!("http://{}{path}", self.admin))
+            .bearer_auth(&self.token)
+            .json(body)
+            .send()
+            .await
+            .expect("admin put");
+        assert!(r.status().is_success(), "{path}: {}", r.status());
+    }
+
+    async fn get(&self, path: &str) -> Value {
+        self.http
+            .get(format!("http://{}{path}", self.admin))
+            .bearer_auth(&self.token)
+            .send()
+            .await
+            .expect("admin get")
+            .json()
+            .await
+            .unwrap_or(Value::Null)
+    }
+
+    fn leader_client(&self) -> Arc<corral::client::Client> {
+        let l = self.nodes[0].driver.status().leader.unwrap_or(1);
+        self.nodes[(l - 1) as usize].client.clone()
+    }
+}
+
+/// Baseline: replicated 1 KiB writes through the Raft client (no HTTP, no queue logic).
+async fn raft_baseline(b: &Bench, seconds: u64) -> Row {
+    let client = b.leader_client();
+    closed_loop("raft write (baseline)", 64, seconds, move |c, i| {
+        let client = client.clone();
+        async move {
+            let cmd = Command::ConfigPut {
+                key: format!("bench/{c}/{}", i % 1000),
+                value: vec![b'x'; BODY_BYTES],
+                now_ms: 0,
+            };
+            client.write(&cmd).await.is_ok()
+        }
+    })
+    .await
+}
+
+/// Enqueue over HTTP keep-alive, clients spread over the three nodes' ingress listeners.
+async fn enqueue_rows(b: &Bench, seconds: u64) -> Vec<Row> {
+    b.put(
+        "/admin/queues/bench-in",
+        &json!({"dedup": {"window_ms": 0}, "max_messages": 10_000_000, "max_bytes": 1_073_741_824}),
+    )
+    .await;
+    let mut rows = Vec::new();
+    for clients in [1usize, 16, 64, 256] {
+        let urls: Arc<Vec<String>> = Arc::new(
+            b.ingress
+                .iter()
+                .map(|a| format!("http://{a}/queues/bench-in/messages"))
+                .collect(),
+        );
+        let http = b.http.clone();
+        let body = bytes::Bytes::from(vec![b'o'; BODY_BYTES]);
+        rows.push(
+            closed_loop("enqueue over HTTP", clients, seconds, move |c, _| {
+                let (http, urls, body) = (http.clone(), urls.clone(), body.clone());
+                async move {
+                    let url = &urls[c % urls.len()];
+                    matches!(http.post(url).body(body).send().await, Ok(r) if r.status() == 202)
+                }
+            })
+            .await,
+        );
+        // Keep the queue from growing without bound between rows.
+        let _ = b
+            .http
+            .delete(format!("http://{}/admin/queues/bench-in", b.admin))
+            .bearer_auth(&b.token)
+            .send()
+            .await;
+        b.put(
+            "/admin/queues/bench-in",
+            &json!({"dedup": {"window_ms": 0}, "max_messages": 10_000_000, "max_bytes": 1_073_741_824}),
+        )
+        .await;
+    }
+    rows
+}
+
+/// Push deliveries/s: a backlog enqueued while the queue is pull, then switched to push to two
+/// emulated tenants; timed from the switch until the queue is empty.
+async fn delivery_row(b: &Bench, backlog: u64) -> (Row, u64) {
+    let mut tenants = Vec::new();
+    for name in ["bench-t1", "bench-t2"] {
+        let mut cfg = TenantConfig::new(name);
+        cfg.worker_slots = 512;
+        cfg.flows.push((
+            "orders".into(),
+            FlowSpec {
+                idempotent: true,
+                ..FlowSpec::echo("/orders")
+            },
+        ));
+        let h = spawn_tenant(cfg).await.expect("tenant");
+        let mut d = serde_json::to_value(h.description()).expect("desc");
+        d["max_in_flight"] = json!(256);
+        b.put(&format!("/admin/tenants/{name}"), &d).await;
+        tenants.push(h);
+    }
+    let queue =
+        json!({"dedup": {"window_ms": 0}, "max_messages": 10_000_000, "max_bytes": 1_073_741_824});
+    b.put("/admin/queues/bench-out", &queue).await;
+    let batch: Vec<Value> = (0..500)
+        .map(|_| json!({"body": "o".repeat(BODY_BYTES)}))
+        .collect();
+    let batch = serde_json::to_vec(&batch).expect("batch");
+    let mut sent = 0;
+    while sent < backlog {
+        let r = b
+            .http
+            .post(format!(
+                "http://{}/queues/bench-out/messages:batch",
+                b.ingress[0]
+            ))
+            .body(batch.clone())
+            .send()
+            .await
+            .expect("batch");
+        assert_eq!(r.status(), 202);
+        sent += 500;
+    }
+    // Wait until every node's pool sees both tenants healthy.
+    loop {
+        let v = b.get("/admin/tenants").await;
+        let ok = v["items"].as_array().is_some_and(|items| {
+            items.len() == 2
+                && items.iter().all(|t| {
+                    t["health_by_node"]
+                        .as_object()
+                        .is_some_and(|m| m.values().all(|h| h["status"] == "healthy"))
+                })
+        });
+        if ok {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut push = queue.clone();
+    push["delivery"] = json!({"mode": "push", "path": "/http/orders"});
+    let started = Instant::now();
+    b.put("/admin/queues/bench-out", &push).await;
+    let mut last = 0;
+    loop {
+        let s = b.get("/admin/queues/bench-out?consistency=local").await;
+        let depth = s["stats"]["depth"].as_u64().unwrap_or(u64::MAX);
+        last = s["stats"]["dead_letters"].as_u64().unwrap_or(last);
+        if depth == 0 {
+            break;
+        }
+        if started.elapsed() > Duration::from_secs(600) {
+            eprintln!("delivery did not finish in 600 s; depth {depth}");
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let mut processed = 0;
+    for t in &tenants {
+        let url = format!("{}/counters", t.description().control_url);
+        let v: Value = b
+            .http
+            .get(url)
+            .send()
+            .await
+            .expect("counters")
+            .json()
+            .await
+            .unwrap_or(Value::Null);
+        processed += v["totals"]["processed"].as_u64().unwrap_or(0);
+    }
+    (
+        Row {
+            what: "push delivery (backlog drain)".into(),
+            clients: 2,
+            per_s: sent as f64 / elapsed,
+            p50_ms: f64::NAN,
+            p99_ms: f64::NAN,
+            errors: last,
+        },
+        processed,
+    )
+}
+
+fn main() {
+    let seconds = arg("--seconds", 5);
+    let backlog = arg("--backlog", 50_000);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let (baseline, rows, delivery, processed) = rt.block_on(async {
+        let b = Bench::start().await;
+        let baseline = raft_baseline(&b, seconds).await;
+        let rows = enqueue_rows(&b, seconds).await;
+        let (delivery, processed) = delivery_row(&b, backlog).await;
+        for n in b.nodes {
+            n.shutdown().await;
+        }
+        (baseline, rows, delivery, processed)
+    });
+    println!(
+        "{:<30} {:>8} {:>10} {:>9} {:>9} {:>7} {:>12}",
+        "workload", "clients", "per s", "p50 ms", "p99 ms", "errors", "x baseline"
+    );
+    let all: Vec<&Row> = std::iter::once(&baseline)
+        .chain(rows.iter())
+        .chain(std::iter::once(&delivery))
+        .collect();
+    for r in &all {
+        println!(
+            "{:<30} {:>8} {:>10.0} {:>9.2} {:>9.2} {:>7} {:>12.2}",
+            r.what,
+            r.clients,
+            r.per_s,
+            r.p50_ms,
+            r.p99_ms,
+            r.errors,
+            r.per_s / baseline.per_s
+        );
+    }
+    println!(
+        "push: {backlog} messages delivered, {processed} processed by the tenants (dead letters in the errors column)"
+    );
+    let json = json!({
+        "baseline": {"what": baseline.what, "per_s": baseline.per_s, "p50_ms": baseline.p50_ms, "p99_ms": baseline.p99_ms},
+        "rows": all.iter().map(|r| json!({
+            "what": r.what, "clients": r.clients, "per_s": r.per_s, "p50_ms": r.p50_ms,
+            "p99_ms": r.p99_ms, "errors": r.errors, "ratio_vs_baseline": r.per_s / baseline.per_s,
+        })).collect::<Vec<_>>(),
+        "backlog": backlog, "processed": processed,
+    });
+    let _ = std::fs::create_dir_all("target/bench-results");
+    let _ = std::fs::write(
+        "target/bench-results/queue.json",
+        serde_json::to_string_pretty(&json).unwrap_or_default(),
+    );
+}
