@@ -44,7 +44,9 @@ fn ensure_haproxy() -> String {
         return p;
     }
     eprintln!("haproxy missing; installing the Debian package");
-    let _ = Command::new("apt-get").args(["install", "-y", "haproxy"]).status();
+    let _ = Command::new("apt-get")
+        .args(["install", "-y", "haproxy"])
+        .status();
     found("/usr/sbin/haproxy").expect("haproxy could not be installed")
 }
 
@@ -70,13 +72,25 @@ fn haproxy(dir: &std::path::Path, listen: &str, tenant: &str) -> Proc {
 /// A one-node corral cluster in `dir`; returns the process and its admin token.
 fn corral(dir: &std::path::Path) -> (Proc, String) {
     let out = Command::new(BIN)
-        .args(["init", "--nodes", "1", "--host-per-node", "--base-port", "7100", "--host"])
+        .args([
+            "init",
+            "--nodes",
+            "1",
+            "--host-per-node",
+            "--base-port",
+            "7100",
+            "--host",
+        ])
         .arg(format!("{NET}.1"))
         .arg("--dir")
         .arg(dir)
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let log = std::fs::File::create(dir.join("node.log")).unwrap();
     let child = Command::new(BIN)
         .args(["node", "--config"])
@@ -87,11 +101,17 @@ fn corral(dir: &std::path::Path) -> (Proc, String) {
         .stderr(log)
         .spawn()
         .unwrap();
-    let token = std::fs::read_to_string(dir.join("admin.token")).unwrap().trim().to_string();
+    let token = std::fs::read_to_string(dir.join("admin.token"))
+        .unwrap()
+        .trim()
+        .to_string();
     (Proc(child), token)
 }
 
-async fn until<T, F: std::future::Future<Output = Option<T>>>(what: &str, mut f: impl FnMut() -> F) -> T {
+async fn until<T, F: std::future::Future<Output = Option<T>>>(
+    what: &str,
+    mut f: impl FnMut() -> F,
+) -> T {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         if let Some(v) = f().await {
@@ -129,7 +149,12 @@ async fn load(name: &'static str, url: &str, auth: &str, concurrency: usize, sec
     let deadline = started + Duration::from_secs_f64(seconds);
     let tasks: Vec<_> = (0..concurrency)
         .map(|_| {
-            let (http, url, auth, body) = (http.clone(), url.to_string(), auth.to_string(), body.clone());
+            let (http, url, auth, body) = (
+                http.clone(),
+                url.to_string(),
+                auth.to_string(),
+                body.clone(),
+            );
             tokio::spawn(async move {
                 let (mut lat, mut errors) = (Vec::new(), 0u64);
                 while Instant::now() < deadline {
@@ -193,7 +218,8 @@ async fn main() {
     let d = tenant.description();
     let auth = format!(
         "Basic {}",
-        base64::engine::general_purpose::STANDARD.encode(format!("{}:{}", d.basic_user, d.basic_password))
+        base64::engine::general_purpose::STANDARD
+            .encode(format!("{}:{}", d.basic_user, d.basic_password))
     );
     let tenant_addr = d.runtime_url.trim_start_matches("http://").to_string();
     let hap_listen = format!("{NET}.9:7190");
@@ -204,14 +230,28 @@ async fn main() {
     until("the corral node", || {
         let (http, admin, token) = (http.clone(), admin.clone(), token.clone());
         async move {
-            let v: Value = http.get(format!("{admin}/admin/cluster")).bearer_auth(&token).send().await.ok()?.json().await.ok()?;
+            let v: Value = http
+                .get(format!("{admin}/admin/cluster"))
+                .bearer_auth(&token)
+                .send()
+                .await
+                .ok()?
+                .json()
+                .await
+                .ok()?;
             v["node"]["leader"].as_u64()
         }
     })
     .await;
     let mut t = serde_json::to_value(&d).unwrap();
     t["health"] = json!({"interval_ms": 200, "fall": 1, "rise": 1});
-    let r = http.put(format!("{admin}/admin/tenants/bench1")).bearer_auth(&token).json(&t).send().await.unwrap();
+    let r = http
+        .put(format!("{admin}/admin/tenants/bench1"))
+        .bearer_auth(&token)
+        .json(&t)
+        .send()
+        .await
+        .unwrap();
     assert!(r.status().is_success());
     let r = http
         .put(format!("{admin}/admin/routes/bench"))
@@ -231,7 +271,13 @@ async fn main() {
         until(name, || {
             let (http, url, auth) = (http.clone(), url.clone(), auth.clone());
             async move {
-                let r = http.post(&url).header("authorization", &auth).body("x").send().await.ok()?;
+                let r = http
+                    .post(&url)
+                    .header("authorization", &auth)
+                    .body("x")
+                    .send()
+                    .await
+                    .ok()?;
                 (r.status() == 200).then_some(())
             }
         })
@@ -266,13 +312,18 @@ async fn main() {
             r.per_s / base.per_s,
             r.errors
         );
-        out.push(json!({"path": r.name, "concurrency": r.concurrency, "per_s": r.per_s,
+        out.push(
+            json!({"path": r.name, "concurrency": r.concurrency, "per_s": r.per_s,
             "p50_ms": r.p50_ms, "p99_ms": r.p99_ms, "added_p50_ms": r.p50_ms - base.p50_ms,
-            "added_p99_ms": r.p99_ms - base.p99_ms, "errors": r.errors}));
+            "added_p99_ms": r.p99_ms - base.p99_ms, "errors": r.errors}),
+        );
     }
     let _ = std::fs::create_dir_all("bench-results");
     let _ = std::fs::write(
         "bench-results/proxy.json",
-        serde_json::to_string_pretty(&json!({"seconds": seconds, "rows": out, "loadavg": loadavg()})).unwrap(),
+        serde_json::to_string_pretty(
+            &json!({"seconds": seconds, "rows": out, "loadavg": loadavg()}),
+        )
+        .unwrap(),
     );
 }

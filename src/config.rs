@@ -154,7 +154,10 @@ impl ClusterFile {
             abs(&mut n.data_dir);
             abs(&mut n.cert);
             abs(&mut n.key);
-            for p in [&mut n.ingress_cert, &mut n.ingress_key].into_iter().flatten() {
+            for p in [&mut n.ingress_cert, &mut n.ingress_key]
+                .into_iter()
+                .flatten()
+            {
                 abs(p);
             }
         }

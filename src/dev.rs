@@ -273,7 +273,11 @@ async fn create_sample_route(admin: &Admin) -> anyhow::Result<()> {
         "rate_limit": {"per_second": 20, "burst": 20},
     });
     admin
-        .put(&format!("/admin/routes/{DEV_ROUTE}"), &route, "creating the sample route")
+        .put(
+            &format!("/admin/routes/{DEV_ROUTE}"),
+            &route,
+            "creating the sample route",
+        )
         .await?;
     let key = serde_json::json!({"key": DEV_API_KEY, "rate_limit": {"per_second": 10}});
     admin

@@ -344,10 +344,21 @@ pub async fn start(cfg: NodeConfig) -> Result<RunningNode, NodeError> {
     });
     let live = {
         let (transport, me) = (transport.clone(), cfg.id);
-        let peers: Vec<u64> = cfg.peers.iter().map(|(id, _)| *id).filter(|id| *id != me).collect();
+        let peers: Vec<u64> = cfg
+            .peers
+            .iter()
+            .map(|(id, _)| *id)
+            .filter(|id| *id != me)
+            .collect();
         Box::new(move || 1 + peers.iter().filter(|p| transport.is_connected(**p)).count())
     };
-    let proxy = crate::ingress::proxy::Proxy::new(pool.clone(), ingress_state.clone(), &master, live, ingress_tls.is_some());
+    let proxy = crate::ingress::proxy::Proxy::new(
+        pool.clone(),
+        ingress_state.clone(),
+        &master,
+        live,
+        ingress_tls.is_some(),
+    );
     proxy.reload();
     let proxy_watcher = proxy.spawn_watcher();
     let ingress = crate::ingress::router(ingress_state, proxy.clone());
@@ -361,13 +372,11 @@ pub async fn start(cfg: NodeConfig) -> Result<RunningNode, NodeError> {
         proxy,
     }));
     let (stop_http, stop_rx) = watch::channel(false);
-    let mut http = vec![
-        serve(
-            admin_listener,
-            api::limit_in_flight(admin, api::MAX_ADMIN_IN_FLIGHT),
-            stop_rx.clone(),
-        ),
-    ];
+    let mut http = vec![serve(
+        admin_listener,
+        api::limit_in_flight(admin, api::MAX_ADMIN_IN_FLIGHT),
+        stop_rx.clone(),
+    )];
     let ingress = api::limit_in_flight(ingress, api::MAX_INGRESS_IN_FLIGHT);
     http.push(match ingress_tls {
         Some(tls_cfg) => crate::ingress::tls::serve(ingress_listener, ingress, tls_cfg, stop_rx),

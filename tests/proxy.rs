@@ -56,17 +56,21 @@ fn register(c: &Cluster, descs: &[TenantDescription]) {
         let (code, v) = admin_put(c, 1, &format!("/admin/tenants/{}", d.name), &body);
         assert_eq!(code, 201, "{v}");
     }
-    poll(Duration::from_secs(20), "every node sees every tenant healthy", || {
-        let v = c.get_json(1, "/admin/tenants")?;
-        let items = v["items"].as_array()?;
-        let ok = items.len() == descs.len()
-            && items.iter().all(|t| {
-                c.live_ids()
-                    .iter()
-                    .all(|n| t["health_by_node"][n.to_string()]["status"] == "healthy")
-            });
-        ok.then_some(())
-    });
+    poll(
+        Duration::from_secs(20),
+        "every node sees every tenant healthy",
+        || {
+            let v = c.get_json(1, "/admin/tenants")?;
+            let items = v["items"].as_array()?;
+            let ok = items.len() == descs.len()
+                && items.iter().all(|t| {
+                    c.live_ids()
+                        .iter()
+                        .all(|n| t["health_by_node"][n.to_string()]["status"] == "healthy")
+                });
+            ok.then_some(())
+        },
+    );
 }
 
 /// Waits until a route answers (not `no_route`) on every live node.
@@ -106,15 +110,31 @@ fn routes_keys_429_and_async() {
     c.wait_leader(&[1, 2, 3], Duration::from_secs(20));
     register(&c, &descs);
 
-    let (code, v) = admin_put(&c, 1, "/admin/routes/bad", &json!({"retry": {"attempts": 0}}));
-    assert_eq!((code, v["error"]["field"].as_str()), (400, Some("retry.attempts")));
-    let (code, _) = admin_put(&c, 2, "/admin/routes/all", &json!({"policy": "round_robin"}));
+    let (code, v) = admin_put(
+        &c,
+        1,
+        "/admin/routes/bad",
+        &json!({"retry": {"attempts": 0}}),
+    );
+    assert_eq!(
+        (code, v["error"]["field"].as_str()),
+        (400, Some("retry.attempts"))
+    );
+    let (code, _) = admin_put(
+        &c,
+        2,
+        "/admin/routes/all",
+        &json!({"policy": "round_robin"}),
+    );
     assert_eq!(code, 201);
     let (code, v) = admin_put(&c, 3, "/admin/routes/dup", &json!({"prefix": "/http/"}));
     assert_eq!(code, 409, "{v}");
     let got = c.get_json(1, "/admin/routes/all").unwrap();
     assert_eq!(got["route"]["policy"], "round_robin");
-    assert_eq!(c.get_json(3, "/admin/routes").unwrap()["items"][0]["name"], "all");
+    assert_eq!(
+        c.get_json(3, "/admin/routes").unwrap()["items"][0]["name"],
+        "all"
+    );
     wait_route(&c, "/http/echo");
 
     // Through every node; round robin alternates tenants; request id passed or made.
@@ -150,9 +170,17 @@ fn routes_keys_429_and_async() {
     assert_eq!(code, 201);
     let secret = key["key"].as_str().unwrap().to_string();
     wait_route(&c, "/secure");
-    let r = c.http.post(c.ingress_url(3, "/secure")).body("x").send().unwrap();
+    let r = c
+        .http
+        .post(c.ingress_url(3, "/secure"))
+        .body("x")
+        .send()
+        .unwrap();
     assert_eq!(r.status(), 401);
-    assert_eq!(r.json::<Value>().unwrap()["error"]["code"], "api_key_required");
+    assert_eq!(
+        r.json::<Value>().unwrap()["error"]["code"],
+        "api_key_required"
+    );
     let r = c
         .http
         .post(c.ingress_url(3, "/secure"))
@@ -196,7 +224,10 @@ fn routes_keys_429_and_async() {
     assert_eq!(h["ratelimit-limit"], "2");
     assert_eq!(h["ratelimit-remaining"], "0");
     assert!(h.contains_key("ratelimit-reset"));
-    assert_eq!(limited.json::<Value>().unwrap()["error"]["code"], "rate_limited");
+    assert_eq!(
+        limited.json::<Value>().unwrap()["error"]["code"],
+        "rate_limited"
+    );
 
     // Async: 202 from the route, then the message is in the queue.
     let (code, _) = admin_put(&c, 1, "/admin/queues/inbox", &json!({}));
@@ -219,7 +250,10 @@ fn routes_keys_429_and_async() {
         (r.status() != 404).then_some(r)
     });
     assert_eq!(r.status(), 202);
-    let id = r.json::<Value>().unwrap()["id"].as_str().unwrap().to_string();
+    let id = r.json::<Value>().unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
     let got = c
         .http
         .post(c.ingress_url(3, "/queues/inbox/messages/head"))
@@ -252,8 +286,13 @@ impl Load {
         let by_tenant = Arc::new(Mutex::new(HashMap::new()));
         let handles = (0..threads)
             .map(|t| {
-                let (stop, ok, failed, by, urls) =
-                    (stop.clone(), ok.clone(), failed.clone(), by_tenant.clone(), urls.clone());
+                let (stop, ok, failed, by, urls) = (
+                    stop.clone(),
+                    ok.clone(),
+                    failed.clone(),
+                    by_tenant.clone(),
+                    urls.clone(),
+                );
                 std::thread::spawn(move || {
                     let http = reqwest::blocking::Client::builder()
                         .timeout(Duration::from_secs(30))
@@ -270,17 +309,16 @@ impl Load {
                             .send();
                         match r {
                             Ok(r) if r.status() == 200 => {
-                                let tenant = r.headers()["x-corral-tenant"]
-                                    .to_str()
-                                    .unwrap()
-                                    .to_string();
+                                let tenant =
+                                    r.headers()["x-corral-tenant"].to_str().unwrap().to_string();
                                 *by.lock().unwrap().entry(tenant).or_default() += 1;
                                 ok.fetch_add(1, Ordering::Relaxed);
                             }
-                            Ok(r) => failed
-                                .lock()
-                                .unwrap()
-                                .push(format!("{} {}", r.status(), r.text().unwrap_or_default())),
+                            Ok(r) => failed.lock().unwrap().push(format!(
+                                "{} {}",
+                                r.status(),
+                                r.text().unwrap_or_default()
+                            )),
                             Err(e) => failed.lock().unwrap().push(e.to_string()),
                         }
                     }
@@ -348,8 +386,16 @@ fn tenant_killed_under_load_and_slow_tenant() {
     let slow = load.shares();
     let failed = load.finish();
     eprintln!("shares with pk2 slow: {slow:?}");
-    assert!(failed.is_empty(), "{} failed: {:?}", failed.len(), &failed[..failed.len().min(5)]);
-    let (s2, s3) = (slow.get("pk2").copied().unwrap_or(0), slow.get("pk3").copied().unwrap_or(0));
+    assert!(
+        failed.is_empty(),
+        "{} failed: {:?}",
+        failed.len(),
+        &failed[..failed.len().min(5)]
+    );
+    let (s2, s3) = (
+        slow.get("pk2").copied().unwrap_or(0),
+        slow.get("pk3").copied().unwrap_or(0),
+    );
     assert!(s2 * 2 < s3, "slow pk2 got {s2}, pk3 {s3}");
     assert_eq!(slow.get("pk1"), None, "a down tenant got traffic");
     drop(ts);
@@ -418,7 +464,10 @@ fn cluster_wide_rate_limit_within_5_percent() {
     let got = admitted.load(Ordering::Relaxed) as f64;
     let want = rate * elapsed + burst;
     eprintln!("admitted {got} in {elapsed:.2} s; configured {want:.0}");
-    assert!((got - want).abs() <= want * 0.05, "admitted {got}, want {want:.0} ± 5 %");
+    assert!(
+        (got - want).abs() <= want * 0.05,
+        "admitted {got}, want {want:.0} ± 5 %"
+    );
     drop(ts);
 }
 
@@ -461,7 +510,12 @@ fn large_upload_streams_with_bounded_memory() {
     c.start_all();
     c.wait_leader(&[1], Duration::from_secs(20));
     register(&c, &descs);
-    let (code, _) = admin_put(&c, 1, "/admin/routes/all", &json!({"try_timeout_ms": 120000, "total_timeout_ms": 120000}));
+    let (code, _) = admin_put(
+        &c,
+        1,
+        "/admin/routes/all",
+        &json!({"try_timeout_ms": 120000, "total_timeout_ms": 120000}),
+    );
     assert_eq!(code, 201);
     wait_route(&c, "/http/echo");
     let pid = c.nodes[0].child.as_ref().unwrap().id();
@@ -488,9 +542,17 @@ fn large_upload_streams_with_bounded_memory() {
     assert_eq!(total, BODY);
     let after = peak_rss(pid);
     let grew = after.saturating_sub(before);
-    eprintln!("node peak RSS {} MB -> {} MB (+{} MB) for a 100 MB body each way",
-        before >> 20, after >> 20, grew >> 20);
-    assert!(grew < 32 * 1024 * 1024, "peak RSS grew by {} MB", grew >> 20);
+    eprintln!(
+        "node peak RSS {} MB -> {} MB (+{} MB) for a 100 MB body each way",
+        before >> 20,
+        after >> 20,
+        grew >> 20
+    );
+    assert!(
+        grew < 32 * 1024 * 1024,
+        "peak RSS grew by {} MB",
+        grew >> 20
+    );
     drop(ts);
 }
 
@@ -534,12 +596,19 @@ fn ingress_tls_when_configured() {
         .timeout(Duration::from_secs(10))
         .build()
         .unwrap();
-    let url = c.ingress_url(1, "/http/echo").replace("http://", "https://");
+    let url = c
+        .ingress_url(1, "/http/echo")
+        .replace("http://", "https://");
     let r = poll(Duration::from_secs(10), "a call over TLS", || {
         let r = https.post(&url).body("over tls").send().ok()?;
         (r.status() == 200).then_some(r)
     });
     assert_eq!(r.text().unwrap(), "over tls");
-    assert!(c.http.post(c.ingress_url(1, "/http/echo")).body("x").send().is_err());
+    assert!(c
+        .http
+        .post(c.ingress_url(1, "/http/echo"))
+        .body("x")
+        .send()
+        .is_err());
     drop(ts);
 }

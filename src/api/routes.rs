@@ -122,7 +122,12 @@ pub(crate) async fn route_delete(
     Path(name): Path<String>,
 ) -> Result<Response, ApiError> {
     check_name("route", &name)?;
-    delete_doc(&st, format!("{ROUTE_PREFIX}{name}"), format!("route `{name}`")).await
+    delete_doc(
+        &st,
+        format!("{ROUTE_PREFIX}{name}"),
+        format!("route `{name}`"),
+    )
+    .await
 }
 
 /// One page of documents under `prefix`; `after` is a name, not a config key.
@@ -210,5 +215,10 @@ pub(crate) async fn key_delete(
     Path(name): Path<String>,
 ) -> Result<Response, ApiError> {
     check_name("API key", &name)?;
-    delete_doc(&st, format!("{API_KEY_PREFIX}{name}"), format!("API key `{name}`")).await
+    delete_doc(
+        &st,
+        format!("{API_KEY_PREFIX}{name}"),
+        format!("API key `{name}`"),
+    )
+    .await
 }

@@ -142,7 +142,8 @@ impl Proxy {
 
     /// Seals an API key for the log (AAD = its name), base64.
     pub fn seal_key(&self, name: &str, key: &str) -> String {
-        base64::engine::general_purpose::STANDARD.encode(self.sealer.seal(key.as_bytes(), name.as_bytes()))
+        base64::engine::general_purpose::STANDARD
+            .encode(self.sealer.seal(key.as_bytes(), name.as_bytes()))
     }
 
     fn table(&self) -> Arc<Table> {
@@ -189,11 +190,7 @@ impl Proxy {
                 .find(|r| path.starts_with(r.spec.prefix.as_str()))
                 .cloned()
         };
-        find(&self.table()).or_else(|| {
-            self.reload_on_miss()
-                .then(|| find(&self.table()))
-                .flatten()
-        })
+        find(&self.table()).or_else(|| self.reload_on_miss().then(|| find(&self.table())).flatten())
     }
 
     fn budget(&self, route: &str) -> Arc<RetryBudget> {
@@ -361,10 +358,7 @@ impl Proxy {
         let mut connect_retries = 0u32;
         let mut held: Option<(String, reqwest::Response)> = None;
         let mut last_err: Option<PoolError> = None;
-        loop {
-            let Some(remaining) = deadline.checked_duration_since(Instant::now()) else {
-                break;
-            };
+        while let Some(remaining) = deadline.checked_duration_since(Instant::now()) {
             let wait = remaining.min(Duration::from_millis(spec.queue_wait_ms));
             let lease = match self.pool.pick_wait(&sel, spec.policy, only, wait).await {
                 Ok(l) => l,
@@ -569,7 +563,11 @@ fn upstream_headers(
     if let Some(host) = from.get(header::HOST) {
         h.insert(HeaderName::from_static("x-forwarded-host"), host.clone());
     }
-    set(&mut h, "x-forwarded-proto", if tls { "https" } else { "http" });
+    set(
+        &mut h,
+        "x-forwarded-proto",
+        if tls { "https" } else { "http" },
+    );
     h.append(header::VIA, HeaderValue::from_static("1.1 corral"));
     set(&mut h, "x-request-id", request_id);
     h
@@ -625,7 +623,9 @@ async fn proxy_body(headers: &HeaderMap, body: Body) -> Result<ProxyBody, ApiErr
         return Ok(ProxyBody::Empty);
     }
     if len.is_some_and(|n| n <= MAX_REPLAY_BYTES as u64) {
-        return Ok(ProxyBody::Buffered(read_limited(body, MAX_REPLAY_BYTES).await?));
+        return Ok(ProxyBody::Buffered(
+            read_limited(body, MAX_REPLAY_BYTES).await?,
+        ));
     }
     let mut seen = 0u64;
     let stream = body
@@ -693,7 +693,15 @@ mod tests {
         }
         let ip: IpAddr = "127.0.0.9".parse().unwrap();
         let up = upstream_headers(&h, AuthMode::Tenant, Some(ip), "rid", false);
-        for gone in ["connection", "x-hop", "keep-alive", "te", "authorization", "x-api-key", "host"] {
+        for gone in [
+            "connection",
+            "x-hop",
+            "keep-alive",
+            "te",
+            "authorization",
+            "x-api-key",
+            "host",
+        ] {
             assert!(!up.contains_key(gone), "{gone} forwarded");
         }
         assert_eq!(up["x-app"], "v");
@@ -731,4 +739,3 @@ mod tests {
         assert_eq!(upstream_path(&plain, &uri), "/api/orders/7?x=1");
     }
 }
-

@@ -322,7 +322,9 @@ pub fn parse_api_key(body: &[u8]) -> Result<ApiKeyInput, ApiError> {
         {
             return Err(ApiError::invalid(
                 "key",
-                format!("must be {MIN_API_KEY_BYTES} to {MAX_API_KEY_BYTES} visible ASCII characters"),
+                format!(
+                    "must be {MIN_API_KEY_BYTES} to {MAX_API_KEY_BYTES} visible ASCII characters"
+                ),
             ));
         }
     }
@@ -331,7 +333,10 @@ pub fn parse_api_key(body: &[u8]) -> Result<ApiKeyInput, ApiError> {
     }
     for (i, r) in k.routes.iter().enumerate() {
         if !crate::state::is_resource_name(r) {
-            return Err(ApiError::invalid(format!("routes[{i}]"), "is not a route name"));
+            return Err(ApiError::invalid(
+                format!("routes[{i}]"),
+                "is not a route name",
+            ));
         }
     }
     Ok(k)
@@ -360,10 +365,19 @@ mod tests {
             (r#"{"prefix":"/queues/x"}"#, "prefix"),
             (r#"{"prefix":"/a/../b"}"#, "prefix"),
             (r#"{"try_timeout_ms":0}"#, "try_timeout_ms"),
-            (r#"{"try_timeout_ms":5000,"total_timeout_ms":100}"#, "total_timeout_ms"),
+            (
+                r#"{"try_timeout_ms":5000,"total_timeout_ms":100}"#,
+                "total_timeout_ms",
+            ),
             (r#"{"retry":{"attempts":0}}"#, "retry.attempts"),
-            (r#"{"rate_limit":{"per_second":0}}"#, "rate_limit.per_second"),
-            (r#"{"client_rate_limit":{"per_second":1,"by":"x"}}"#, "client_rate_limit.by"),
+            (
+                r#"{"rate_limit":{"per_second":0}}"#,
+                "rate_limit.per_second",
+            ),
+            (
+                r#"{"client_rate_limit":{"per_second":1,"by":"x"}}"#,
+                "client_rate_limit.by",
+            ),
             (r#"{"mode":"async"}"#, "queue"),
             (r#"{"queue":"q"}"#, "queue"),
             (r#"{"tenants":["a b"]}"#, "tenants[0]"),

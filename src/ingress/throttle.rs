@@ -164,7 +164,10 @@ mod tests {
         let three = Share { live_nodes: 3 };
         let admitted = |share, from: Instant, key: &str| {
             (0..1000)
-                .filter(|i| t.take(key, &rate, share, from + Duration::from_millis(*i)).admitted)
+                .filter(|i| {
+                    t.take(key, &rate, share, from + Duration::from_millis(*i))
+                        .admitted
+                })
                 .count()
         };
         // One second at full share: burst 30 + 30 refilled (give or take one).

@@ -247,7 +247,10 @@ mod tests {
             s[choose_with(&cands, Policy::Weighted, 0, &mut rng).unwrap()] += 1;
         }
         // 5:1:2 by weight although tenant 2 is 50x slower than tenant 1.
-        assert!(s[0] > 4500 && s[0] < 5500 && s[2] > 1600 && s[2] < 2400, "{s:?}");
+        assert!(
+            s[0] > 4500 && s[0] < 5500 && s[2] > 1600 && s[2] < 2400,
+            "{s:?}"
+        );
         for x in &mut cands {
             x.in_flight = 10;
         }

@@ -131,7 +131,10 @@ pub struct StreamRequest {
 }
 
 fn is_write(m: &Method) -> bool {
-    !matches!(*m, Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE)
+    !matches!(
+        *m,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE
+    )
 }
 
 fn csrf_required(r: &reqwest::Response) -> bool {
