@@ -439,17 +439,20 @@ fn cluster_wide_rate_limit_within_5_percent() {
     std::thread::sleep(Duration::from_millis(1200));
     let window = Duration::from_secs(5);
     let admitted = Arc::new(AtomicU64::new(0));
+    let refused = Arc::new(AtomicU64::new(0));
     let start = Instant::now();
-    let handles: Vec<_> = (0..6u64)
+    let handles: Vec<_> = (0..9u64)
         .map(|t| {
             let url = c.ingress_url(1 + t % 3, "/rl");
-            let admitted = admitted.clone();
+            let (admitted, refused) = (admitted.clone(), refused.clone());
             std::thread::spawn(move || {
                 let http = reqwest::blocking::Client::new();
                 while start.elapsed() < window {
                     if let Ok(r) = http.get(&url).send() {
                         if r.status().is_success() {
                             admitted.fetch_add(1, Ordering::Relaxed);
+                        } else if r.status() == 429 {
+                            refused.fetch_add(1, Ordering::Relaxed);
                         }
                         let _ = r.bytes();
                     }
@@ -463,10 +466,12 @@ fn cluster_wide_rate_limit_within_5_percent() {
     let elapsed = start.elapsed().as_secs_f64();
     let got = admitted.load(Ordering::Relaxed) as f64;
     let want = rate * elapsed + burst;
-    eprintln!("admitted {got} in {elapsed:.2} s; configured {want:.0}");
+    let refused = refused.load(Ordering::Relaxed);
+    eprintln!("admitted {got} in {elapsed:.2} s ({refused} refused); configured {want:.0}");
+    assert!(refused > got as u64, "the load did not saturate the limit");
     assert!(
         (got - want).abs() <= want * 0.05,
-        "admitted {got}, want {want:.0} ± 5 %"
+        "admitted {got} ({refused} refused), want {want:.0} ± 5 %"
     );
     drop(ts);
 }
