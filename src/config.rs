@@ -95,6 +95,10 @@ pub struct ClusterFile {
     pub ca_cert: PathBuf,
     pub admin_token_file: PathBuf,
     pub master_key_file: PathBuf,
+    /// The token that carries the reveal right for secrets (`POST /admin/secrets/{name}/reveal`);
+    /// without it no secret can be revealed. `corral init` writes `reveal.token`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reveal_token_file: Option<PathBuf>,
     #[serde(default)]
     pub raft: RaftSettings,
     #[serde(rename = "node")]
@@ -116,6 +120,7 @@ pub struct NodeConfig {
     pub key: PathBuf,
     pub admin_token_file: PathBuf,
     pub master_key_file: PathBuf,
+    pub reveal_token_file: Option<PathBuf>,
     pub raft: RaftSettings,
     /// (certificate chain, key) for TLS on the ingress listener, if configured.
     pub ingress_tls: Option<(PathBuf, PathBuf)>,
@@ -150,6 +155,9 @@ impl ClusterFile {
         abs(&mut self.ca_cert);
         abs(&mut self.admin_token_file);
         abs(&mut self.master_key_file);
+        if let Some(p) = &mut self.reveal_token_file {
+            abs(p);
+        }
         for n in &mut self.nodes {
             abs(&mut n.data_dir);
             abs(&mut n.cert);
@@ -278,6 +286,7 @@ impl ClusterFile {
             key: me.key.clone(),
             admin_token_file: self.admin_token_file.clone(),
             master_key_file: self.master_key_file.clone(),
+            reveal_token_file: self.reveal_token_file.clone(),
             raft: self.raft.clone(),
             ingress_tls: me.ingress_cert.clone().zip(me.ingress_key.clone()),
             peers,

@@ -56,6 +56,7 @@ fn prepare(dir: &Path) -> anyhow::Result<ClusterFile> {
         );
         crate::init::write_credentials(dir, &raw)?;
     }
+    crate::init::write_reveal_token(dir, &raw)?;
     Ok(ClusterFile::load(&file_path)?)
 }
 
@@ -184,6 +185,79 @@ impl Admin {
     }
 }
 
+/// The sample secret `corral dev` creates and pushes to both emulated tenants.
+const DEV_SECRET: &str = "CPI-AUTH-SHARED";
+/// How long `dev` waits for the sample secret to be deployed on every tenant.
+const SECRET_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Creates a new version of the sample secret, waits (bounded) until corral's push state says
+/// every tenant holds it, and reads it back through each emulated tenant's control API.
+async fn create_sample_secret(
+    admin: &Admin,
+    tenants: &[crate::emulator::TenantHandle],
+) -> anyhow::Result<()> {
+    let password = crate::init::random_hex(12);
+    let body = serde_json::json!({
+        "kind": "user_credential",
+        "description": "shared credential pushed by corral dev",
+        "value": {"user": "svc-shared", "password": password},
+    });
+    let path = format!("/admin/secrets/{DEV_SECRET}");
+    admin
+        .put(&path, &body, "creating the sample secret")
+        .await?;
+    let deadline = Instant::now() + SECRET_TIMEOUT;
+    let mut view = Value::Null;
+    while Instant::now() < deadline {
+        if let Ok(r) = admin
+            .http
+            .get(format!("http://{}{path}", admin.addr))
+            .bearer_auth(&admin.token)
+            .send()
+            .await
+        {
+            view = r.json().await.unwrap_or(Value::Null);
+            let done = view["push"].as_object().is_some_and(|m| {
+                m.len() >= tenants.len() && m.values().all(|p| p["state"] == "deployed")
+            });
+            if done {
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    println!(
+        "\nsample secret `{DEV_SECRET}` (user credential, version {}) pushed to the tenants:\n",
+        view["current_version"]
+    );
+    for h in tenants {
+        let d = h.description();
+        let push = &view["push"][&d.name];
+        let read_back: Value = match admin
+            .http
+            .get(format!(
+                "{}/secrets/UserCredentials/{DEV_SECRET}",
+                d.control_url
+            ))
+            .send()
+            .await
+        {
+            Ok(r) => r.json().await.unwrap_or(Value::Null),
+            Err(_) => Value::Null,
+        };
+        let matches = read_back["deployed"]["Password"] == password.as_str();
+        println!(
+            "  {:<10} corral: {:<9} version {} after {} attempt(s); tenant reads back {} (password matches: {matches})",
+            d.name,
+            push["state"].as_str().unwrap_or("?"),
+            push["version"],
+            push["attempts"],
+            read_back["status"].as_str().unwrap_or("nothing"),
+        );
+    }
+    Ok(())
+}
+
 /// Creates (or replaces) the sample queues through the admin API.
 async fn create_sample_queues(admin: &Admin) -> anyhow::Result<()> {
     let dedup = serde_json::json!({"window_ms": 600_000, "key": {"source": "header", "name": "message-id"}});
@@ -256,6 +330,35 @@ fn orders_flow() -> crate::emulator::FlowSpec {
         idempotent: true,
         ..crate::emulator::FlowSpec::echo("/orders")
     }
+}
+
+/// The sample schedule `corral dev` creates, and the pull queue it fills.
+const DEV_SCHEDULE: &str = "heartbeat";
+
+/// Creates (or replaces) a pull queue and a schedule that enqueues into it every minute.
+async fn create_sample_schedule(admin: &Admin) -> anyhow::Result<()> {
+    let queue = format!("/admin/queues/{DEV_SCHEDULE}");
+    admin
+        .put(
+            &queue,
+            &serde_json::json!({}),
+            "creating the sample schedule's queue",
+        )
+        .await?;
+    let body = serde_json::json!({
+        "schedule": {"cron": "0 * * ? * *"},
+        "time_zone": "Europe/Berlin",
+        "target": {"queue": {"name": DEV_SCHEDULE, "body": "{\"ping\":true}",
+                             "content_type": "application/json"}},
+        "missed": "once",
+        "overlap": "allow",
+    });
+    let path = format!("/admin/schedules/{DEV_SCHEDULE}");
+    admin
+        .put(&path, &body, "creating the sample schedule")
+        .await?;
+    println!("sample schedule `{DEV_SCHEDULE}` (Quartz `0 * * ? * *`, Europe/Berlin) enqueues into queue `{DEV_SCHEDULE}` every minute");
+    Ok(())
 }
 
 /// The sample proxy route `corral dev` creates: `/http/` to the pool, round robin, 20/s.
@@ -384,9 +487,11 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         crate::status::render(&rows)
     );
     let admin = Admin::new(&file)?;
-    let _tenants = start_pool(&admin).await?;
+    let tenants = start_pool(&admin).await?;
     create_sample_queues(&admin).await?;
+    create_sample_schedule(&admin).await?;
     show_sample_delivery(&admin, &file.nodes[1].ingress_addr).await?;
+    create_sample_secret(&admin, &tenants).await?;
     create_sample_route(&admin).await?;
     let a = &file.nodes[0];
     println!("\nadmin token: {}", file.admin_token_file.display());
@@ -406,6 +511,18 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         file.admin_token_file.display(),
         a.admin_addr
     );
+    println!(
+        "  curl -s -H \"Authorization: Bearer $(cat {})\" http://{}/admin/secrets/{DEV_SECRET}",
+        file.admin_token_file.display(),
+        a.admin_addr
+    );
+    if let Some(reveal) = &file.reveal_token_file {
+        println!(
+            "  curl -s -X POST -H \"Authorization: Bearer $(cat {})\" http://{}/admin/secrets/{DEV_SECRET}/reveal",
+            reveal.display(),
+            a.admin_addr
+        );
+    }
     let ingress = &file.nodes[1].ingress_addr;
     println!(
         "  curl -s -X POST -H 'Message-Id: order-1' -H 'content-type: application/json' -d '{{\"order\":1}}' http://{ingress}/queues/{DEV_QUEUE}/messages"
@@ -419,6 +536,20 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     println!(
         "  curl -s -X POST -d '{{\"wait_ms\":5000}}' http://{}/queues/{DEV_PULL_QUEUE}/messages/head",
         file.nodes[2].ingress_addr
+    );
+    println!(
+        "  # snapshots (docs/snapshots.md): stop a node, delete its data dir, start it again, then\n  curl -s http://{}/metrics | grep -E 'snapshot|compaction'",
+        a.admin_addr
+    );
+    println!(
+        "  curl -s -H \"Authorization: Bearer $(cat {})\" http://{}/admin/schedules/{DEV_SCHEDULE}",
+        file.admin_token_file.display(),
+        a.admin_addr
+    );
+    println!(
+        "  curl -s -X POST -H \"Authorization: Bearer $(cat {})\" -H 'content-type: application/json' -d '{{\"schedule\":{{\"every\":{{\"n\":2,\"unit\":\"weeks\",\"weekdays\":[\"MON\"],\"at\":\"02:30\"}}}},\"time_zone\":\"Europe/Berlin\",\"target\":{{\"queue\":{{\"name\":\"{DEV_SCHEDULE}\"}}}}}}' http://{}/admin/schedules:preview",
+        file.admin_token_file.display(),
+        a.admin_addr
     );
     println!(
         "  curl -si -X POST -H 'X-API-Key: {DEV_API_KEY}' -H 'content-type: text/plain' -d 'hello pool' http://{}/http/echo",

@@ -1,5 +1,5 @@
 //! `corral init`: creates a cluster directory — the cluster file, a cluster CA, one key and
-//! certificate per node, the admin token and the master key.
+//! certificate per node, the admin token, the reveal token (for secrets) and the master key.
 //!
 //! Everything secret is written with mode 0600. Node certificates name the node as
 //! `node-<id>.corral` (the identity the peer transport checks) plus the node's host, so the same
@@ -121,6 +121,7 @@ pub fn run(args: &InitArgs) -> anyhow::Result<PathBuf> {
         ca_cert: "ca.pem".into(),
         admin_token_file: "admin.token".into(),
         master_key_file: "master.key".into(),
+        reveal_token_file: Some("reveal.token".into()),
         raft: RaftSettings::default(),
         nodes,
     };
@@ -176,7 +177,21 @@ pub fn write_credentials(dir: &Path, file: &ClusterFile) -> anyhow::Result<()> {
         random_hex(32).as_bytes(),
         true,
     )?;
+    if let Some(p) = &file.reveal_token_file {
+        write_file(&dir.join(p), random_hex(32).as_bytes(), true)?;
+    }
     Ok(())
+}
+
+/// Writes the reveal token the cluster file names, unless it exists (a cluster dir made before
+/// reveal tokens existed gets one on the next `corral dev`).
+pub fn write_reveal_token(dir: &Path, file: &ClusterFile) -> anyhow::Result<()> {
+    match &file.reveal_token_file {
+        Some(p) if !dir.join(p).exists() => {
+            write_file(&dir.join(p), random_hex(32).as_bytes(), true)
+        }
+        _ => Ok(()),
+    }
 }
 
 /// Issues a certificate for a node, usable as TLS server and client (mutual TLS).

@@ -5,9 +5,10 @@
 //! (see `docs/architecture.md`):
 //!
 //! - `node`, `dev`, `init`, `status`: the commands, wiring everything together;
-//! - `api` (admin HTTP) and `ingress` (data-plane HTTP);
+//! - `api` (admin HTTP), `ingress` (data-plane HTTP) and `dispatch` (leader-side workers);
 //! - `client`: the one way into consensus (write, linearizable read barrier);
-//! - `raft` (the only owner of `RawNode`) and `transport` (peer frames over mutual TLS);
+//! - `raft` (the only owner of `RawNode`), `transport` (peer frames over mutual TLS) and
+//!   `snapshot` (streams snapshot files between nodes over the transport);
 //! - `state` (the deterministic state machine), `store` (the storage trait and sled), `seal`.
 
 pub mod api;
@@ -22,7 +23,9 @@ pub mod metrics;
 pub mod node;
 pub mod pool;
 pub mod raft;
+pub mod recurrence;
 pub mod seal;
+pub mod snapshot;
 pub mod state;
 pub mod status;
 pub mod store;

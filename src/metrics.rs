@@ -36,6 +36,10 @@ pub struct Metrics {
     pub peer_frames_dropped: IntCounterVec,
     pub snapshots_sent: IntCounter,
     pub snapshots_installed: IntCounter,
+    /// Snapshot file bytes this node served to followers, in chunks.
+    pub snapshot_bytes_sent: IntCounter,
+    /// Snapshot transfers reported failed to raft (they are retried).
+    pub snapshot_transfer_failures: IntCounter,
     pub log_compactions: IntCounter,
     /// Durable queue messages handled by this node's ingress, by operation and outcome.
     pub queue_messages: IntCounterVec,
@@ -47,6 +51,17 @@ pub struct Metrics {
     /// Replicated running totals per queue and event (enqueued, duplicate, completed,
     /// dead_lettered, expired): the same on every node; take `rate()` of them.
     pub queue_events: IntGaugeVec,
+    /// Per secret, from this node's applied state at each scrape: 1 while the current version
+    /// expires within the secret's `expiry_warning_ms` (or has expired), else 0.
+    pub secret_expiring: IntGaugeVec,
+    /// Per secret: seconds until the current version expires (negative once expired).
+    pub secret_expires_in_seconds: IntGaugeVec,
+    /// Target tenants that do not hold a secret's current version yet, per secret.
+    pub secret_push_pending: IntGaugeVec,
+    /// Push attempts by this node (as leader), by outcome (deployed, failed).
+    pub secret_pushes: IntCounterVec,
+    /// Schedule firings this node proposed as leader and saw applied, by outcome.
+    pub schedule_firings: IntCounterVec,
 }
 
 pub static M: LazyLock<Metrics> = LazyLock::new(|| {
@@ -144,6 +159,18 @@ pub static M: LazyLock<Metrics> = LazyLock::new(|| {
             r
         )
         .expect("m"),
+        snapshot_bytes_sent: register_int_counter_with_registry!(
+            "raft_snapshot_bytes_sent_total",
+            "snapshot file bytes served to followers",
+            r
+        )
+        .expect("m"),
+        snapshot_transfer_failures: register_int_counter_with_registry!(
+            "raft_snapshot_transfer_failures_total",
+            "snapshot transfers reported failed (and retried)",
+            r
+        )
+        .expect("m"),
         log_compactions: register_int_counter_with_registry!(
             "raft_log_compactions_total",
             "log compactions",
@@ -157,11 +184,22 @@ pub static M: LazyLock<Metrics> = LazyLock::new(|| {
             r
         )
         .expect("m"),
+        schedule_firings: register_int_counter_vec_with_registry!(
+            "schedule_firings_total",
+            "schedule firings proposed by this node as leader, by outcome: enqueued, enqueue_failed, skipped, call_started, duplicate (already accounted for), not_fired (paused, stale, busy)",
+            &["outcome"],
+            r
+        )
+        .expect("m"),
         queue_depth: register_int_gauge_vec_with_registry!("queue_depth", "live messages (ready + in flight)", &["queue"], r).expect("m"),
         queue_in_flight: register_int_gauge_vec_with_registry!("queue_in_flight", "messages locked by a consumer", &["queue"], r).expect("m"),
         queue_dead_letters: register_int_gauge_vec_with_registry!("queue_dead_letters", "messages in the dead-letter queue", &["queue"], r).expect("m"),
         queue_bytes: register_int_gauge_vec_with_registry!("queue_bytes", "body bytes of live messages", &["queue"], r).expect("m"),
         queue_events: register_int_gauge_vec_with_registry!("queue_events_total", "replicated running totals per queue: enqueued, duplicate, completed, dead_lettered, expired", &["queue", "event"], r).expect("m"),
+        secret_expiring: register_int_gauge_vec_with_registry!("secret_expiring", "1 while the secret's current version expires within its expiry_warning_ms or has expired", &["secret"], r).expect("m"),
+        secret_expires_in_seconds: register_int_gauge_vec_with_registry!("secret_expires_in_seconds", "seconds until the secret's current version expires (negative: expired)", &["secret"], r).expect("m"),
+        secret_push_pending: register_int_gauge_vec_with_registry!("secret_push_pending", "target tenants not yet holding the secret's current version", &["secret"], r).expect("m"),
+        secret_pushes: register_int_counter_vec_with_registry!("secret_pushes_total", "secret push attempts made by this node as leader, by outcome (deployed, failed)", &["outcome"], r).expect("m"),
     }
 });
 

@@ -6,6 +6,7 @@
 
 use std::net::SocketAddr;
 use std::path::Path;
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -20,6 +21,7 @@ use crate::config::NodeConfig;
 use crate::pool::{Pool, PoolOptions};
 use crate::raft::{DriverConfig, DriverHandle, Outbox};
 use crate::seal::{SealError, Sealer};
+use crate::snapshot::Snapshots;
 use crate::state::CorralState;
 use crate::store::{keys, SledStore, Store, StoreError, WriteBatch};
 use crate::transport::{tls, Inbound, Transport, TransportConfig, TransportError};
@@ -31,6 +33,8 @@ const HTTP_DRAIN: Duration = Duration::from_secs(5);
 /// The file in a data dir that says which cluster and node it belongs to.
 const IDENTITY_FILE: &str = "IDENTITY";
 const MASTER_CANARY: &str = "master_canary";
+/// Under the data dir: snapshot checkpoints served and snapshots being received.
+const SNAPSHOT_DIR: &str = "snapshots";
 
 #[derive(Debug, thiserror::Error)]
 pub enum NodeError {
@@ -54,6 +58,8 @@ pub enum NodeError {
     Transport(#[from] TransportError),
     #[error("raft: {0}")]
     Driver(#[from] crate::raft::DriverError),
+    #[error("secret `{secret}`: its stored data keys do not open with this node's master key ({source}); the master key file differs from the one the cluster sealed them with; refusing to start")]
+    SecretKeys { secret: String, source: SealError },
     #[error("tenant `{tenant}`: its stored credentials do not open with this node's master key ({source}); the master key file differs from the one the cluster sealed them with; refusing to start")]
     TenantCredentials { tenant: String, source: SealError },
 }
@@ -139,9 +145,12 @@ fn load_token(path: &Path) -> Result<String, NodeError> {
 }
 
 /// Sends the driver's messages through the transport; never blocks the driver thread.
+/// A snapshot message is registered with the transfer layer first, which reports its outcome
+/// to raft once the follower has fetched the file (or failed to).
 struct TransportOutbox {
     transport: Arc<Transport>,
     driver: Arc<OnceLock<DriverHandle>>,
+    snapshots: Arc<Snapshots>,
 }
 
 impl Outbox for TransportOutbox {
@@ -149,15 +158,21 @@ impl Outbox for TransportOutbox {
         for m in msgs {
             let to = m.to;
             let is_snapshot = m.get_msg_type() == MessageType::MsgSnapshot;
+            if is_snapshot && !self.snapshots.register_outbound(to, &m) {
+                if let Some(d) = self.driver.get() {
+                    d.report_snapshot(to, false);
+                }
+                continue;
+            }
             let sent = match m.write_to_bytes() {
                 Ok(bytes) => self.transport.send_raft(to, bytes),
                 Err(_) => false,
             };
-            if let Some(d) = self.driver.get() {
+            if !sent {
                 if is_snapshot {
-                    d.report_snapshot(to, sent);
+                    self.snapshots.finish_outbound(to, false);
                 }
-                if !sent {
+                if let Some(d) = self.driver.get() {
                     d.report_unreachable(to);
                 }
             }
@@ -165,10 +180,13 @@ impl Outbox for TransportOutbox {
     }
 }
 
-/// Routes what peers send: Raft messages to the driver, forwarded writes to the client path.
+/// Routes what peers send: Raft messages to the driver (snapshot messages via the transfer
+/// layer, which fetches the file first), forwarded writes to the client path, chunk requests
+/// to the transfer layer.
 async fn route_inbound(
     rx: flume::Receiver<Inbound>,
     driver: DriverHandle,
+    snapshots: Arc<Snapshots>,
     write_timeout: Duration,
 ) {
     while let Ok(inbound) = rx.recv_async().await {
@@ -178,6 +196,10 @@ async fn route_inbound(
                 bytes,
                 permit,
             } => match Message::parse_from_bytes(&bytes) {
+                Ok(m) if m.from == from && crate::snapshot::is_snapshot_message(&m) => {
+                    drop(permit);
+                    snapshots.offer(from, m);
+                }
                 Ok(m) if m.from == from => {
                     if driver.step(m, permit).await.is_err() {
                         return;
@@ -190,6 +212,19 @@ async fn route_inbound(
                 ),
                 Err(e) => tracing::warn!(from, error = %e, "dropped an undecodable raft message"),
             },
+            Inbound::Request {
+                from,
+                body,
+                reply,
+                permit,
+            } if Snapshots::is_snapshot_request(&body) => {
+                let s = snapshots.clone();
+                tokio::spawn(async move {
+                    let answer = s.serve(from, &body).await;
+                    drop(permit);
+                    let _ = reply.send(answer);
+                });
+            }
             Inbound::Request {
                 body,
                 reply,
@@ -220,6 +255,9 @@ pub struct RunningNode {
     sweeper: tokio::task::JoinHandle<()>,
     dispatcher: tokio::task::JoinHandle<()>,
     rate_sampler: tokio::task::JoinHandle<()>,
+    secret_pusher: tokio::task::JoinHandle<()>,
+    snapshot_watchdog: tokio::task::JoinHandle<()>,
+    scheduler: tokio::task::JoinHandle<()>,
     stop_http: watch::Sender<bool>,
     http: Vec<tokio::task::JoinHandle<()>>,
     driver_thread: Option<std::thread::JoinHandle<()>>,
@@ -267,6 +305,17 @@ pub async fn start(cfg: NodeConfig) -> Result<RunningNode, NodeError> {
     if let Err((tenant, source)) = crate::pool::verify_stored_credentials(&*store, &master)? {
         return Err(NodeError::TenantCredentials { tenant, source });
     }
+    if let Err((secret, source)) =
+        crate::dispatch::secrets::verify_stored_secrets(&*store, &master)?
+    {
+        return Err(NodeError::SecretKeys { secret, source });
+    }
+    let reveal_token = cfg
+        .reveal_token_file
+        .as_deref()
+        .map(load_token)
+        .transpose()?;
+    let envelope = Arc::new(crate::seal::Envelope::new(&master));
 
     let (inbound_tx, inbound_rx) = flume::bounded(INBOUND_CAPACITY);
     let transport = Transport::start(
@@ -281,9 +330,18 @@ pub async fn start(cfg: NodeConfig) -> Result<RunningNode, NodeError> {
     )
     .await?;
     let driver_cell = Arc::new(OnceLock::new());
+    let snapshot_dir = cfg.data_dir.join(SNAPSHOT_DIR);
+    let snapshot_pin = Arc::new(AtomicU64::new(crate::raft::storage::NO_PIN));
+    let snapshots = Snapshots::new(
+        &snapshot_dir,
+        transport.clone(),
+        driver_cell.clone(),
+        snapshot_pin.clone(),
+    );
     let outbox = TransportOutbox {
         transport: transport.clone(),
         driver: driver_cell.clone(),
+        snapshots: snapshots.clone(),
     };
     let driver_cfg = DriverConfig {
         id: cfg.id,
@@ -293,6 +351,8 @@ pub async fn start(cfg: NodeConfig) -> Result<RunningNode, NodeError> {
         heartbeat_ticks: cfg.raft.heartbeat_ticks,
         compact_every_entries: cfg.raft.compact_every_entries,
         keep_entries: cfg.raft.keep_entries,
+        snapshot_dir,
+        snapshot_pin,
     };
     let (driver, driver_thread) = crate::raft::start(
         driver_cfg,
@@ -302,7 +362,13 @@ pub async fn start(cfg: NodeConfig) -> Result<RunningNode, NodeError> {
     )?;
     let _ = driver_cell.set(driver.clone());
     let write_timeout = Duration::from_millis(cfg.raft.write_timeout_ms);
-    tokio::spawn(route_inbound(inbound_rx, driver.clone(), write_timeout));
+    let snapshot_watchdog = tokio::spawn(snapshots.clone().watchdog());
+    tokio::spawn(route_inbound(
+        inbound_rx,
+        driver.clone(),
+        snapshots,
+        write_timeout,
+    ));
 
     let client = Arc::new(Client::new(
         cfg.id,
@@ -338,6 +404,19 @@ pub async fn start(cfg: NodeConfig) -> Result<RunningNode, NodeError> {
     ));
     let dispatcher = crate::dispatch::push::spawn(client.clone(), store.clone(), pool.clone());
     let rate_sampler = api::queues::spawn_rate_sampler(store.clone());
+    let secret_pusher = crate::dispatch::secrets::SecretPusher::new(
+        cfg.id,
+        client.clone(),
+        store.clone(),
+        pool.clone(),
+        envelope.clone(),
+    )
+    .spawn();
+    let scheduler = tokio::spawn(crate::dispatch::scheduler::run(
+        client.clone(),
+        store.clone(),
+        pool.clone(),
+    ));
     let ingress_state = Arc::new(crate::ingress::IngressState {
         client: client.clone(),
         store: store.clone(),
@@ -369,6 +448,8 @@ pub async fn start(cfg: NodeConfig) -> Result<RunningNode, NodeError> {
         store,
         admin_token,
         pool: pool.clone(),
+        reveal_token,
+        envelope,
         proxy,
     }));
     let (stop_http, stop_rx) = watch::channel(false);
@@ -394,6 +475,9 @@ pub async fn start(cfg: NodeConfig) -> Result<RunningNode, NodeError> {
         sweeper,
         dispatcher,
         rate_sampler,
+        secret_pusher,
+        snapshot_watchdog,
+        scheduler,
         stop_http,
         http,
         driver_thread: Some(driver_thread),
@@ -409,6 +493,9 @@ impl RunningNode {
         self.sweeper.abort();
         self.dispatcher.abort();
         self.rate_sampler.abort();
+        self.secret_pusher.abort();
+        self.snapshot_watchdog.abort();
+        self.scheduler.abort();
         for h in self.http.drain(..) {
             let _ = tokio::time::timeout(HTTP_DRAIN, h).await;
         }

@@ -8,6 +8,8 @@
 pub mod error;
 pub mod queues;
 pub mod routes;
+pub mod schedules;
+pub mod secrets;
 pub mod tenants;
 
 use std::sync::Arc;
@@ -76,6 +78,25 @@ pub const ADMIN_ROUTES: &[(&str, &str)] = &[
     ("delete", "/admin/queues/{name}/dead-letters/{id}"),
     ("post", "/admin/queues/{name}/dead-letters/{id}/redrive"),
     ("get", "/admin/messages/{id}"),
+    ("get", "/admin/secrets"),
+    ("get", "/admin/secrets/{name}"),
+    ("put", "/admin/secrets/{name}"),
+    ("delete", "/admin/secrets/{name}"),
+    ("get", "/admin/secrets/{name}/versions"),
+    ("post", "/admin/secrets/{name}/versions/{version}/enable"),
+    ("post", "/admin/secrets/{name}/versions/{version}/disable"),
+    ("post", "/admin/secrets/{name}/rollback"),
+    ("post", "/admin/secrets/{name}/restore"),
+    ("post", "/admin/secrets/{name}/reveal"),
+    ("get", "/admin/audit/secrets"),
+    ("get", "/admin/schedules"),
+    ("post", "/admin/schedules:preview"),
+    ("get", "/admin/schedules/{name}"),
+    ("put", "/admin/schedules/{name}"),
+    ("delete", "/admin/schedules/{name}"),
+    ("post", "/admin/schedules/{name}/pause"),
+    ("post", "/admin/schedules/{name}/resume"),
+    ("post", "/admin/schedules/{name}/trigger"),
     ("get", "/admin/routes"),
     ("get", "/admin/routes/{name}"),
     ("put", "/admin/routes/{name}"),
@@ -93,6 +114,11 @@ pub struct AdminState {
     pub store: Arc<dyn Store>,
     pub admin_token: String,
     pub pool: Arc<crate::pool::Pool>,
+    /// The token that carries the reveal right (`POST /admin/secrets/{name}/reveal` only);
+    /// `None` when the cluster file names none, and then nothing can be revealed.
+    pub reveal_token: Option<String>,
+    /// Seals and opens secret values (envelope under the master key).
+    pub envelope: Arc<crate::seal::Envelope>,
     /// The sync proxy (seals client API keys).
     pub proxy: Arc<crate::ingress::proxy::Proxy>,
 }
@@ -138,6 +164,36 @@ pub fn router(state: Arc<AdminState>) -> Router {
             post(queues::dead_redrive_one),
         )
         .route("/admin/messages/{id}", get(queues::message_trace))
+        .route("/admin/secrets", get(secrets::list))
+        .route(
+            "/admin/secrets/{name}",
+            get(secrets::get_one)
+                .put(secrets::put)
+                .delete(secrets::delete),
+        )
+        .route("/admin/secrets/{name}/versions", get(secrets::versions))
+        .route(
+            "/admin/secrets/{name}/versions/{version}/enable",
+            post(secrets::enable),
+        )
+        .route(
+            "/admin/secrets/{name}/versions/{version}/disable",
+            post(secrets::disable),
+        )
+        .route("/admin/secrets/{name}/rollback", post(secrets::rollback))
+        .route("/admin/secrets/{name}/restore", post(secrets::restore))
+        .route("/admin/audit/secrets", get(secrets::audit))
+        .route("/admin/schedules", get(schedules::list))
+        .route("/admin/schedules:preview", post(schedules::preview))
+        .route(
+            "/admin/schedules/{name}",
+            get(schedules::get_one)
+                .put(schedules::put)
+                .delete(schedules::delete),
+        )
+        .route("/admin/schedules/{name}/pause", post(schedules::pause))
+        .route("/admin/schedules/{name}/resume", post(schedules::resume))
+        .route("/admin/schedules/{name}/trigger", post(schedules::trigger))
         .route("/admin/routes", get(routes::route_list))
         .route(
             "/admin/routes/{name}",
@@ -156,12 +212,19 @@ pub fn router(state: Arc<AdminState>) -> Router {
             state.clone(),
             require_token,
         ));
+    let reveal = Router::new()
+        .route("/admin/secrets/{name}/reveal", post(secrets::reveal))
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            require_reveal_token,
+        ));
     Router::new()
         .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .route("/admin/openapi.json", get(openapi))
         .merge(protected)
+        .merge(reveal)
         .fallback(no_route)
         .layer(DefaultBodyLimit::max(MAX_ADMIN_BODY_BYTES))
         .with_state(state)
@@ -197,17 +260,38 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-async fn require_token(State(st): Shared, req: Request, next: Next) -> Response {
-    let presented = req
-        .headers()
+fn bearer(req: &Request) -> &str {
+    req.headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
-        .unwrap_or("");
-    if !constant_time_eq(presented.trim().as_bytes(), st.admin_token.as_bytes()) {
+        .unwrap_or("")
+        .trim()
+}
+
+async fn require_token(State(st): Shared, req: Request, next: Next) -> Response {
+    if !constant_time_eq(bearer(&req).as_bytes(), st.admin_token.as_bytes()) {
         return ApiError::Unauthorized.into_response();
     }
     next.run(req).await
+}
+
+/// Reveal needs the reveal token; the admin token is refused with 403 (it does not carry the
+/// reveal right), anything else with 401.
+async fn require_reveal_token(State(st): Shared, req: Request, next: Next) -> Response {
+    let presented = bearer(&req).as_bytes();
+    match &st.reveal_token {
+        Some(t) if constant_time_eq(presented, t.as_bytes()) => next.run(req).await,
+        _ if constant_time_eq(presented, st.admin_token.as_bytes()) => ApiError::Forbidden(
+            match st.reveal_token {
+                Some(_) => "revealing a secret needs the reveal token, not the admin token",
+                None => "revealing is disabled: the cluster file names no reveal_token_file",
+            }
+            .into(),
+        )
+        .into_response(),
+        _ => ApiError::Unauthorized.into_response(),
+    }
 }
 
 pub fn now_ms() -> u64 {
@@ -271,6 +355,7 @@ fn refresh_queue_gauges(store: &dyn Store) {
 
 async fn metrics(State(st): Shared) -> Response {
     refresh_queue_gauges(&*st.store);
+    secrets::refresh_gauges(&*st.store);
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         crate::metrics::render(),

@@ -3,3 +3,5 @@
 //! leads, so a leader change hands the work over with the log.
 
 pub mod push;
+pub mod scheduler;
+pub mod secrets;

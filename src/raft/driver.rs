@@ -44,6 +44,11 @@ pub struct DriverConfig {
     pub heartbeat_ticks: usize,
     pub compact_every_entries: u64,
     pub keep_entries: u64,
+    /// Where snapshot checkpoints and staged snapshots live (see `raft::snapfile`).
+    pub snapshot_dir: std::path::PathBuf,
+    /// Lowest snapshot index a follower is fetching, set by the transfer layer
+    /// (`storage::NO_PIN` when none); compaction stops there.
+    pub snapshot_pin: Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// Where the driver sends Raft messages. Must not block: drop and count when a peer is slow.
@@ -199,7 +204,8 @@ pub fn start<S: StateMachine, O: Outbox>(
     sm: S,
     outbox: O,
 ) -> Result<(DriverHandle, std::thread::JoinHandle<()>), DriverError> {
-    let mut storage = RaftStorage::open(kv, &cfg.voters)?;
+    let mut storage =
+        RaftStorage::open(kv, &cfg.voters, &cfg.snapshot_dir, cfg.snapshot_pin.clone())?;
     repair_commit(&mut storage)?;
     let applied = storage.applied().index;
     let raft_cfg = raft::Config {
@@ -283,13 +289,16 @@ impl<S: StateMachine, O: Outbox> Driver<S, O> {
         let tick = Duration::from_millis(self.cfg.tick_ms);
         let mut next_tick = Instant::now() + tick;
         let mut running = true;
+        let mut building = false;
         while running {
             if Instant::now() >= next_tick {
                 self.raw.tick();
                 self.expire_reads();
                 next_tick = Instant::now() + tick;
             }
-            match self.rx.recv_deadline(next_tick) {
+            // While a checkpoint is being built, do not idle until the tick: build on.
+            let wait_until = if building { Instant::now() } else { next_tick };
+            match self.rx.recv_deadline(wait_until) {
                 Ok(input) => running = self.handle(input),
                 Err(flume::RecvTimeoutError::Timeout) => {}
                 Err(flume::RecvTimeoutError::Disconnected) => running = false,
@@ -308,6 +317,7 @@ impl<S: StateMachine, O: Outbox> Driver<S, O> {
                 tracing::error!(error = %e, "raft driver storage failure; stopping the node");
                 running = false;
             }
+            building = self.raw.mut_store().checkpoint_work();
             self.publish_status(false);
         }
         self.stop();
@@ -632,6 +642,7 @@ impl<S: StateMachine, O: Outbox> Driver<S, O> {
         }
         let store = self.raw.mut_store();
         store.set_applied(last, &mut batch);
+        store.note_applied_batch(&batch);
         store.store().write(batch)?;
         for (p, outcome) in answers {
             M.proposal_seconds

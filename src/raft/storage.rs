@@ -2,10 +2,19 @@
 //!
 //! Raft metadata is cached in memory (this struct is owned by the one `RawNode`, inside the
 //! driver thread) and written through to the store in the same batch as the change it belongs
-//! to. Snapshots are made on demand from the state range of the store at the applied index,
-//! which is consistent because the driver thread is the only writer.
+//! to.
+//!
+//! Snapshots are files (see [`super::snapfile`]): when raft-rs asks for one, a checkpoint of
+//! the state at the applied index is built incrementally on the driver thread and raft is told
+//! "temporarily unavailable" until it is ready; the Raft message then carries only its
+//! descriptor and the follower fetches the file in chunks (`crate::snapshot`). Installing a
+//! received snapshot streams the staged file into the store in bounded batches under an
+//! "installing" marker, so a crash mid-install is finished from the staged file on restart.
 
+use std::cell::Cell;
 use std::collections::VecDeque;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use protobuf::Message as _;
@@ -13,15 +22,22 @@ use raft::prelude::*;
 use raft::{GetEntriesContext, RaftState, StorageError};
 use serde::{Deserialize, Serialize};
 
+use super::snapfile::{self, CheckpointBuilder, SnapReader, SnapshotDescriptor};
 use crate::store::{keys, Store, StoreError, WriteBatch};
 
-/// A snapshot larger than this is not offered (peers could not receive it in one frame).
-pub const MAX_SNAPSHOT_BYTES: usize = crate::transport::MAX_FRAME_BYTES - 1024 * 1024;
+/// State bytes written per store batch while installing a snapshot: bounds install memory.
+pub const INSTALL_BATCH_BYTES: usize = 16 * 1024 * 1024;
+/// Keys deleted per store batch when clearing the old log and state before an install.
+const CLEAR_BATCH_KEYS: usize = 16 * 1024;
+/// `snapshot_pin` value meaning "no transfer in progress".
+pub const NO_PIN: u64 = u64::MAX;
 
 const META_HARD_STATE: &str = "hard_state";
 const META_CONF_STATE: &str = "conf_state";
 const META_SNAPSHOT: &str = "snapshot_point";
 const META_APPLIED: &str = "applied";
+/// Present while a snapshot install is under way; names the staged file to finish it from.
+const META_INSTALLING: &str = "snapshot_installing";
 
 /// A (index, term) position in the log.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -30,14 +46,25 @@ pub struct LogPosition {
     pub term: u64,
 }
 
-/// The snapshot payload: the whole state range, copied key by key.
-#[derive(Serialize, Deserialize)]
-struct SnapshotData {
-    format: u8,
-    pairs: Vec<(Vec<u8>, Vec<u8>)>,
+/// Test hook: with `CORRAL_FAILPOINT=snapshot-install-pause` in its environment, a node stops
+/// (forever) after the first state batch of an install, so a test can kill -9 it exactly
+/// mid-install. Not a configuration: only the crash tests set it.
+fn failpoint_pause_mid_install() {
+    if std::env::var("CORRAL_FAILPOINT").as_deref() == Ok("snapshot-install-pause") {
+        tracing::warn!("failpoint snapshot-install-pause: pausing mid-install");
+        loop {
+            std::thread::sleep(std::time::Duration::from_secs(3600));
+        }
+    }
 }
 
-const SNAPSHOT_FORMAT: u8 = 1;
+/// What the install marker records: enough to finish the install after a crash.
+#[derive(Serialize, Deserialize)]
+struct InstallMarker {
+    desc: SnapshotDescriptor,
+    /// The snapshot's conf state, protobuf-encoded.
+    conf_state: Vec<u8>,
+}
 
 fn store_err(e: StoreError) -> raft::Error {
     raft::Error::Store(StorageError::Other(Box::new(e)))
@@ -78,6 +105,18 @@ pub struct RaftStorage {
     /// Term of every stored entry: `terms[i]` is the term of index `snapshot_point.index + 1 + i`.
     /// Raft asks for terms constantly; this keeps those lookups off the disk.
     terms: VecDeque<u64>,
+    /// Where checkpoints (served) and staged snapshots (received) live.
+    snapshot_dir: PathBuf,
+    /// The latest finished checkpoint, offered to followers that need a snapshot.
+    checkpoint: Option<SnapshotDescriptor>,
+    /// A checkpoint being built, a step per driver loop.
+    building: Option<CheckpointBuilder>,
+    /// Set by [`raft::Storage::snapshot`] (which only gets `&self`) to ask for a build: the
+    /// lowest index the snapshot must have.
+    wanted: Cell<Option<u64>>,
+    /// Lowest checkpoint index a follower is fetching ([`NO_PIN`] when none): the log is not
+    /// compacted past it, so the follower can continue by log after installing.
+    snapshot_pin: Arc<AtomicU64>,
 }
 
 /// Reads the stored log once at start for its terms, checking it is contiguous.
@@ -104,7 +143,13 @@ fn load_terms(kv: &dyn Store, snapshot_index: u64) -> Result<VecDeque<u64>, Stor
 
 impl RaftStorage {
     /// Opens the Raft view of `kv`. A store with no conf state is bootstrapped with `voters`.
-    pub fn open(kv: Arc<dyn Store>, voters: &[u64]) -> Result<RaftStorage, StoreError> {
+    /// An install interrupted by a crash is finished first, from its staged file.
+    pub fn open(
+        kv: Arc<dyn Store>,
+        voters: &[u64],
+        snapshot_dir: &Path,
+        snapshot_pin: Arc<AtomicU64>,
+    ) -> Result<RaftStorage, StoreError> {
         let read_meta = |name: &str| kv.get(&keys::meta(name));
         let conf_state = match read_meta(META_CONF_STATE)? {
             Some(b) => {
@@ -140,9 +185,15 @@ impl RaftStorage {
         };
         let snapshot_point = pos(META_SNAPSHOT)?;
         let applied = pos(META_APPLIED)?;
-        let terms = load_terms(&*kv, snapshot_point.index)?;
+        let interrupted = read_meta(META_INSTALLING)?;
+        let terms = match interrupted {
+            Some(_) => VecDeque::new(),
+            None => load_terms(&*kv, snapshot_point.index)?,
+        };
         let last_index = snapshot_point.index + terms.len() as u64;
-        Ok(RaftStorage {
+        // Checkpoints are rebuilt on demand; a leftover one has no descriptor to offer.
+        snapfile::remove_files(&snapfile::checkpoint_dir(snapshot_dir), true, |_, _| true);
+        let mut s = RaftStorage {
             kv,
             hard_state,
             conf_state,
@@ -150,7 +201,33 @@ impl RaftStorage {
             last_index,
             applied,
             terms,
-        })
+            snapshot_dir: snapshot_dir.to_path_buf(),
+            checkpoint: None,
+            building: None,
+            wanted: Cell::new(None),
+            snapshot_pin,
+        };
+        if let Some(m) = interrupted {
+            let marker: InstallMarker =
+                bincode::serde::decode_from_slice(&m, bincode::config::standard())
+                    .map_err(|e| StoreError::Corrupt(format!("install marker: {e}")))?
+                    .0;
+            tracing::warn!(
+                index = marker.desc.index,
+                "finishing a snapshot install interrupted by a crash"
+            );
+            s.finish_install(&marker).map_err(|e| {
+                StoreError::Corrupt(format!(
+                    "a snapshot install was interrupted and cannot be finished ({e}); this data dir is unusable: wipe it and the node catches up from the leader"
+                ))
+            })?;
+        } else {
+            let applied = s.applied.index;
+            snapfile::remove_files(&snapfile::staging_dir(snapshot_dir), true, |i, _| {
+                i <= applied
+            });
+        }
+        Ok(s)
     }
 
     pub fn applied(&self) -> LogPosition {
@@ -254,6 +331,7 @@ impl RaftStorage {
 
     /// Drops log entries up to and including `through` (which must be applied and durable).
     pub fn compact(&mut self, through: u64) -> Result<u64, StoreError> {
+        let through = through.min(self.compaction_floor());
         if through <= self.snapshot_point.index || through > self.applied.index {
             return Ok(0);
         }
@@ -277,49 +355,180 @@ impl RaftStorage {
     }
 
     /// Replaces the whole log and state with a snapshot received from the leader, durably.
+    ///
+    /// The state arrives as a staged, verified file named by the descriptor in the snapshot's
+    /// data. First a marker naming it is made durable; then the old log and state are cleared
+    /// and the file streamed in, in bounded batches; the last batch sets the snapshot point,
+    /// applied index and Raft state and removes the marker. A crash before the marker leaves
+    /// the old state; after it, [`RaftStorage::open`] finishes the install from the file.
     pub fn install_snapshot(&mut self, snap: &Snapshot) -> Result<(), StoreError> {
         let meta = snap.get_metadata();
-        let data: SnapshotData =
-            bincode::serde::decode_from_slice(snap.get_data(), bincode::config::standard())
-                .map_err(|e| StoreError::Corrupt(format!("snapshot data: {e}")))?
-                .0;
-        if data.format != SNAPSHOT_FORMAT {
-            return Err(StoreError::Corrupt(format!(
-                "snapshot format {}",
-                data.format
-            )));
+        let desc = SnapshotDescriptor::decode(snap.get_data())?;
+        if (desc.index, desc.term) != (meta.index, meta.term) {
+            return Err(StoreError::Corrupt(
+                "snapshot descriptor does not match its metadata".into(),
+            ));
         }
+        let marker = InstallMarker {
+            desc,
+            conf_state: meta
+                .get_conf_state()
+                .write_to_bytes()
+                .map_err(|e| StoreError::Corrupt(e.to_string()))?,
+        };
         let mut batch = WriteBatch::default();
-        for prefix in [keys::LOG, keys::STATE] {
-            for item in self.kv.scan_prefix(&[prefix]) {
-                batch.delete(item?.0);
-            }
+        batch.put(
+            keys::meta(META_INSTALLING),
+            bincode::serde::encode_to_vec(&marker, bincode::config::standard())
+                .map_err(|e| StoreError::Corrupt(e.to_string()))?,
+        );
+        self.kv.write(batch)?;
+        self.kv.flush()?;
+        self.finish_install(&marker)
+    }
+
+    /// The part of an install after its marker is durable; idempotent, so a restart can redo it.
+    fn finish_install(&mut self, marker: &InstallMarker) -> Result<(), StoreError> {
+        let desc = &marker.desc;
+        let staging = snapfile::staging_dir(&self.snapshot_dir);
+        let mut reader = SnapReader::open(&staging.join(desc.file_name()))?;
+        // Drop any checkpoint being built or offered: it describes the state being replaced.
+        if let Some(b) = self.building.take() {
+            b.abandon();
         }
-        for (k, v) in data.pairs {
+        self.checkpoint = None;
+        self.clear_prefix(keys::LOG)?;
+        self.clear_prefix(keys::STATE)?;
+        let mut batch = WriteBatch::default();
+        let mut count = 0u64;
+        while let Some((k, v)) = reader.next_pair()? {
             if k.first() != Some(&keys::STATE) {
                 return Err(StoreError::Corrupt(
                     "snapshot holds a key outside the state range".into(),
                 ));
             }
             batch.put(k, v);
+            count += 1;
+            if batch.bytes >= INSTALL_BATCH_BYTES {
+                self.kv.write(std::mem::take(&mut batch))?;
+                failpoint_pause_mid_install();
+            }
         }
+        reader.verify_end(desc, count)?;
+        let conf_state = ConfState::parse_from_bytes(&marker.conf_state)
+            .map_err(|e| StoreError::Corrupt(e.to_string()))?;
         let point = LogPosition {
-            index: meta.index,
-            term: meta.term,
+            index: desc.index,
+            term: desc.term,
         };
         batch.put(keys::meta(META_SNAPSHOT), encode_pos(point));
         self.set_applied(point, &mut batch);
-        self.set_conf_state(meta.get_conf_state(), &mut batch)?;
+        self.set_conf_state(&conf_state, &mut batch)?;
         let mut hs = self.hard_state.clone();
-        hs.term = hs.term.max(meta.term);
-        hs.commit = hs.commit.max(meta.index);
+        hs.term = hs.term.max(point.term);
+        hs.commit = hs.commit.max(point.index);
         self.set_hard_state(&hs, &mut batch)?;
+        batch.delete(keys::meta(META_INSTALLING));
         self.kv.write(batch)?;
         self.kv.flush()?;
         self.snapshot_point = point;
-        self.last_index = meta.index;
+        self.last_index = point.index;
         self.terms.clear();
+        snapfile::remove_files(&staging, false, |i, _| i <= point.index);
         Ok(())
+    }
+
+    /// Deletes every key under `prefix`, in bounded batches.
+    fn clear_prefix(&self, prefix: u8) -> Result<(), StoreError> {
+        loop {
+            let mut batch = WriteBatch::default();
+            for item in self
+                .kv
+                .scan_range(&[prefix], &[prefix + 1])
+                .take(CLEAR_BATCH_KEYS)
+            {
+                batch.delete(item?.0);
+            }
+            if batch.is_empty() {
+                return Ok(());
+            }
+            self.kv.write(batch)?;
+        }
+    }
+
+    /// The log may not be compacted past this: a checkpoint being built or being fetched.
+    fn compaction_floor(&self) -> u64 {
+        let building = self.building.as_ref().map_or(NO_PIN, |b| b.index);
+        building.min(self.snapshot_pin.load(Ordering::Relaxed))
+    }
+
+    /// Called by the driver before it writes an applied batch: a running checkpoint build
+    /// keeps the pre-images it needs. A build that cannot is abandoned (raft asks again).
+    pub fn note_applied_batch(&mut self, batch: &WriteBatch) {
+        let Some(b) = self.building.as_mut() else {
+            return;
+        };
+        if let Err(e) = b.note_batch(&*self.kv, batch) {
+            tracing::warn!(error = %e, "abandoning a snapshot checkpoint build; it restarts when a follower still needs it");
+            if let Some(b) = self.building.take() {
+                b.abandon();
+            }
+        }
+    }
+
+    /// Advances snapshot checkpoint work by one step; true while a build is in progress (the
+    /// driver then keeps its loop spinning instead of waiting for the next tick).
+    pub fn checkpoint_work(&mut self) -> bool {
+        if self.building.is_none() {
+            let Some(min_index) = self.wanted.take() else {
+                return false;
+            };
+            if self.applied.index == 0 || self.usable_checkpoint(min_index).is_some() {
+                return false;
+            }
+            let dir = snapfile::checkpoint_dir(&self.snapshot_dir);
+            match CheckpointBuilder::begin(&dir, self.applied.index, self.applied.term) {
+                Ok(b) => {
+                    tracing::info!(index = b.index, "building a snapshot checkpoint");
+                    self.building = Some(b);
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot start a snapshot checkpoint");
+                    return false;
+                }
+            }
+        }
+        let Some(b) = self.building.as_mut() else {
+            return false;
+        };
+        match b.step(&*self.kv, snapfile::CHECKPOINT_STEP_BYTES) {
+            Ok(None) => true,
+            Ok(Some(desc)) => {
+                self.building = None;
+                tracing::info!(
+                    index = desc.index,
+                    bytes = desc.bytes,
+                    keys = desc.keys,
+                    "snapshot checkpoint ready"
+                );
+                let pin = self.snapshot_pin.load(Ordering::Relaxed);
+                let keep = (desc.index, desc.term);
+                snapfile::remove_files(
+                    &snapfile::checkpoint_dir(&self.snapshot_dir),
+                    false,
+                    |i, t| (i, t) != keep && i != pin,
+                );
+                self.checkpoint = Some(desc);
+                false
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "snapshot checkpoint build failed");
+                if let Some(b) = self.building.take() {
+                    b.abandon();
+                }
+                false
+            }
+        }
     }
 
     fn entry_term(&self, index: u64) -> raft::Result<u64> {
@@ -335,39 +544,22 @@ impl RaftStorage {
             .ok_or(raft::Error::Store(StorageError::Unavailable))
     }
 
-    fn build_snapshot(&self) -> raft::Result<Snapshot> {
-        let mut pairs = Vec::new();
-        let mut bytes = 0usize;
-        for item in self.kv.scan_prefix(&[keys::STATE]) {
-            let (k, v) = item.map_err(store_err)?;
-            bytes += k.len() + v.len();
-            if bytes > MAX_SNAPSHOT_BYTES {
-                tracing::error!(
-                    bytes,
-                    limit = MAX_SNAPSHOT_BYTES,
-                    "state too large for a snapshot; follower must catch up by log"
-                );
-                return Err(raft::Error::Store(
-                    StorageError::SnapshotTemporarilyUnavailable,
-                ));
-            }
-            pairs.push((k, v));
-        }
-        let data = bincode::serde::encode_to_vec(
-            &SnapshotData {
-                format: SNAPSHOT_FORMAT,
-                pairs,
-            },
-            bincode::config::standard(),
-        )
-        .map_err(|_| corrupt("snapshot encode"))?;
+    /// The finished checkpoint, if it has at least `min_index` and the log continues from it.
+    fn usable_checkpoint(&self, min_index: u64) -> Option<&SnapshotDescriptor> {
+        self.checkpoint
+            .as_ref()
+            .filter(|d| d.index >= min_index && d.index + 1 >= self.first())
+    }
+
+    /// The Raft snapshot for a finished checkpoint: metadata and descriptor only.
+    fn snapshot_of(&self, desc: &SnapshotDescriptor) -> Snapshot {
         let mut snap = Snapshot::default();
-        snap.set_data(data.into());
+        snap.set_data(desc.encode().into());
         let meta = snap.mut_metadata();
-        meta.index = self.applied.index;
-        meta.term = self.applied.term;
+        meta.index = desc.index;
+        meta.term = desc.term;
         meta.set_conf_state(self.conf_state.clone());
-        Ok(snap)
+        snap
     }
 }
 
@@ -434,13 +626,17 @@ impl raft::Storage for RaftStorage {
         Ok(self.last_index)
     }
 
+    /// Offers the latest checkpoint if it is recent enough and the log still continues from
+    /// it; otherwise asks the driver to build one and says "temporarily unavailable" (raft
+    /// asks again on the follower's next heartbeat response).
     fn snapshot(&self, request_index: u64, _to: u64) -> raft::Result<Snapshot> {
-        if self.applied.index < request_index {
-            return Err(raft::Error::Store(
-                StorageError::SnapshotTemporarilyUnavailable,
-            ));
+        if let Some(d) = self.usable_checkpoint(request_index) {
+            return Ok(self.snapshot_of(d));
         }
-        self.build_snapshot()
+        self.wanted.set(Some(request_index));
+        Err(raft::Error::Store(
+            StorageError::SnapshotTemporarilyUnavailable,
+        ))
     }
 }
 
@@ -460,8 +656,28 @@ mod tests {
     }
 
     fn open(dir: &std::path::Path) -> RaftStorage {
-        let kv: Arc<dyn Store> = Arc::new(SledStore::open(dir).unwrap());
-        RaftStorage::open(kv, &[1, 2, 3]).unwrap()
+        let kv: Arc<dyn Store> = Arc::new(SledStore::open(&dir.join("store")).unwrap());
+        let pin = Arc::new(AtomicU64::new(NO_PIN));
+        RaftStorage::open(kv, &[1, 2, 3], &dir.join("snapshots"), pin).unwrap()
+    }
+
+    /// Builds a checkpoint the way the driver does: ask, then step until ready.
+    fn checkpoint(s: &mut RaftStorage) -> Snapshot {
+        assert!(s.snapshot(0, 2).is_err(), "first ask only starts a build");
+        while s.checkpoint_work() {}
+        s.snapshot(0, 2).unwrap()
+    }
+
+    /// Copies a leader's checkpoint file into a follower's staging dir (what the transfer does).
+    fn stage(from: &std::path::Path, to: &std::path::Path, snap: &Snapshot) {
+        let d = SnapshotDescriptor::decode(snap.get_data()).unwrap();
+        let staging = snapfile::staging_dir(&to.join("snapshots"));
+        std::fs::create_dir_all(&staging).unwrap();
+        std::fs::copy(
+            snapfile::checkpoint_dir(&from.join("snapshots")).join(d.file_name()),
+            staging.join(d.file_name()),
+        )
+        .unwrap();
     }
 
     /// Appending truncates a conflicting suffix, and the log reopens as written.
@@ -523,11 +739,12 @@ mod tests {
         b.put(keys::state(b"k"), b"v".to_vec());
         a.set_applied(LogPosition { index: 42, term: 3 }, &mut b);
         a.kv.write(b).unwrap();
-        let snap = a.snapshot(0, 2).unwrap();
+        let snap = checkpoint(&mut a);
         let mut other = open(d2.path());
         let mut junk = WriteBatch::default();
         junk.put(keys::state(b"old"), b"x".to_vec());
         other.kv.write(junk).unwrap();
+        stage(d1.path(), d2.path(), &snap);
         other.install_snapshot(&snap).unwrap();
         assert_eq!(
             other.kv.get(&keys::state(b"k")).unwrap(),
@@ -537,5 +754,81 @@ mod tests {
         assert_eq!(other.first_index().unwrap(), 43);
         assert_eq!(other.term(42).unwrap(), 3);
         assert_eq!(other.applied(), LogPosition { index: 42, term: 3 });
+    }
+
+    /// A crash after the install marker is durable (state half cleared) is finished on the
+    /// next open from the staged file: the node comes back with exactly the new state.
+    #[test]
+    fn interrupted_install_is_finished_on_open() {
+        let (d1, d2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let mut a = open(d1.path());
+        let mut b = WriteBatch::default();
+        for i in 0..100u32 {
+            b.put(keys::state(&i.to_be_bytes()), vec![1; 100]);
+        }
+        a.set_applied(LogPosition { index: 50, term: 2 }, &mut b);
+        a.kv.write(b).unwrap();
+        let snap = checkpoint(&mut a);
+        stage(d1.path(), d2.path(), &snap);
+        {
+            let other = open(d2.path());
+            let mut b = WriteBatch::default();
+            b.put(keys::state(b"old"), b"x".to_vec());
+            other.kv.write(b).unwrap();
+            // What install_snapshot does before it starts replacing: the marker, durably.
+            let marker = InstallMarker {
+                desc: SnapshotDescriptor::decode(snap.get_data()).unwrap(),
+                conf_state: snap
+                    .get_metadata()
+                    .get_conf_state()
+                    .write_to_bytes()
+                    .unwrap(),
+            };
+            let mut b = WriteBatch::default();
+            b.put(
+                keys::meta(META_INSTALLING),
+                bincode::serde::encode_to_vec(&marker, bincode::config::standard()).unwrap(),
+            );
+            // ...and part of the clearing, as if it crashed mid-way.
+            b.delete(keys::state(&0u32.to_be_bytes()));
+            other.kv.write(b).unwrap();
+            other.kv.flush().unwrap();
+        }
+        let other = open(d2.path());
+        assert_eq!(other.applied(), LogPosition { index: 50, term: 2 });
+        assert_eq!(other.kv.get(&keys::meta(META_INSTALLING)).unwrap(), None);
+        assert_eq!(other.kv.get(&keys::state(b"old")).unwrap(), None);
+        let n = other.kv.scan_prefix(&[keys::STATE]).count();
+        assert_eq!(n, 100);
+        assert_eq!(other.first_index().unwrap(), 51);
+    }
+
+    /// The log is not compacted past a checkpoint a follower is fetching, and a checkpoint
+    /// whose successor entries were compacted away is not offered again.
+    #[test]
+    fn compaction_respects_the_transfer_pin() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = open(dir.path());
+        let mut b = WriteBatch::default();
+        s.append(&(1..=20).map(|i| entry(i, 1)).collect::<Vec<_>>(), &mut b)
+            .unwrap();
+        s.set_applied(LogPosition { index: 10, term: 1 }, &mut b);
+        s.kv.write(b).unwrap();
+        let snap = checkpoint(&mut s);
+        assert_eq!(snap.get_metadata().index, 10);
+        s.snapshot_pin.store(10, Ordering::Relaxed);
+        let mut b = WriteBatch::default();
+        s.set_applied(LogPosition { index: 20, term: 1 }, &mut b);
+        s.kv.write(b).unwrap();
+        s.compact(18).unwrap();
+        assert_eq!(s.first_index().unwrap(), 11);
+        assert!(s.snapshot(0, 2).is_ok());
+        s.snapshot_pin.store(NO_PIN, Ordering::Relaxed);
+        s.compact(18).unwrap();
+        assert_eq!(s.first_index().unwrap(), 19);
+        assert!(
+            s.snapshot(0, 2).is_err(),
+            "stale checkpoint must not be offered"
+        );
     }
 }

@@ -14,8 +14,13 @@
 //!   sealed with the master key, so the log, snapshots and data files never hold them in clear.
 //! - `q?/...`: the durable queue (configuration, messages, leases, dedup, dead letters); see
 //!   [`queue`] for its layout.
+//! - `x/...`: shared secrets (sealed versions, push state, audit log); see [`secrets`].
+//! - `sc/<name>`: replicated timers (definition, occurrence cursor, last firings); see
+//!   [`schedules`].
 
 pub mod queue;
+pub mod schedules;
+pub mod secrets;
 
 use std::sync::Arc;
 
@@ -116,6 +121,31 @@ pub enum Command {
         now_ms: u64,
         results: Vec<queue::DeliveryResult>,
     },
+    /// Any change to a shared secret (see [`secrets`]); values arrive sealed.
+    Secret(secrets::SecretCommand),
+    /// Creates or replaces a schedule (validated by the API).
+    SchedulePut {
+        name: String,
+        spec: Box<schedules::ScheduleSpec>,
+        now_ms: u64,
+    },
+    /// Removes a schedule.
+    ScheduleDelete { name: String },
+    /// Pauses (with a note) or resumes a schedule.
+    SchedulePause {
+        name: String,
+        paused: bool,
+        note: String,
+        now_ms: u64,
+    },
+    /// Fires (or skips) one occurrence; in the same batch it enqueues the delivery.
+    ScheduleFire(Box<schedules::Fire>),
+    /// Records how a call firing ended.
+    ScheduleOutcome {
+        name: String,
+        message_id: String,
+        outcome: schedules::Outcome,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -140,6 +170,10 @@ pub enum Response {
     },
     /// The answer to any queue command.
     Queue(queue::QueueResponse),
+    /// The answer to any secret command.
+    Secret(secrets::SecretResponse),
+    /// The answer to any schedule command.
+    Schedule(schedules::ScheduleResponse),
 }
 
 /// A stored tenant: non-secret spec (JSON) plus sealed credentials, with its revision.
@@ -265,7 +299,51 @@ impl CorralState {
                 batch.delete(tenant_key(&name));
                 Ok(Response::TenantDeleted { existed })
             }
+            Command::Secret(cmd) => secrets::Apply {
+                kv: &*self.kv,
+                batch,
+            }
+            .apply(index, cmd)
+            .map(Response::Secret),
+            cmd @ (Command::SchedulePut { .. }
+            | Command::ScheduleDelete { .. }
+            | Command::SchedulePause { .. }
+            | Command::ScheduleFire(_)
+            | Command::ScheduleOutcome { .. }) => self
+                .apply_schedule(index, cmd, batch)
+                .map(Response::Schedule),
             cmd => self.apply_queue(index, cmd, batch).map(Response::Queue),
+        }
+    }
+
+    fn apply_schedule(
+        &mut self,
+        index: u64,
+        cmd: Command,
+        batch: &mut WriteBatch,
+    ) -> Result<schedules::ScheduleResponse, StoreError> {
+        let mut s = schedules::Apply {
+            kv: &*self.kv,
+            batch,
+        };
+        match cmd {
+            Command::SchedulePut { name, spec, now_ms } => s.put(index, &name, *spec, now_ms),
+            Command::ScheduleDelete { name } => s.delete(&name),
+            Command::SchedulePause {
+                name,
+                paused,
+                note,
+                now_ms,
+            } => s.set_paused(&name, paused, note, now_ms),
+            Command::ScheduleFire(f) => s.fire(*f),
+            Command::ScheduleOutcome {
+                name,
+                message_id,
+                outcome,
+            } => s.record_outcome(&name, &message_id, outcome),
+            _ => Err(StoreError::Corrupt(
+                "non-schedule command routed to the schedules".into(),
+            )),
         }
     }
 
@@ -323,7 +401,13 @@ impl CorralState {
             Command::ConfigPut { .. }
             | Command::ConfigDelete { .. }
             | Command::TenantPut { .. }
-            | Command::TenantDelete { .. } => Err(StoreError::Corrupt(
+            | Command::TenantDelete { .. }
+            | Command::Secret(_)
+            | Command::SchedulePut { .. }
+            | Command::ScheduleDelete { .. }
+            | Command::SchedulePause { .. }
+            | Command::ScheduleFire(_)
+            | Command::ScheduleOutcome { .. } => Err(StoreError::Corrupt(
                 "non-queue command routed to the queue".into(),
             )),
         }

@@ -61,9 +61,9 @@ pub const DEFAULT_LOCK_MS: u64 = 60_000;
 pub const DEFAULT_DEDUP_WINDOW_MS: u64 = 10 * 60 * 1000;
 /// Default cap on stored messages (live + dead letters) per queue.
 pub const DEFAULT_MAX_MESSAGES: u64 = 100_000;
-/// Default cap on stored body bytes per queue (32 MiB: snapshots must still fit one 64 MiB
-/// transport frame until chunked snapshots exist; see docs/queue.md).
-pub const DEFAULT_MAX_BYTES: u64 = 32 * 1024 * 1024;
+/// Default cap on stored body bytes per queue (1 GiB, the most a queue may be configured with;
+/// snapshots are streamed in chunks, so the state is not bounded by a transport frame).
+pub const DEFAULT_MAX_BYTES: u64 = 1024 * 1024 * 1024;
 /// Default time a tenant must have been unhealthy before a message whose last attempt there
 /// had an uncertain outcome may move to another tenant (30 s).
 pub const DEFAULT_FAILOVER_AFTER_MS: u64 = 30_000;
@@ -747,6 +747,21 @@ pub fn peek_dead_letter(
     };
     let body = kv.get(&seq_key("b", queue, seq))?.unwrap_or_default();
     Ok(Some((meta, body)))
+}
+
+/// True while message `id` of `queue` is live (ready or leased): not completed, expired,
+/// dead-lettered or purged. The scheduler's overlap policy asks this inside apply, through the
+/// pending batch, so every node answers alike.
+pub fn is_live(
+    kv: &dyn Store,
+    batch: &WriteBatch,
+    queue: &str,
+    id: &str,
+) -> Result<bool, StoreError> {
+    let Some(seq) = read_id(kv, batch, queue, id)? else {
+        return Ok(false);
+    };
+    Ok(batch.read_through(kv, &seq_key("m", queue, seq))?.is_some())
 }
 
 fn read_id(

@@ -112,6 +112,12 @@ pub trait Store: Send + Sync + 'static {
         &'a self,
         prefix: &[u8],
     ) -> Box<dyn Iterator<Item = Result<KvPair, StoreError>> + 'a>;
+    /// Pairs with `from <= key < to`, in key order, streamed (one pair in memory at a time).
+    fn scan_range<'a>(
+        &'a self,
+        from: &[u8],
+        to: &[u8],
+    ) -> Box<dyn Iterator<Item = Result<KvPair, StoreError>> + 'a>;
     /// Applies the batch atomically (not yet durable).
     fn write(&self, batch: WriteBatch) -> Result<(), StoreError>;
     /// Makes every earlier write durable (fsync). Returns bytes flushed where known.

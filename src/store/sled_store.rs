@@ -58,6 +58,18 @@ impl Store for SledStore {
         )
     }
 
+    fn scan_range<'a>(
+        &'a self,
+        from: &[u8],
+        to: &[u8],
+    ) -> Box<dyn Iterator<Item = Result<KvPair, StoreError>> + 'a> {
+        Box::new(
+            self.tree
+                .range(from.to_vec()..to.to_vec())
+                .map(|r| r.map(|(k, v)| (k.to_vec(), v.to_vec())).map_err(engine)),
+        )
+    }
+
     fn write(&self, batch: WriteBatch) -> Result<(), StoreError> {
         let mut b = sled::Batch::default();
         for (k, v) in batch.ops {

@@ -139,6 +139,11 @@ impl Cluster {
     }
 
     pub fn start(&mut self, id: u64) {
+        self.start_with_env(id, &[]);
+    }
+
+    /// Starts node `id` with extra environment variables (e.g. a failpoint).
+    pub fn start_with_env(&mut self, id: u64, env: &[(&str, &str)]) {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -149,6 +154,7 @@ impl Cluster {
             .arg(&self.file)
             .args(["--id", &id.to_string()])
             .env("CORRAL_LOG", "info")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)

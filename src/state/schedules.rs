@@ -1,0 +1,556 @@
+//! Replicated timers (schedules): their definitions, their occurrence cursor and their last
+//! firings, as applied from the Raft log.
+//!
+//! Exactly once rests on one rule: a schedule's `cursor_ms` says which occurrences are already
+//! accounted for (fired or skipped), and a [`Fire`] for an occurrence at or before the cursor is
+//! a no-op. The leader proposes ONE `Fire` per (schedule, occurrence); its apply advances the
+//! cursor and, in the same batch, enqueues the delivery into the target queue through the
+//! queue's own apply logic, so "fired" and "enqueued" can never disagree, and a repeated
+//! proposal (a retry after an unknown outcome, or a new leader re-planning) changes nothing.
+//!
+//! The overlap policy is decided here too, from replicated state only: the previous firing is
+//! "in flight" while its queue message is live (not completed, expired or dead-lettered), or,
+//! for a call target, while no outcome was recorded and its call timeout (stamped at firing)
+//! has not passed. Occurrence times are computed by the leader (`crate::recurrence`); apply
+//! never evaluates a calendar, a clock or a time zone.
+//!
+//! Layout (after the store's `s` prefix): `sc/<name>` -> [`ScheduleEntry`].
+
+use serde::{Deserialize, Serialize};
+
+use super::queue::{self, NewMessage, QueueResponse};
+use super::{decode, encode};
+use crate::store::{keys, Store, StoreError, WriteBatch};
+
+/// Firings kept per schedule (newest last) for `GET /admin/schedules/{name}`.
+pub const MAX_HISTORY: usize = 20;
+/// Most fixed timestamps in one `times` schedule.
+pub const MAX_TIMES: usize = 1_000;
+/// Longest pause note (bytes).
+pub const MAX_NOTE_BYTES: usize = 1_024;
+/// Largest body a schedule delivers (bytes); the whole definition is replicated config.
+pub const MAX_TARGET_BODY_BYTES: usize = 256 * 1024;
+
+/// Header names the scheduler adds to every message it enqueues.
+pub const HEADER_SCHEDULE: &str = "corral-schedule";
+pub const HEADER_OCCURRENCE_MS: &str = "corral-occurrence-ms";
+pub const HEADER_SKIPPED: &str = "corral-skipped";
+pub const HEADER_MANUAL: &str = "corral-manual";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Unit {
+    Seconds,
+    Minutes,
+    Hours,
+    Days,
+    Weeks,
+    Months,
+    Years,
+}
+
+/// When a schedule fires. Timestamps are resolved to UTC milliseconds when the definition is
+/// validated (the time zone database is compiled into the binary, so every node agrees).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Recurrence {
+    /// Once, right after the definition is stored (CPI "On Deployment").
+    OnCreate,
+    /// Once at a timestamp.
+    Once { at_ms: u64 },
+    /// A list of fixed timestamps, ascending.
+    Times { at_ms: Vec<u64> },
+    /// Every `n` units; see `crate::recurrence` for the exact calendar rules.
+    Every {
+        n: u32,
+        unit: Unit,
+        /// Local weekdays the schedule may fire on, 0 = Sunday; empty = every day.
+        weekdays: Vec<u8>,
+        /// Local time of day (seconds after midnight) for day-sized and larger units.
+        at_s: u32,
+        /// Day of the month (months, years); a month without that day is skipped.
+        day_of_month: u8,
+        /// Month (years), 1..=12.
+        month: u8,
+    },
+    /// A Quartz cron expression (seconds first, `? L W #`, optional year).
+    Cron { expr: String },
+}
+
+/// What to do with occurrences that came due while no leader existed (or while the leader
+/// could not commit).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Missed {
+    /// Fire only an occurrence that is still on time; late ones are skipped.
+    Skip,
+    /// Fire the latest due occurrence once; the others are counted as skipped.
+    Once,
+    /// Fire every due occurrence, oldest first, that lies within the catch-up window.
+    All,
+}
+
+/// What to do when an occurrence is due while the previous firing is still in flight.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Overlap {
+    /// Skip the occurrence (CPI's behaviour).
+    Skip,
+    /// Wait until the previous firing is done, then fire (per the missed policy).
+    Buffer,
+    /// Fire anyway.
+    Allow,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Target {
+    /// Enqueue a message into a durable queue.
+    Queue {
+        queue: String,
+        content_type: Option<String>,
+        headers: Vec<(String, String)>,
+        #[serde(with = "serde_bytes")]
+        body: Vec<u8>,
+    },
+    /// Call a path on one tenant of the pool synchronously and record the outcome.
+    Call {
+        method: String,
+        path: String,
+        content_type: Option<String>,
+        headers: Vec<(String, String)>,
+        #[serde(with = "serde_bytes")]
+        body: Vec<u8>,
+        timeout_ms: u64,
+    },
+}
+
+/// A validated schedule definition.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ScheduleSpec {
+    pub recurrence: Recurrence,
+    /// IANA time zone name (checked against the compiled-in database).
+    pub time_zone: String,
+    pub start_ms: Option<u64>,
+    pub end_ms: Option<u64>,
+    pub target: Target,
+    pub missed: Missed,
+    pub catch_up_window_ms: u64,
+    pub overlap: Overlap,
+    /// Each occurrence fires up to this much later, by a delay derived from (name, occurrence)
+    /// so every leader waits the same.
+    pub jitter_ms: u64,
+    /// The definition as the API shows it (canonical JSON with defaults filled in).
+    pub document: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Pause {
+    pub note: String,
+    pub at_ms: u64,
+}
+
+/// How one firing ended (as far as the state machine knows).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Outcome {
+    /// The message is in the target queue.
+    Enqueued { sequence: u64, duplicate: bool },
+    /// The target queue refused it (missing, being deleted, full); nothing was stored.
+    EnqueueFailed { reason: String },
+    /// Not fired: `reason` is `overlap` or `missed`.
+    Skipped { reason: String },
+    /// The call was started; its outcome is not recorded yet.
+    CallStarted { timeout_ms: u64 },
+    /// The tenant answered.
+    Called {
+        tenant: String,
+        status: u16,
+        latency_ms: u64,
+    },
+    /// No answer (no tenant, connect error, timeout).
+    CallFailed { error: String, latency_ms: u64 },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Firing {
+    pub occurrence_ms: u64,
+    /// The proposer's clock when it proposed this firing.
+    pub fired_ms: u64,
+    pub message_id: String,
+    pub manual: bool,
+    /// Earlier occurrences this entry accounts for without firing them.
+    pub skipped: u32,
+    pub outcome: Outcome,
+}
+
+/// A stored schedule.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ScheduleEntry {
+    pub spec: ScheduleSpec,
+    pub revision: u64,
+    pub created_index: u64,
+    pub updated_ms: u64,
+    pub paused: Option<Pause>,
+    /// Occurrences at or before this instant are accounted for (fired or skipped).
+    pub cursor_ms: u64,
+    /// The last firing that actually ran (for the overlap policy).
+    pub last_run: Option<Firing>,
+    /// Last firings, skips included, newest last, at most [`MAX_HISTORY`].
+    pub history: Vec<Firing>,
+    pub fired_total: u64,
+    pub skipped_total: u64,
+}
+
+/// One firing (or one skip) of one occurrence, stamped by the proposer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Fire {
+    pub name: String,
+    /// The definition revision the proposer computed the occurrence from.
+    pub revision: u64,
+    pub occurrence_ms: u64,
+    /// Earlier due occurrences this entry skips (accounted for, not fired).
+    pub skipped: u32,
+    /// Account for the occurrence without firing it (missed under `skip`).
+    pub skip_only: bool,
+    /// "Trigger now": fires outside the recurrence and leaves the cursor alone.
+    pub manual: bool,
+    pub message_id: String,
+    pub now_ms: u64,
+}
+
+/// Answers of schedule commands (wrapped in [`super::Response::Schedule`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ScheduleResponse {
+    Put {
+        revision: u64,
+        created: bool,
+    },
+    Deleted {
+        existed: bool,
+    },
+    NotFound,
+    Paused {
+        paused: bool,
+    },
+    /// The firing ran (or was recorded as skipped, see `firing.outcome`).
+    Fired {
+        firing: Firing,
+    },
+    /// The occurrence was already accounted for: nothing changed.
+    Duplicate,
+    /// The definition changed since the proposer computed the occurrence: nothing changed.
+    Stale,
+    /// The schedule is paused: nothing changed.
+    IsPaused,
+    /// Overlap `buffer` and the previous firing is still in flight: nothing changed.
+    Busy,
+    /// A call outcome was recorded (false: no such firing).
+    OutcomeRecorded {
+        found: bool,
+    },
+}
+
+fn key(name: &str) -> Vec<u8> {
+    keys::state(format!("sc/{name}").as_bytes())
+}
+
+fn read_through(
+    kv: &dyn Store,
+    batch: &WriteBatch,
+    name: &str,
+) -> Result<Option<ScheduleEntry>, StoreError> {
+    match batch.read_through(kv, &key(name))? {
+        Some(b) => decode(&b)
+            .map(Some)
+            .map_err(|e| StoreError::Corrupt(format!("schedule {name}: {e}"))),
+        None => Ok(None),
+    }
+}
+
+/// Reads one schedule from the local applied state (no consistency barrier).
+pub fn read_schedule(kv: &dyn Store, name: &str) -> Result<Option<ScheduleEntry>, StoreError> {
+    read_through(kv, &WriteBatch::default(), name)
+}
+
+/// Lists schedules by name, after `after`, at most `limit`.
+pub fn list_schedules(
+    kv: &dyn Store,
+    after: Option<&str>,
+    limit: usize,
+) -> Result<Vec<(String, ScheduleEntry)>, StoreError> {
+    let base = key("");
+    let from = match after {
+        Some(a) => {
+            let mut k = key(a);
+            k.push(0);
+            k
+        }
+        None => base.clone(),
+    };
+    let mut end = base.clone();
+    end.push(0xff);
+    let mut out = Vec::new();
+    for (k, v) in kv.range(&from, &end, limit)? {
+        let name = String::from_utf8_lossy(&k[base.len()..]).into_owned();
+        let e = decode(&v).map_err(|e| StoreError::Corrupt(format!("schedule {name}: {e}")))?;
+        out.push((name, e));
+    }
+    Ok(out)
+}
+
+/// True while `run` (the last firing that ran) has not finished, judged at `now_ms`.
+pub fn run_in_flight(
+    kv: &dyn Store,
+    batch: &WriteBatch,
+    spec: &ScheduleSpec,
+    run: &Firing,
+    now_ms: u64,
+) -> Result<bool, StoreError> {
+    match (&run.outcome, &spec.target) {
+        (Outcome::Enqueued { .. }, Target::Queue { queue, .. }) => {
+            queue::is_live(kv, batch, queue, &run.message_id)
+        }
+        (Outcome::CallStarted { timeout_ms }, _) => {
+            Ok(now_ms < run.fired_ms.saturating_add(*timeout_ms))
+        }
+        _ => Ok(false),
+    }
+}
+
+/// The headers of a message a firing enqueues: the definition's, then the scheduler's own.
+pub fn message_headers(name: &str, f: &Fire, base: &[(String, String)]) -> Vec<(String, String)> {
+    let mut h: Vec<(String, String)> = base.to_vec();
+    h.push((HEADER_SCHEDULE.into(), name.into()));
+    h.push((HEADER_OCCURRENCE_MS.into(), f.occurrence_ms.to_string()));
+    h.push((HEADER_SKIPPED.into(), f.skipped.to_string()));
+    if f.manual {
+        h.push((HEADER_MANUAL.into(), "true".into()));
+    }
+    h
+}
+
+/// Applies schedule commands against `kv` as seen through `batch`.
+pub struct Apply<'a> {
+    pub kv: &'a dyn Store,
+    pub batch: &'a mut WriteBatch,
+}
+
+impl Apply<'_> {
+    fn save(&mut self, name: &str, e: &ScheduleEntry) {
+        self.batch.put(key(name), encode(e));
+    }
+
+    /// Creates or replaces a schedule. Occurrences before `now_ms` are never fired (a
+    /// replacement keeps the cursor if it is later), and `on_create` fires after every put.
+    pub fn put(
+        &mut self,
+        index: u64,
+        name: &str,
+        spec: ScheduleSpec,
+        now_ms: u64,
+    ) -> Result<ScheduleResponse, StoreError> {
+        let existing = read_through(self.kv, self.batch, name)?;
+        let floor = now_ms.saturating_sub(1);
+        let entry = match existing.clone() {
+            Some(old) => ScheduleEntry {
+                spec,
+                revision: index,
+                updated_ms: now_ms,
+                cursor_ms: old.cursor_ms.max(floor),
+                ..old
+            },
+            None => ScheduleEntry {
+                spec,
+                revision: index,
+                created_index: index,
+                updated_ms: now_ms,
+                paused: None,
+                cursor_ms: floor,
+                last_run: None,
+                history: Vec::new(),
+                fired_total: 0,
+                skipped_total: 0,
+            },
+        };
+        self.save(name, &entry);
+        Ok(ScheduleResponse::Put {
+            revision: index,
+            created: existing.is_none(),
+        })
+    }
+
+    pub fn delete(&mut self, name: &str) -> Result<ScheduleResponse, StoreError> {
+        let existed = read_through(self.kv, self.batch, name)?.is_some();
+        self.batch.delete(key(name));
+        Ok(ScheduleResponse::Deleted { existed })
+    }
+
+    /// Pauses (with a note) or resumes. Occurrences that came due while paused are skipped:
+    /// resuming moves the cursor to `now_ms`.
+    pub fn set_paused(
+        &mut self,
+        name: &str,
+        paused: bool,
+        note: String,
+        now_ms: u64,
+    ) -> Result<ScheduleResponse, StoreError> {
+        let Some(mut e) = read_through(self.kv, self.batch, name)? else {
+            return Ok(ScheduleResponse::NotFound);
+        };
+        if paused {
+            e.paused = Some(Pause {
+                note,
+                at_ms: now_ms,
+            });
+        } else if e.paused.take().is_some() {
+            e.cursor_ms = e.cursor_ms.max(now_ms);
+        }
+        self.save(name, &e);
+        Ok(ScheduleResponse::Paused { paused })
+    }
+
+    /// Fires (or skips) one occurrence; see the module comment for the exactly-once rule.
+    pub fn fire(&mut self, f: Fire) -> Result<ScheduleResponse, StoreError> {
+        let Some(mut e) = read_through(self.kv, self.batch, &f.name)? else {
+            return Ok(ScheduleResponse::NotFound);
+        };
+        if !f.manual {
+            if f.occurrence_ms <= e.cursor_ms {
+                return Ok(ScheduleResponse::Duplicate);
+            }
+            if f.revision != e.revision {
+                return Ok(ScheduleResponse::Stale);
+            }
+            if e.paused.is_some() {
+                return Ok(ScheduleResponse::IsPaused);
+            }
+        }
+        let busy = match &e.last_run {
+            Some(run) if !f.manual && !f.skip_only => {
+                run_in_flight(self.kv, self.batch, &e.spec, run, f.now_ms)?
+            }
+            _ => false,
+        };
+        let outcome = if f.skip_only {
+            Outcome::Skipped {
+                reason: "missed".into(),
+            }
+        } else if busy && e.spec.overlap == Overlap::Buffer {
+            return Ok(ScheduleResponse::Busy);
+        } else if busy && e.spec.overlap == Overlap::Skip {
+            Outcome::Skipped {
+                reason: "overlap".into(),
+            }
+        } else {
+            self.deliver(&e.spec, &f)?
+        };
+        let firing = Firing {
+            occurrence_ms: f.occurrence_ms,
+            fired_ms: f.now_ms,
+            message_id: f.message_id.clone(),
+            manual: f.manual,
+            skipped: f.skipped,
+            outcome,
+        };
+        let ran = !matches!(firing.outcome, Outcome::Skipped { .. });
+        if ran {
+            e.fired_total += 1;
+            e.last_run = Some(firing.clone());
+            e.skipped_total += u64::from(f.skipped);
+        } else {
+            e.skipped_total += u64::from(f.skipped) + 1;
+        }
+        if !f.manual {
+            e.cursor_ms = e.cursor_ms.max(f.occurrence_ms);
+        }
+        push_history(&mut e.history, firing.clone());
+        self.save(&f.name, &e);
+        Ok(ScheduleResponse::Fired { firing })
+    }
+
+    /// Enqueues the delivery in this same batch (queue target), or marks the call started.
+    fn deliver(&mut self, spec: &ScheduleSpec, f: &Fire) -> Result<Outcome, StoreError> {
+        let (queue, content_type, headers, body) = match &spec.target {
+            Target::Queue {
+                queue,
+                content_type,
+                headers,
+                body,
+            } => (queue, content_type, headers, body),
+            Target::Call { timeout_ms, .. } => {
+                return Ok(Outcome::CallStarted {
+                    timeout_ms: *timeout_ms,
+                })
+            }
+        };
+        let dedup = if f.manual {
+            format!("schedule:{}:manual:{}", f.name, f.message_id)
+        } else {
+            format!("schedule:{}:{}", f.name, f.occurrence_ms)
+        };
+        let msg = NewMessage {
+            id: f.message_id.clone(),
+            dedup_key: Some(dedup),
+            ordering_key: None,
+            content_type: content_type.clone(),
+            headers: message_headers(&f.name, f, headers),
+            body: body.clone(),
+        };
+        let mut q = queue::Apply {
+            kv: self.kv,
+            batch: self.batch,
+        };
+        Ok(match q.enqueue(queue, f.now_ms, vec![msg])? {
+            QueueResponse::Enqueued { results } => match results.first() {
+                Some(r) => Outcome::Enqueued {
+                    sequence: r.sequence,
+                    duplicate: r.duplicate,
+                },
+                None => Outcome::EnqueueFailed {
+                    reason: "no result".into(),
+                },
+            },
+            QueueResponse::NotFound => Outcome::EnqueueFailed {
+                reason: format!("queue `{queue}` does not exist"),
+            },
+            QueueResponse::Deleting => Outcome::EnqueueFailed {
+                reason: format!("queue `{queue}` is being deleted"),
+            },
+            QueueResponse::Full { reason } => Outcome::EnqueueFailed { reason },
+            other => Outcome::EnqueueFailed {
+                reason: format!("unexpected answer {other:?}"),
+            },
+        })
+    }
+
+    /// Records how a call firing ended.
+    pub fn record_outcome(
+        &mut self,
+        name: &str,
+        message_id: &str,
+        outcome: Outcome,
+    ) -> Result<ScheduleResponse, StoreError> {
+        let Some(mut e) = read_through(self.kv, self.batch, name)? else {
+            return Ok(ScheduleResponse::NotFound);
+        };
+        let mut found = false;
+        for h in e.history.iter_mut().filter(|h| h.message_id == message_id) {
+            h.outcome = outcome.clone();
+            found = true;
+        }
+        if let Some(run) = e.last_run.as_mut().filter(|r| r.message_id == message_id) {
+            run.outcome = outcome;
+            found = true;
+        }
+        if found {
+            self.save(name, &e);
+        }
+        Ok(ScheduleResponse::OutcomeRecorded { found })
+    }
+}
+
+fn push_history(history: &mut Vec<Firing>, f: Firing) {
+    history.push(f);
+    if history.len() > MAX_HISTORY {
+        let extra = history.len() - MAX_HISTORY;
+        history.drain(..extra);
+    }
+}
+
+#[cfg(test)]
+mod tests;
