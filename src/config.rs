@@ -79,6 +79,12 @@ pub struct NodeEntry {
     /// PEM certificate and key of this node, signed by the cluster CA.
     pub cert: PathBuf,
     pub key: PathBuf,
+    /// PEM certificate chain and key for TLS on the ingress listener (both or neither);
+    /// without them the ingress listener speaks plain HTTP.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ingress_cert: Option<PathBuf>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ingress_key: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -116,6 +122,8 @@ pub struct NodeConfig {
     pub master_key_file: PathBuf,
     pub reveal_token_file: Option<PathBuf>,
     pub raft: RaftSettings,
+    /// (certificate chain, key) for TLS on the ingress listener, if configured.
+    pub ingress_tls: Option<(PathBuf, PathBuf)>,
     /// Every node of the cluster (including this one): id -> peer address.
     pub peers: Vec<(u64, SocketAddr)>,
     /// Every node of the cluster (including this one): id -> admin address.
@@ -154,6 +162,12 @@ impl ClusterFile {
             abs(&mut n.data_dir);
             abs(&mut n.cert);
             abs(&mut n.key);
+            for p in [&mut n.ingress_cert, &mut n.ingress_key]
+                .into_iter()
+                .flatten()
+            {
+                abs(p);
+            }
         }
     }
 
@@ -205,6 +219,12 @@ impl ClusterFile {
                 if !addrs.insert(addr) {
                     return Err(invalid(at(field), format!("address {addr} is used twice")));
                 }
+            }
+            if n.ingress_cert.is_some() != n.ingress_key.is_some() {
+                return Err(invalid(
+                    at("ingress_cert"),
+                    "ingress_cert and ingress_key go together",
+                ));
             }
             if !dirs.insert(n.data_dir.clone()) {
                 return Err(invalid(at("data_dir"), "two nodes share one data dir"));
@@ -268,6 +288,7 @@ impl ClusterFile {
             master_key_file: self.master_key_file.clone(),
             reveal_token_file: self.reveal_token_file.clone(),
             raft: self.raft.clone(),
+            ingress_tls: me.ingress_cert.clone().zip(me.ingress_key.clone()),
             peers,
             admin_addrs,
         })

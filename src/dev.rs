@@ -361,6 +361,37 @@ async fn create_sample_schedule(admin: &Admin) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The sample proxy route `corral dev` creates: `/http/` to the pool, round robin, 20/s.
+const DEV_ROUTE: &str = "sample";
+/// The sample client API key (a dev-only value; real keys are generated or chosen by you).
+const DEV_API_KEY: &str = "dev-sample-key-change-me-0001";
+
+/// Creates the sample route (every `/http/...` call goes to a tenant with its own
+/// credentials, needs the sample API key, 20 requests/s cluster-wide) and its key.
+async fn create_sample_route(admin: &Admin) -> anyhow::Result<()> {
+    let route = serde_json::json!({
+        "prefix": "/http/",
+        "policy": "round_robin",
+        "require_api_key": true,
+        "rate_limit": {"per_second": 20, "burst": 20},
+    });
+    admin
+        .put(
+            &format!("/admin/routes/{DEV_ROUTE}"),
+            &route,
+            "creating the sample route",
+        )
+        .await?;
+    let key = serde_json::json!({"key": DEV_API_KEY, "rate_limit": {"per_second": 10}});
+    admin
+        .put("/admin/api-keys/dev", &key, "creating the sample API key")
+        .await?;
+    println!(
+        "sample route `{DEV_ROUTE}` (/http/ -> the pool, round robin, 20/s, API key `dev`) is ready"
+    );
+    Ok(())
+}
+
 async fn start_pool(admin: &Admin) -> anyhow::Result<Vec<crate::emulator::TenantHandle>> {
     let mut handles = Vec::new();
     for i in 1..=DEV_TENANTS {
@@ -461,6 +492,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     create_sample_schedule(&admin).await?;
     show_sample_delivery(&admin, &file.nodes[1].ingress_addr).await?;
     create_sample_secret(&admin, &tenants).await?;
+    create_sample_route(&admin).await?;
     let a = &file.nodes[0];
     println!("\nadmin token: {}", file.admin_token_file.display());
     println!("try:");
@@ -518,6 +550,10 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         "  curl -s -X POST -H \"Authorization: Bearer $(cat {})\" -H 'content-type: application/json' -d '{{\"schedule\":{{\"every\":{{\"n\":2,\"unit\":\"weeks\",\"weekdays\":[\"MON\"],\"at\":\"02:30\"}}}},\"time_zone\":\"Europe/Berlin\",\"target\":{{\"queue\":{{\"name\":\"{DEV_SCHEDULE}\"}}}}}}' http://{}/admin/schedules:preview",
         file.admin_token_file.display(),
         a.admin_addr
+    );
+    println!(
+        "  curl -si -X POST -H 'X-API-Key: {DEV_API_KEY}' -H 'content-type: text/plain' -d 'hello pool' http://{}/http/echo",
+        file.nodes[0].ingress_addr
     );
     println!("  corral status --config {}", config.display());
     println!("\nctrl-c stops the cluster.");

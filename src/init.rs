@@ -96,6 +96,8 @@ fn node_entry(args: &InitArgs, id: u64) -> anyhow::Result<NodeEntry> {
         data_dir: PathBuf::from(format!("data/node-{id}")),
         cert: PathBuf::from(format!("node-{id}.pem")),
         key: PathBuf::from(format!("node-{id}.key")),
+        ingress_cert: None,
+        ingress_key: None,
     })
 }
 

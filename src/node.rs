@@ -251,6 +251,7 @@ pub struct RunningNode {
     /// This node's view of the tenant pool (dispatchers call it).
     pub pool: Arc<Pool>,
     pool_watcher: tokio::task::JoinHandle<()>,
+    proxy_watcher: tokio::task::JoinHandle<()>,
     sweeper: tokio::task::JoinHandle<()>,
     dispatcher: tokio::task::JoinHandle<()>,
     rate_sampler: tokio::task::JoinHandle<()>,
@@ -294,6 +295,10 @@ pub async fn start(cfg: NodeConfig) -> Result<RunningNode, NodeError> {
     let admin_token = load_token(&cfg.admin_token_file)?;
     let master = Sealer::load_master_key(&cfg.master_key_file)?;
     let tls_material = tls::load(&cfg.ca_cert, &cfg.cert, &cfg.key)?;
+    let ingress_tls = match &cfg.ingress_tls {
+        Some((cert, key)) => Some(crate::ingress::tls::server_config(cert, key)?),
+        None => None,
+    };
     check_identity(&cfg.data_dir, &cfg)?;
     let store: Arc<dyn Store> = Arc::new(SledStore::open(&cfg.data_dir.join("store"))?);
     check_master_key(&*store, &Sealer::from_master_key(&master, "canary"))?;
@@ -412,10 +417,30 @@ pub async fn start(cfg: NodeConfig) -> Result<RunningNode, NodeError> {
         store.clone(),
         pool.clone(),
     ));
-    let ingress = crate::ingress::router(Arc::new(crate::ingress::IngressState {
+    let ingress_state = Arc::new(crate::ingress::IngressState {
         client: client.clone(),
         store: store.clone(),
-    }));
+    });
+    let live = {
+        let (transport, me) = (transport.clone(), cfg.id);
+        let peers: Vec<u64> = cfg
+            .peers
+            .iter()
+            .map(|(id, _)| *id)
+            .filter(|id| *id != me)
+            .collect();
+        Box::new(move || 1 + peers.iter().filter(|p| transport.is_connected(**p)).count())
+    };
+    let proxy = crate::ingress::proxy::Proxy::new(
+        pool.clone(),
+        ingress_state.clone(),
+        &master,
+        live,
+        ingress_tls.is_some(),
+    );
+    proxy.reload();
+    let proxy_watcher = proxy.spawn_watcher();
+    let ingress = crate::ingress::router(ingress_state, proxy.clone());
     let admin = api::router(Arc::new(AdminState {
         cfg: cfg.clone(),
         client: client.clone(),
@@ -425,20 +450,19 @@ pub async fn start(cfg: NodeConfig) -> Result<RunningNode, NodeError> {
         pool: pool.clone(),
         reveal_token,
         envelope,
+        proxy,
     }));
     let (stop_http, stop_rx) = watch::channel(false);
-    let http = vec![
-        serve(
-            admin_listener,
-            api::limit_in_flight(admin, api::MAX_ADMIN_IN_FLIGHT),
-            stop_rx.clone(),
-        ),
-        serve(
-            ingress_listener,
-            api::limit_in_flight(ingress, api::MAX_INGRESS_IN_FLIGHT),
-            stop_rx,
-        ),
-    ];
+    let mut http = vec![serve(
+        admin_listener,
+        api::limit_in_flight(admin, api::MAX_ADMIN_IN_FLIGHT),
+        stop_rx.clone(),
+    )];
+    let ingress = api::limit_in_flight(ingress, api::MAX_INGRESS_IN_FLIGHT);
+    http.push(match ingress_tls {
+        Some(tls_cfg) => crate::ingress::tls::serve(ingress_listener, ingress, tls_cfg, stop_rx),
+        None => serve(ingress_listener, ingress, stop_rx),
+    });
     tracing::info!(id = cfg.id, peer = %cfg.peer_addr, admin = %admin_addr, ingress = %ingress_addr, "node started");
     Ok(RunningNode {
         admin_addr,
@@ -447,6 +471,7 @@ pub async fn start(cfg: NodeConfig) -> Result<RunningNode, NodeError> {
         client,
         pool,
         pool_watcher,
+        proxy_watcher,
         sweeper,
         dispatcher,
         rate_sampler,
@@ -464,6 +489,7 @@ impl RunningNode {
     pub async fn shutdown(mut self) {
         let _ = self.stop_http.send(true);
         self.pool_watcher.abort();
+        self.proxy_watcher.abort();
         self.sweeper.abort();
         self.dispatcher.abort();
         self.rate_sampler.abort();

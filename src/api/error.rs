@@ -49,6 +49,30 @@ pub enum ApiError {
     Overloaded { limit: usize },
     #[error("internal error: {0}")]
     Internal(String),
+    /// A proxy route requires a client API key (header `X-API-Key`) and none valid came.
+    #[error("{0}")]
+    ApiKey(String),
+    /// A proxy rate limit refused the request; the RateLimit headers say when to come back.
+    #[error("rate limit of {scope} exceeded ({limit}/s); retry after {retry_after_s} s")]
+    RateLimited {
+        scope: String,
+        limit: f64,
+        remaining: u64,
+        reset_s: u64,
+        retry_after_s: u64,
+    },
+    /// Every tenant a route may use is at its concurrency limit and the wait queue is full
+    /// (or the wait ran out).
+    #[error("every tenant is at its concurrency limit; retry after {retry_after_s} s")]
+    TenantsBusy { retry_after_s: u64 },
+    /// No tenant can serve the route (none registered, or all unhealthy or draining).
+    #[error("no tenant can serve the request: {0}")]
+    NoTenant(String),
+    /// Tenants were tried and none gave an answer.
+    #[error("no tenant answered: {0}")]
+    BadGateway(String),
+    #[error("no tenant answered in time: {0}")]
+    GatewayTimeout(String),
 }
 
 impl ApiError {
@@ -76,6 +100,12 @@ impl ApiError {
             ApiError::ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, "shutting_down"),
             ApiError::Overloaded { .. } => (StatusCode::SERVICE_UNAVAILABLE, "overloaded"),
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+            ApiError::ApiKey(_) => (StatusCode::UNAUTHORIZED, "api_key_required"),
+            ApiError::RateLimited { .. } => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
+            ApiError::TenantsBusy { .. } => (StatusCode::SERVICE_UNAVAILABLE, "tenants_busy"),
+            ApiError::NoTenant(_) => (StatusCode::SERVICE_UNAVAILABLE, "no_tenant"),
+            ApiError::BadGateway(_) => (StatusCode::BAD_GATEWAY, "bad_gateway"),
+            ApiError::GatewayTimeout(_) => (StatusCode::GATEWAY_TIMEOUT, "gateway_timeout"),
         }
     }
 }
@@ -99,8 +129,36 @@ impl IntoResponse for ApiError {
                 .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         }
         if status == StatusCode::UNAUTHORIZED {
+            let scheme = match &self {
+                ApiError::ApiKey(_) => "APIKey header=\"X-API-Key\"",
+                _ => "Bearer",
+            };
             resp.headers_mut()
-                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static(scheme));
+        }
+        let h = resp.headers_mut();
+        let mut set = |name: &'static str, v: String| {
+            if let Ok(v) = HeaderValue::from_str(&v) {
+                h.insert(name, v);
+            }
+        };
+        match &self {
+            ApiError::RateLimited {
+                limit,
+                remaining,
+                reset_s,
+                retry_after_s,
+                ..
+            } => {
+                set("retry-after", retry_after_s.to_string());
+                set("ratelimit-limit", limit.to_string());
+                set("ratelimit-remaining", remaining.to_string());
+                set("ratelimit-reset", reset_s.to_string());
+            }
+            ApiError::TenantsBusy { retry_after_s } => {
+                set("retry-after", retry_after_s.to_string());
+            }
+            _ => {}
         }
         resp
     }

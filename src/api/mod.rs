@@ -7,6 +7,7 @@
 
 pub mod error;
 pub mod queues;
+pub mod routes;
 pub mod schedules;
 pub mod secrets;
 pub mod tenants;
@@ -96,6 +97,14 @@ pub const ADMIN_ROUTES: &[(&str, &str)] = &[
     ("post", "/admin/schedules/{name}/pause"),
     ("post", "/admin/schedules/{name}/resume"),
     ("post", "/admin/schedules/{name}/trigger"),
+    ("get", "/admin/routes"),
+    ("get", "/admin/routes/{name}"),
+    ("put", "/admin/routes/{name}"),
+    ("delete", "/admin/routes/{name}"),
+    ("get", "/admin/api-keys"),
+    ("get", "/admin/api-keys/{name}"),
+    ("put", "/admin/api-keys/{name}"),
+    ("delete", "/admin/api-keys/{name}"),
 ];
 
 pub struct AdminState {
@@ -110,6 +119,8 @@ pub struct AdminState {
     pub reveal_token: Option<String>,
     /// Seals and opens secret values (envelope under the master key).
     pub envelope: Arc<crate::seal::Envelope>,
+    /// The sync proxy (seals client API keys).
+    pub proxy: Arc<crate::ingress::proxy::Proxy>,
 }
 
 type Shared = State<Arc<AdminState>>;
@@ -183,6 +194,20 @@ pub fn router(state: Arc<AdminState>) -> Router {
         .route("/admin/schedules/{name}/pause", post(schedules::pause))
         .route("/admin/schedules/{name}/resume", post(schedules::resume))
         .route("/admin/schedules/{name}/trigger", post(schedules::trigger))
+        .route("/admin/routes", get(routes::route_list))
+        .route(
+            "/admin/routes/{name}",
+            get(routes::route_get)
+                .put(routes::route_put)
+                .delete(routes::route_delete),
+        )
+        .route("/admin/api-keys", get(routes::key_list))
+        .route(
+            "/admin/api-keys/{name}",
+            get(routes::key_get)
+                .put(routes::key_put)
+                .delete(routes::key_delete),
+        )
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             require_token,

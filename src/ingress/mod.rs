@@ -2,9 +2,14 @@
 //! integration flows never share a port, a body limit or a thread pool queue with operators.
 //!
 //! It answers `/healthz`, the durable queue's routes (see [`queue`]) and, for anything else,
-//! the common JSON error. The sync proxy mounts its routes here later.
+//! for anything else, the sync proxy (see [`proxy`]): a path no replicated route claims gets
+//! the common JSON `no_route` error.
 
+pub mod proxy;
 pub mod queue;
+pub mod route;
+pub mod throttle;
+pub mod tls;
 
 use std::sync::Arc;
 
@@ -27,7 +32,7 @@ pub const INGRESS_ROUTES: &[(&str, &str)] = &[
     ("post", "/queues/{queue}/messages/{id}:renew-lock"),
 ];
 
-pub fn router(state: Arc<IngressState>) -> Router {
+pub fn router(state: Arc<IngressState>, proxy: Arc<proxy::Proxy>) -> Router {
     Router::new()
         .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
         .route(
@@ -43,7 +48,7 @@ pub fn router(state: Arc<IngressState>) -> Router {
         .route("/queues/{queue}/messages/head", post(queue::receive))
         // `{id}:{verb}` is one path segment; the handler splits it.
         .route("/queues/{queue}/messages/{id_action}", post(queue::settle))
-        .fallback(crate::api::no_route)
+        .fallback(move |req: axum::extract::Request| proxy.clone().handle(req))
         .layer(DefaultBodyLimit::max(crate::api::MAX_ADMIN_BODY_BYTES))
         .with_state(state)
 }

@@ -269,7 +269,18 @@ pub async fn enqueue(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let body = body_or_413(body, queue::MAX_MESSAGE_BYTES)?;
-    let cfg = config(&st, &name).await?;
+    enqueue_one(&st, &name, &headers, body).await
+}
+
+/// Enqueues one message from an HTTP request's headers and body; 202 with its id once
+/// committed. Shared by `POST /queues/{queue}/messages` and async proxy routes.
+pub async fn enqueue_one(
+    st: &IngressState,
+    name: &str,
+    headers: &HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let cfg = config(st, name).await?;
     let mut pairs = Vec::new();
     for (k, v) in headers.iter() {
         let v = v
@@ -282,7 +293,7 @@ pub async fn enqueue(
         .and_then(|v| v.to_str().ok())
         .map(String::from);
     let m = build(&cfg, pairs, content_type, body.to_vec(), "")?;
-    let r = enqueue_all(&st, &name, vec![m]).await?;
+    let r = enqueue_all(st, name, vec![m]).await?;
     let first = r
         .first()
         .ok_or_else(|| ApiError::Internal("empty enqueue answer".into()))?;

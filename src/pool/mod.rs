@@ -14,7 +14,9 @@
 //! Callers (dispatch, sync proxy, secret push):
 //! - [`Pool::pick`] -> [`Lease`], then [`Pool::runtime_request`] with it, then
 //!   [`Lease::complete`]; or [`Pool::call`], which does all three;
-//! - [`Pool::management_request`] for the OData API of a named tenant (CSRF handled).
+//! - [`Pool::management_request`] for the OData API of a named tenant (CSRF handled);
+//! - the sync proxy: [`Pool::pick_wait`] (a route's [`Policy`], a bounded wait for a free
+//!   slot) and [`Pool::runtime_stream`] (streamed bodies, see `stream.rs`).
 
 pub mod auth;
 pub mod health;
@@ -22,9 +24,10 @@ pub mod limit;
 pub mod metrics;
 pub mod select;
 pub mod spec;
+pub mod stream;
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -40,7 +43,9 @@ use auth::{AuthCache, Plane};
 use health::{Health, Status, Thresholds};
 use limit::{AdaptiveLimit, PeakEwma};
 use metrics::PM;
+pub use select::Policy;
 pub use spec::{AdminState, AuthSecret, Credentials, TenantSpec};
+pub use stream::{ProxyBody, StreamRequest};
 
 /// The HKDF purpose of the key that seals tenant credentials.
 pub const CREDENTIALS_PURPOSE: &str = "tenant-credentials";
@@ -50,6 +55,11 @@ pub const MAX_RESPONSE_BYTES: usize = 64 * 1024 * 1024;
 const PICK_ATTEMPTS: usize = 4;
 /// Tenant records read per page when syncing from the store.
 const SYNC_PAGE: usize = 1_000;
+/// Callers [`Pool::pick_wait`] lets wait at once for a tenant slot on this node; past it a
+/// pick fails at once with [`PoolError::Saturated`] (the proxy answers 503 + Retry-After).
+pub const MAX_PICK_WAITERS: usize = 1_024;
+/// Longest a tenant's `Retry-After` keeps it out of selection.
+pub const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
 #[derive(Debug, Clone)]
 pub struct PoolOptions {
@@ -223,6 +233,12 @@ pub struct Tenant {
     pub auth: AuthCache,
     removed: AtomicBool,
     thresholds_passive: u32,
+    /// Signalled whenever a call to any tenant of the pool ends (wakes [`Pool::pick_wait`]).
+    freed: Arc<tokio::sync::Notify>,
+    /// Set from a 429/503 `Retry-After`: no new work before then (at most [`MAX_BACKOFF`]).
+    backoff_until: Mutex<Option<Instant>>,
+    /// CSRF session for runtime flows protected with `xsrfProtection` (fetched on demand).
+    runtime_csrf: tokio::sync::Mutex<Option<auth::CsrfSession>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -275,8 +291,13 @@ impl Tenant {
     fn candidate(&self, now: Instant, slow_start: Duration) -> select::Candidate {
         let conf = self.conf();
         let h = lock(&self.health);
+        let backing_off = lock(&self.backoff_until).is_some_and(|t| now < t);
+        let excluded = match self.excluded(&conf, &h) {
+            None if backing_off => Some("backing off (Retry-After)".to_string()),
+            other => other,
+        };
         select::Candidate {
-            excluded: self.excluded(&conf, &h),
+            excluded,
             priority: conf.spec.priority,
             weight: conf.spec.weight as f64 * h.slow_start_factor(now, slow_start),
             in_flight: self.in_flight.load(Ordering::Acquire),
@@ -328,6 +349,7 @@ impl Tenant {
             .saturating_sub(1);
         let name = self.name.as_str();
         PM.in_flight.with_label_values(&[name]).set(left as i64);
+        self.freed.notify_waiters();
         if outcome == Outcome::Cancelled {
             return;
         }
@@ -581,12 +603,37 @@ impl Drop for Lease {
     }
 }
 
+/// One place in the bounded wait queue of [`Pool::pick_wait`]; given back on drop (also when
+/// the waiting request is cancelled).
+struct WaitSlot<'a>(&'a AtomicUsize);
+
+impl<'a> WaitSlot<'a> {
+    fn take(n: &'a AtomicUsize) -> Option<WaitSlot<'a>> {
+        n.fetch_update(Ordering::AcqRel, Ordering::Acquire, |w| {
+            (w < MAX_PICK_WAITERS).then_some(w + 1)
+        })
+        .ok()
+        .map(|_| WaitSlot(n))
+    }
+}
+
+impl Drop for WaitSlot<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 pub struct Pool {
     opts: PoolOptions,
     sealer: Sealer,
     http: reqwest::Client,
     tenants: RwLock<BTreeMap<String, Arc<Tenant>>>,
     rng: Mutex<rand::rngs::StdRng>,
+    /// Round-robin turn counter.
+    turn: AtomicU64,
+    freed: Arc<tokio::sync::Notify>,
+    /// Callers waiting in [`Pool::pick_wait`] now.
+    waiting: AtomicUsize,
 }
 
 /// Opens every stored tenant's credentials with `master`; the first that does not open is
@@ -627,6 +674,9 @@ impl Pool {
             http,
             tenants: RwLock::new(BTreeMap::new()),
             rng: Mutex::new(rand::rngs::StdRng::from_entropy()),
+            turn: AtomicU64::new(0),
+            freed: Arc::new(tokio::sync::Notify::new()),
+            waiting: AtomicUsize::new(0),
         })
     }
 
@@ -714,6 +764,9 @@ impl Pool {
             auth: AuthCache::default(),
             removed: AtomicBool::new(false),
             thresholds_passive: self.opts.passive_eject_after,
+            freed: self.freed.clone(),
+            backoff_until: Mutex::new(None),
+            runtime_csrf: tokio::sync::Mutex::new(None),
         });
         PM.limit
             .with_label_values(&[name])
@@ -790,18 +843,30 @@ impl Pool {
 
     /// Chooses a tenant for one call and counts it in flight (see `select.rs`).
     pub fn pick(&self, sel: &Selector) -> Result<Lease, PoolError> {
+        self.pick_with(sel, Policy::Performance, None)
+    }
+
+    /// Like [`Pool::pick`] under `policy`, among the tenants named in `only` (all if `None`).
+    pub fn pick_with(
+        &self,
+        sel: &Selector,
+        policy: Policy,
+        only: Option<&[String]>,
+    ) -> Result<Lease, PoolError> {
         for _ in 0..PICK_ATTEMPTS {
             let tenants: Vec<Arc<Tenant>> = self
                 .all()
                 .into_iter()
                 .filter(|t| !sel.exclude.iter().any(|x| x == &t.name))
+                .filter(|t| only.is_none_or(|o| o.iter().any(|x| x == &t.name)))
                 .collect();
             let now = Instant::now();
             let cands: Vec<select::Candidate> = tenants
                 .iter()
                 .map(|t| t.candidate(now, self.opts.slow_start))
                 .collect();
-            let chosen = select::choose(&cands, &mut *lock(&self.rng));
+            let turn = self.turn.fetch_add(1, Ordering::Relaxed);
+            let chosen = select::choose_with(&cands, policy, turn, &mut *lock(&self.rng));
             let i = match chosen {
                 Ok(i) => i,
                 Err(select::NoPick::Saturated) => return Err(PoolError::Saturated),
@@ -859,6 +924,36 @@ impl Pool {
         }
     }
 
+    /// Like [`Pool::pick_with`], but when every selectable tenant is at its concurrency limit,
+    /// waits up to `wait` for a slot to free (woken by each call that ends). At most
+    /// [`MAX_PICK_WAITERS`] callers wait at once; the next one gets `Saturated` at once.
+    pub async fn pick_wait(
+        &self,
+        sel: &Selector,
+        policy: Policy,
+        only: Option<&[String]>,
+        wait: Duration,
+    ) -> Result<Lease, PoolError> {
+        match self.pick_with(sel, policy, only) {
+            Err(PoolError::Saturated) => {}
+            other => return other,
+        }
+        let _waiting = WaitSlot::take(&self.waiting).ok_or(PoolError::Saturated)?;
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let freed = self.freed.notified();
+            tokio::pin!(freed);
+            freed.as_mut().enable();
+            match self.pick_with(sel, policy, only) {
+                Err(PoolError::Saturated) => {}
+                other => break other,
+            }
+            if tokio::time::timeout_at(deadline, freed).await.is_err() {
+                break Err(PoolError::Saturated);
+            }
+        }
+    }
+
     /// Claims tenant `name` itself for one call (a sticky redelivery), within its adaptive
     /// limit. Fails when it is not selectable or is at its limit.
     pub fn acquire(&self, name: &str) -> Result<Lease, PoolError> {
@@ -877,6 +972,24 @@ impl Pool {
             started: Instant::now(),
             done: false,
         })
+    }
+
+    /// Keeps tenant `name` out of selection for `for_` (capped at [`MAX_BACKOFF`]): it
+    /// answered 429 or 503 with `Retry-After`.
+    pub fn back_off(&self, name: &str, for_: Duration) {
+        if let Some(t) = self.get(name) {
+            *lock(&t.backoff_until) = Some(Instant::now() + for_.min(MAX_BACKOFF));
+        }
+    }
+
+    /// Sends a streamed runtime call to the leased tenant (see `stream.rs`); answers once the
+    /// response headers are in, the body still to be read.
+    pub async fn runtime_stream(
+        &self,
+        lease: &Lease,
+        req: &StreamRequest,
+    ) -> Result<reqwest::Response, PoolError> {
+        lease.tenant.send_stream(&self.http, req).await
     }
 
     /// Sends a runtime call (e.g. `POST /http/orders`) to the leased tenant.

@@ -14,7 +14,28 @@
 //!    tenants is the same thing) was tried first and dropped: it sends all sequential traffic
 //!    to the heavier tenant, which does not honour weights.
 
+//!
+//! Routes may ask for another [`Policy`] (see [`choose_with`]); the above is `performance`.
+
 use rand::Rng;
+use serde::{Deserialize, Serialize};
+
+/// How a route chooses among selectable tenants.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Policy {
+    /// Priority groups, then weighted least-outstanding x peak-EWMA latency ([`choose`]).
+    #[default]
+    Performance,
+    /// Strict failover: the best priority group, and in it the heaviest tenant (ties: by
+    /// name); the next one only takes work when the one before is unselectable or full.
+    Priority,
+    /// A random draw proportional to the configured weight over every selectable tenant
+    /// (priorities ignored), blind to latency and load.
+    Weighted,
+    /// Every selectable tenant in turn (priorities and weights ignored).
+    RoundRobin,
+}
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Candidate {
@@ -77,6 +98,57 @@ pub fn choose(cands: &[Candidate], rng: &mut impl Rng) -> Result<usize, NoPick> 
         return Ok(open[open.len() - 1]);
     }
     Err(NoPick::Saturated)
+}
+
+fn open(cands: &[Candidate]) -> Vec<usize> {
+    (0..cands.len())
+        .filter(|&i| cands[i].excluded.is_none() && cands[i].in_flight < cands[i].limit)
+        .collect()
+}
+
+/// Like [`choose`] under another policy. `turn` drives round robin (a counter the caller
+/// increments per pick); candidates must be in a stable order (the pool sorts by name).
+pub fn choose_with(
+    cands: &[Candidate],
+    policy: Policy,
+    turn: u64,
+    rng: &mut impl Rng,
+) -> Result<usize, NoPick> {
+    if policy == Policy::Performance {
+        return choose(cands, rng);
+    }
+    if cands.iter().all(|c| c.excluded.is_some()) {
+        return Err(NoPick::NoneSelectable);
+    }
+    let open = open(cands);
+    if open.is_empty() {
+        return Err(NoPick::Saturated);
+    }
+    match policy {
+        Policy::Priority => open
+            .iter()
+            .copied()
+            .min_by(|&a, &b| {
+                let (x, y) = (&cands[a], &cands[b]);
+                x.priority
+                    .cmp(&y.priority)
+                    .then(y.weight.total_cmp(&x.weight))
+                    .then(a.cmp(&b))
+            })
+            .ok_or(NoPick::Saturated),
+        Policy::Weighted => {
+            let total: f64 = open.iter().map(|&i| cands[i].weight.max(1e-6)).sum();
+            let mut x = rng.gen::<f64>() * total;
+            for &i in &open {
+                x -= cands[i].weight.max(1e-6);
+                if x < 0.0 {
+                    return Ok(i);
+                }
+            }
+            Ok(open[open.len() - 1])
+        }
+        Policy::RoundRobin | Policy::Performance => Ok(open[(turn % open.len() as u64) as usize]),
+    }
 }
 
 #[cfg(test)]
@@ -154,5 +226,37 @@ mod tests {
         let three = vec![c(0, 1.0, 0, 10.0), c(0, 1.0, 5, 10.0), c(0, 1.0, 5, 10.0)];
         let s = shares(&three, 3000);
         assert!(s[0] > 2100, "{s:?}");
+    }
+
+    /// Priority failover sends everything to the best group's heaviest tenant and moves on
+    /// only when it is full; weighted ignores latency; round robin takes turns.
+    #[test]
+    fn other_policies() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(3);
+        let mut cands = vec![c(1, 5.0, 0, 1.0), c(0, 1.0, 0, 10.0), c(0, 2.0, 0, 500.0)];
+        assert_eq!(choose_with(&cands, Policy::Priority, 0, &mut rng), Ok(2));
+        cands[2].in_flight = 10;
+        assert_eq!(choose_with(&cands, Policy::Priority, 0, &mut rng), Ok(1));
+        cands[2].in_flight = 0;
+        let turns: Vec<usize> = (0..6)
+            .map(|t| choose_with(&cands, Policy::RoundRobin, t, &mut rng).unwrap())
+            .collect();
+        assert_eq!(turns, [0, 1, 2, 0, 1, 2]);
+        let mut s = [0usize; 3];
+        for _ in 0..8000 {
+            s[choose_with(&cands, Policy::Weighted, 0, &mut rng).unwrap()] += 1;
+        }
+        // 5:1:2 by weight although tenant 2 is 50x slower than tenant 1.
+        assert!(
+            s[0] > 4500 && s[0] < 5500 && s[2] > 1600 && s[2] < 2400,
+            "{s:?}"
+        );
+        for x in &mut cands {
+            x.in_flight = 10;
+        }
+        assert_eq!(
+            choose_with(&cands, Policy::RoundRobin, 0, &mut rng),
+            Err(NoPick::Saturated)
+        );
     }
 }
