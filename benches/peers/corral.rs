@@ -315,8 +315,7 @@ fn queue_document() -> Value {
 }
 
 /// The route document: `CORRAL_BENCH_ROUTE` (JSON) if set, else a sync route on
-/// `/http/bench` to the pool. The field names follow issue #6's text and may need to follow
-/// the landed API.
+/// `/http/bench` to the pool (see docs/proxy.md), corral signing in to the tenant.
 fn route_document() -> Value {
     if let Some(v) = std::env::var("CORRAL_BENCH_ROUTE")
         .ok()
@@ -324,5 +323,5 @@ fn route_document() -> Value {
     {
         return v;
     }
-    json!({"path_prefix": ROUTE_PREFIX, "mode": "sync"})
+    json!({"prefix": ROUTE_PREFIX, "mode": "sync"})
 }
