@@ -477,21 +477,34 @@ pub fn list_tenants(
     after: Option<&str>,
     limit: usize,
 ) -> Result<Vec<(String, TenantEntry)>, StoreError> {
-    let base = tenant_key("");
+    list_named(kv, &tenant_key(""), after, limit, "tenant")
+}
+
+/// The one listing rule for named resources: the records under key prefix `base` (which is
+/// followed directly by the name) in name order, after `after`, at most `limit`. `what`
+/// names the kind in a corruption error.
+pub fn list_named<T: serde::de::DeserializeOwned>(
+    kv: &dyn Store,
+    base: &[u8],
+    after: Option<&str>,
+    limit: usize,
+    what: &str,
+) -> Result<Vec<(String, T)>, StoreError> {
     let from = match after {
         Some(a) => {
-            let mut k = tenant_key(a);
+            let mut k = base.to_vec();
+            k.extend_from_slice(a.as_bytes());
             k.push(0);
             k
         }
-        None => base.clone(),
+        None => base.to_vec(),
     };
-    let mut end = base.clone();
+    let mut end = base.to_vec();
     end.push(0xff);
     let mut out = Vec::new();
     for (k, v) in kv.range(&from, &end, limit)? {
         let name = String::from_utf8_lossy(&k[base.len()..]).into_owned();
-        let entry = decode(&v).map_err(|e| StoreError::Corrupt(format!("tenant {name}: {e}")))?;
+        let entry = decode(&v).map_err(|e| StoreError::Corrupt(format!("{what} {name}: {e}")))?;
         out.push((name, entry));
     }
     Ok(out)

@@ -568,22 +568,7 @@ pub fn list_queues(
     after: Option<&str>,
     limit: usize,
 ) -> Result<Vec<(String, QueueEntry)>, StoreError> {
-    let base = k("c", "");
-    let from = match after {
-        Some(a) => {
-            let mut key = k("c", a);
-            key.push(0);
-            key
-        }
-        None => base.clone(),
-    };
-    let mut out = Vec::new();
-    for (key, v) in kv.range(&from, &prefix_end(&base), limit)? {
-        let name = String::from_utf8_lossy(&key[base.len()..]).into_owned();
-        let e = decode(&v).map_err(|e| corrupt("queue config", e))?;
-        out.push((name, e));
-    }
-    Ok(out)
+    super::list_named(kv, &k("c", ""), after, limit, "queue config")
 }
 
 /// True when a receive at `now_ms` would make progress (a visible message, an expired lock, or

@@ -273,24 +273,7 @@ pub fn list_schedules(
     after: Option<&str>,
     limit: usize,
 ) -> Result<Vec<(String, ScheduleEntry)>, StoreError> {
-    let base = key("");
-    let from = match after {
-        Some(a) => {
-            let mut k = key(a);
-            k.push(0);
-            k
-        }
-        None => base.clone(),
-    };
-    let mut end = base.clone();
-    end.push(0xff);
-    let mut out = Vec::new();
-    for (k, v) in kv.range(&from, &end, limit)? {
-        let name = String::from_utf8_lossy(&k[base.len()..]).into_owned();
-        let e = decode(&v).map_err(|e| StoreError::Corrupt(format!("schedule {name}: {e}")))?;
-        out.push((name, e));
-    }
-    Ok(out)
+    super::list_named(kv, &key(""), after, limit, "schedule")
 }
 
 /// True while `run` (the last firing that ran) has not finished, judged at `now_ms`.

@@ -706,24 +706,7 @@ pub fn list_secrets(
     after: Option<&str>,
     limit: usize,
 ) -> Result<Vec<(String, SecretRecord)>, StoreError> {
-    let base = record_key("");
-    let from = match after {
-        Some(a) => {
-            let mut k = record_key(a);
-            k.push(0);
-            k
-        }
-        None => base.clone(),
-    };
-    let mut end = base.clone();
-    end.push(0xff);
-    let mut out = Vec::new();
-    for (k, v) in kv.range(&from, &end, limit)? {
-        let name = String::from_utf8_lossy(&k[base.len()..]).into_owned();
-        let rec = decode(&v).map_err(|e| StoreError::Corrupt(format!("secret {name}: {e}")))?;
-        out.push((name, rec));
-    }
-    Ok(out)
+    super::list_named(kv, &record_key(""), after, limit, "secret")
 }
 
 /// Lists audit entries oldest first, with sequence numbers above `after`, at most `limit`.
