@@ -3,29 +3,11 @@
 
 mod common;
 
-use std::path::Path;
 use std::time::Duration;
 
-use common::{poll, Cluster};
+use common::{contains, files_under, poll, Cluster};
 use corral::emulator::{spawn_tenant, TenantConfig};
 use serde_json::Value;
-
-fn files_under(dir: &Path, out: &mut Vec<std::path::PathBuf>) {
-    if let Ok(rd) = std::fs::read_dir(dir) {
-        for e in rd.flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                files_under(&p, out);
-            } else {
-                out.push(p);
-            }
-        }
-    }
-}
-
-fn contains(hay: &[u8], needle: &[u8]) -> bool {
-    hay.windows(needle.len()).any(|w| w == needle)
-}
 
 /// Registers two emulated tenants via different nodes; every node's view shows both healthy;
 /// GET answers never carry the client secret or password; validation names the field; after a

@@ -6,31 +6,13 @@
 
 mod common;
 
-use std::path::Path;
 use std::time::Duration;
 
-use common::{poll, Cluster};
+use common::{contains, files_under, poll, Cluster};
 use corral::emulator::{spawn_tenant, TenantConfig, TenantDescription, TenantHandle};
 use serde_json::{json, Value};
 
 const PUSH_TIMEOUT: Duration = Duration::from_secs(40);
-
-fn files_under(dir: &Path, out: &mut Vec<std::path::PathBuf>) {
-    if let Ok(rd) = std::fs::read_dir(dir) {
-        for e in rd.flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                files_under(&p, out);
-            } else {
-                out.push(p);
-            }
-        }
-    }
-}
-
-fn contains(hay: &[u8], needle: &[u8]) -> bool {
-    hay.windows(needle.len()).any(|w| w == needle)
-}
 
 fn tenants(rt: &tokio::runtime::Runtime, cfgs: Vec<TenantConfig>) -> Vec<TenantHandle> {
     cfgs.into_iter()

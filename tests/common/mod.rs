@@ -32,6 +32,25 @@ pub fn poll<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Option<T>) 
     }
 }
 
+/// Every file under `dir`, recursively (for "no plaintext under the data dirs" checks).
+pub fn files_under(dir: &Path, out: &mut Vec<PathBuf>) {
+    if let Ok(rd) = std::fs::read_dir(dir) {
+        for e in rd.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                files_under(&p, out);
+            } else {
+                out.push(p);
+            }
+        }
+    }
+}
+
+/// True when `needle` occurs anywhere in `hay` (raw bytes).
+pub fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle)
+}
+
 /// A fresh loopback network prefix for one cluster: "127.a.b".
 pub fn fresh_net() -> String {
     let a = 1 + std::process::id() % 250;
