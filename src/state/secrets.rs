@@ -299,6 +299,13 @@ impl Apply<'_> {
         read_through(self.kv, self.batch, name)
     }
 
+    /// Stamps a changed record with the log index and time of the change, then writes it.
+    fn write_changed(&mut self, name: &str, rec: &mut SecretRecord, index: u64, now_ms: u64) {
+        rec.updated_ms = now_ms;
+        rec.revision = index;
+        self.write(name, rec);
+    }
+
     fn write(&mut self, name: &str, rec: &SecretRecord) {
         self.batch.put(record_key(name), encode(rec));
     }
@@ -451,9 +458,7 @@ impl Apply<'_> {
         while rec.versions.len() > keep {
             rec.versions.remove(0);
         }
-        rec.updated_ms = now_ms;
-        rec.revision = index;
-        self.write(name, &rec);
+        self.write_changed(name, &mut rec, index, now_ms);
         let action = if created {
             AuditAction::Created
         } else {
@@ -499,10 +504,8 @@ impl Apply<'_> {
             return Ok(SecretResponse::NotFound);
         };
         v.enabled = enabled;
-        rec.updated_ms = now_ms;
-        rec.revision = index;
         let current = rec.current;
-        self.write(name, &rec);
+        self.write_changed(name, &mut rec, index, now_ms);
         let action = if enabled {
             AuditAction::Enabled
         } else {
@@ -532,9 +535,7 @@ impl Apply<'_> {
             Some(_) => {}
         }
         rec.current = version;
-        rec.updated_ms = now_ms;
-        rec.revision = index;
-        self.write(name, &rec);
+        self.write_changed(name, &mut rec, index, now_ms);
         self.audit(
             index,
             now_ms,
@@ -559,10 +560,8 @@ impl Apply<'_> {
         };
         rec.deleted_ms = Some(now_ms);
         rec.purge_at_ms = Some(now_ms.saturating_add(rec.settings.retention_ms));
-        rec.updated_ms = now_ms;
-        rec.revision = index;
         let current = rec.current;
-        self.write(name, &rec);
+        self.write_changed(name, &mut rec, index, now_ms);
         self.audit(index, now_ms, name, AuditAction::Deleted, None, actor)?;
         Ok(SecretResponse::Done { current })
     }
@@ -582,10 +581,8 @@ impl Apply<'_> {
         }
         rec.deleted_ms = None;
         rec.purge_at_ms = None;
-        rec.updated_ms = now_ms;
-        rec.revision = index;
         let current = rec.current;
-        self.write(name, &rec);
+        self.write_changed(name, &mut rec, index, now_ms);
         self.audit(index, now_ms, name, AuditAction::Restored, None, actor)?;
         Ok(SecretResponse::Done { current })
     }
