@@ -193,8 +193,29 @@ fn stats(c: &Cluster, via: u64) -> Option<Value> {
     Some(c.get_json(via, "/admin/queues/orders")?["stats"].clone())
 }
 
+/// Waits until the queue is empty with no dead letters; returns every id not processed
+/// exactly once across the pool, with its count.
+fn drain_and_count(
+    c: &Cluster,
+    pool: &Pool,
+    ids: &HashSet<String>,
+    via: u64,
+    timeout: Duration,
+) -> Vec<(String, u64)> {
+    poll(timeout, "the queue drained", || {
+        let s = stats(c, via)?;
+        (s["depth"] == 0).then_some(())
+    });
+    let s = stats(c, via).unwrap();
+    assert_eq!(s["dead_letters"], 0, "{s}");
+    ids.iter()
+        .map(|id| (id.clone(), pool.processed(id)))
+        .filter(|(_, n)| *n != 1)
+        .collect()
+}
+
 /// Waits until every id was processed exactly once across the pool and the queue is empty
-/// with no dead letters; returns how many each tenant processed.
+/// with no dead letters.
 fn assert_exactly_once(
     c: &Cluster,
     pool: &Pool,
@@ -202,19 +223,7 @@ fn assert_exactly_once(
     via: u64,
     timeout: Duration,
 ) {
-    poll(timeout, "the queue drained", || {
-        let s = stats(c, via)?;
-        (s["depth"] == 0).then_some(())
-    });
-    let s = stats(c, via).unwrap();
-    assert_eq!(s["dead_letters"], 0, "{s}");
-    let mut wrong = Vec::new();
-    for id in ids {
-        let n = pool.processed(id);
-        if n != 1 {
-            wrong.push((id.clone(), n));
-        }
-    }
+    let wrong = drain_and_count(c, pool, ids, via, timeout);
     assert!(
         wrong.is_empty(),
         "{} of {} messages not processed exactly once, e.g. {:?}",
@@ -248,10 +257,13 @@ fn leader_kill_mid_run_processes_each_message_once() {
     );
 }
 
-/// A tenant goes down (its runtime listener closes) while messages flow: its messages,
-/// including those whose attempt there had an uncertain outcome, complete on the other tenant
-/// once the first has been unhealthy for `failover_after_ms`; nothing is dead-lettered and
-/// every message is processed exactly once. The trace of a moved message says why it moved.
+/// A tenant goes down (its runtime listener closes, aborting requests in flight) while
+/// messages flow: its messages complete on the other tenant once the first has been unhealthy
+/// for `failover_after_ms`; nothing is lost or dead-lettered. A request aborted after the
+/// tenant processed it but before it answered is an uncertain outcome: no broker can know, so
+/// the message may run once on each tenant. The test allows exactly that and nothing more:
+/// every other message runs exactly once, and each duplicate ran once per tenant, is one of
+/// the few in flight at the cut, and its trace says it moved after an uncertain attempt.
 #[test]
 fn tenant_down_mid_run_moves_its_messages() {
     let pool = Pool::start(&["qa", "qb"]);
@@ -261,7 +273,23 @@ fn tenant_down_mid_run_moves_its_messages() {
                 "failover_after_ms": 1000, "retry": {"initial_ms": 100, "max_ms": 1000}}),
     );
     let ids = produce(&c, "t", 2_000, 4, || pool.set_down(0, true));
-    assert_exactly_once(&c, &pool, &ids, 1, Duration::from_secs(120));
+    let twice = drain_and_count(&c, &pool, &ids, 1, Duration::from_secs(120));
+    // The pool's concurrency limit bounds what can be in flight at the cut.
+    assert!(twice.len() <= 64, "too many duplicates: {}", twice.len());
+    for (id, _) in &twice {
+        assert_eq!(
+            (pool.processed_by(0, id), pool.processed_by(1, id)),
+            (1, 1),
+            "{id} ran more than once per tenant"
+        );
+        let t = c.get_json(1, &format!("/admin/messages/{id}")).unwrap();
+        assert!(
+            t["attempts"]
+                .to_string()
+                .contains("after an uncertain attempt"),
+            "a duplicate without an uncertain attempt: {t}"
+        );
+    }
     let on_b: u64 = ids.iter().map(|id| pool.processed_by(1, id)).sum();
     assert!(on_b >= 1_000, "the surviving tenant took the rest: {on_b}");
     // Any message with more than one attempt ended on the live tenant.
