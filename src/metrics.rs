@@ -30,6 +30,7 @@ pub struct Metrics {
     pub raft_leader_id: IntGauge,
     pub fsync_seconds: Histogram,
     pub ready_entries: Histogram,
+    pub enqueue_coalesced: Histogram,
     pub proposal_seconds: Histogram,
     pub proposals_total: IntCounterVec,
     pub peer_send_errors: IntCounterVec,
@@ -116,6 +117,13 @@ pub static M: LazyLock<Metrics> = LazyLock::new(|| {
             "raft_ready_entries",
             "log entries persisted per Ready (group commit batch size)",
             prometheus::exponential_buckets(1.0, 2.0, 14).expect("buckets"),
+            r
+        )
+        .expect("m"),
+        enqueue_coalesced: register_histogram_with_registry!(
+            "enqueue_coalesced_messages",
+            "single-message enqueues sharing one command (ingress coalescing batch size)",
+            prometheus::exponential_buckets(1.0, 2.0, 10).expect("buckets"),
             r
         )
         .expect("m"),

@@ -420,6 +420,7 @@ pub async fn start(cfg: NodeConfig) -> Result<RunningNode, NodeError> {
     let ingress_state = Arc::new(crate::ingress::IngressState {
         client: client.clone(),
         store: store.clone(),
+        coalescer: Default::default(),
     });
     let live = {
         let (transport, me) = (transport.clone(), cfg.id);

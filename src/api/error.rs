@@ -12,7 +12,7 @@ use crate::store::StoreError;
 /// Retry-After (seconds) on a 429 from a full queue.
 pub const QUEUE_FULL_RETRY_AFTER_S: &str = "5";
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum ApiError {
     #[error("missing or wrong bearer token")]
     Unauthorized,

@@ -5,6 +5,7 @@
 //! for anything else, the sync proxy (see [`proxy`]): a path no replicated route claims gets
 //! the common JSON `no_route` error.
 
+pub mod coalesce;
 pub mod proxy;
 pub mod queue;
 pub mod route;

@@ -67,6 +67,8 @@ const DROPPED_HEADERS: &[&str] = &[
 pub struct IngressState {
     pub client: Arc<Client>,
     pub store: Arc<dyn Store>,
+    /// Shares commands between concurrent single-message enqueues (see `coalesce`).
+    pub coalescer: super::coalesce::Coalescer,
 }
 
 type Shared = State<Arc<IngressState>>;
@@ -227,7 +229,7 @@ fn build(
     })
 }
 
-async fn enqueue_all(
+pub(super) async fn enqueue_all(
     st: &IngressState,
     name: &str,
     messages: Vec<NewMessage>,
@@ -275,7 +277,7 @@ pub async fn enqueue(
 /// Enqueues one message from an HTTP request's headers and body; 202 with its id once
 /// committed. Shared by `POST /queues/{queue}/messages` and async proxy routes.
 pub async fn enqueue_one(
-    st: &IngressState,
+    st: &Arc<IngressState>,
     name: &str,
     headers: &HeaderMap,
     body: Bytes,
@@ -293,11 +295,8 @@ pub async fn enqueue_one(
         .and_then(|v| v.to_str().ok())
         .map(String::from);
     let m = build(&cfg, pairs, content_type, body.to_vec(), "")?;
-    let r = enqueue_all(st, name, vec![m]).await?;
-    let first = r
-        .first()
-        .ok_or_else(|| ApiError::Internal("empty enqueue answer".into()))?;
-    Ok((StatusCode::ACCEPTED, Json(enqueued_json(first))).into_response())
+    let r = super::coalesce::Coalescer::enqueue(st, name, m).await?;
+    Ok((StatusCode::ACCEPTED, Json(enqueued_json(&r))).into_response())
 }
 
 #[derive(Deserialize)]
