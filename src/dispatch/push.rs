@@ -47,6 +47,9 @@ pub const MAX_DISPATCH_BYTES: u64 = 8 * 1024 * 1024;
 /// Deliveries in flight from this node at once, across queues and tenants (the pool's
 /// per-tenant limits are usually the tighter bound). When reached, dispatch pauses.
 pub const MAX_IN_FLIGHT: usize = 4_096;
+/// `QueueDispatch` commands awaiting commit at once, across queues. Rounds overlap so the
+/// dispatcher is not idle for a whole commit between rounds; past it the loop waits.
+pub const MAX_DISPATCHES_IN_FLIGHT: usize = 4;
 /// Outcomes waiting for the settler; delivery tasks wait when it is full.
 pub const RESULTS_CAPACITY: usize = 8_192;
 /// Most outcomes one `QueueRecord` command carries.
@@ -77,6 +80,8 @@ struct Shared {
     /// until their outcome is recorded.
     busy: Mutex<HashSet<(String, u64)>>,
     permits: Arc<Semaphore>,
+    /// One per `QueueDispatch` awaiting commit (see [`MAX_DISPATCHES_IN_FLIGHT`]).
+    dispatches: Arc<Semaphore>,
 }
 
 impl Shared {
@@ -97,6 +102,7 @@ pub fn spawn(
         pool,
         busy: Mutex::new(HashSet::new()),
         permits: Arc::new(Semaphore::new(MAX_IN_FLIGHT)),
+        dispatches: Arc::new(Semaphore::new(MAX_DISPATCHES_IN_FLIGHT)),
     });
     let (tx, rx) = mpsc::channel(RESULTS_CAPACITY);
     let settler = tokio::spawn(settle_loop(shared.clone(), rx));
@@ -199,8 +205,9 @@ fn choose(pool: &Pool, cfg: &QueueConfig, meta: &MessageMeta, now_ms: u64) -> Ch
     }
 }
 
-/// One dispatch round for one queue: lease what can go now and start delivering it. True
-/// when it proposed anything.
+/// One dispatch round for one queue: lease what can go now and start delivering it (in a
+/// task of its own, so the next round need not wait for this one's commit). True when it
+/// proposed anything.
 async fn round(
     sh: &Arc<Shared>,
     tx: &mpsc::Sender<Outcomes>,
@@ -212,10 +219,17 @@ async fn round(
     if free == 0 {
         return false;
     }
+    let Ok(slot) = sh.dispatches.clone().try_acquire_owned() else {
+        return false;
+    };
+    // Reserve the delivery permits now: overlapping rounds must not promise the same ones.
+    let Ok(permits) = sh.permits.clone().try_acquire_many_owned(free as u32) else {
+        return false;
+    };
     let now = now_ms();
     let candidates = {
         let busy = sh.busy();
-        queue::visible_candidates(&*sh.store, name, cfg, now, free, |seq| {
+        queue::visible_candidates(&*sh.store, name, cfg, now, free, busy.len(), |seq| {
             busy.contains(&(name.to_string(), seq))
         })
     };
@@ -267,6 +281,45 @@ async fn round(
         leases,
         defers,
     };
+    let job = Dispatch {
+        queue: name.to_string(),
+        path: path.to_string(),
+        cfg: cfg.clone(),
+        seqs,
+        held,
+        permits,
+    };
+    let (sh, tx) = (sh.clone(), tx.clone());
+    tokio::spawn(async move {
+        dispatch(&sh, &tx, cmd, job).await;
+        drop(slot);
+    });
+    true
+}
+
+/// A proposed round: what `dispatch` needs once its command is committed.
+struct Dispatch {
+    queue: String,
+    path: String,
+    cfg: QueueConfig,
+    seqs: Vec<u64>,
+    /// The pool's claims on each leased tenant, by lock token.
+    held: HashMap<String, pool::Lease>,
+    /// Delivery permits reserved for this round (one per lease; the rest are returned).
+    permits: OwnedSemaphorePermit,
+}
+
+/// Commits one round's leases and starts a delivery per granted lease; releases the rest.
+async fn dispatch(sh: &Arc<Shared>, tx: &mpsc::Sender<Outcomes>, cmd: Command, job: Dispatch) {
+    let Dispatch {
+        queue: name,
+        path,
+        cfg,
+        seqs,
+        mut held,
+        mut permits,
+    } = job;
+    let name = name.as_str();
     let leased = match sh.client.write(&cmd).await {
         Ok(Response::Queue(QueueResponse::Dispatched { leased, .. })) => leased,
         Ok(other) => {
@@ -280,16 +333,13 @@ async fn round(
     };
     let mut started = HashSet::new();
     for r in leased {
-        let (Some(lease), Ok(permit)) = (
-            held.remove(&r.lock_token),
-            sh.permits.clone().try_acquire_owned(),
-        ) else {
+        let (Some(lease), Some(permit)) = (held.remove(&r.lock_token), permits.split(1)) else {
             continue;
         };
         started.insert(r.meta.sequence);
         let job = Job {
             queue: name.to_string(),
-            path: path.to_string(),
+            path: path.clone(),
             retry: cfg.retry.clone(),
             timeout_ms: cfg.lock_ms.saturating_sub(LOCK_MARGIN_MS).max(1_000),
             received: r,
@@ -302,7 +352,6 @@ async fn round(
     for s in seqs.iter().filter(|s| !started.contains(s)) {
         busy.remove(&(name.to_string(), *s));
     }
-    true
 }
 
 /// One leased message on its way to a tenant.

@@ -614,13 +614,16 @@ pub fn visible_candidates(
     cfg: &QueueConfig,
     now_ms: u64,
     limit: usize,
+    skipped: usize,
     skip: impl Fn(u64) -> bool,
 ) -> Result<Vec<MessageMeta>, StoreError> {
     let from = qk("r", queue, &[]);
     let to = ready_key(queue, now_ms.saturating_add(1), 0);
     let b = WriteBatch::default();
     let mut out = Vec::new();
-    for (key, _) in kv.range(&from, &to, limit.saturating_mul(4))? {
+    // `skipped` (how many `skip` may refuse) widens the scan past them.
+    let scan = limit.saturating_mul(4).saturating_add(skipped);
+    for (key, _) in kv.range(&from, &to, scan)? {
         let Some(seq) = key.len().checked_sub(8).and_then(|i| be_u64(&key[i..])) else {
             continue;
         };

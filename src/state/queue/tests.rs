@@ -710,11 +710,11 @@ fn push_lost_leases_and_expiry() {
         1
     );
     assert!(
-        visible_candidates(&*t.kv, "p", &push_cfg(5), 1_199, 10, |_| false)
+        visible_candidates(&*t.kv, "p", &push_cfg(5), 1_199, 10, 0, |_| false)
             .unwrap()
             .is_empty()
     );
-    let c = visible_candidates(&*t.kv, "p", &push_cfg(5), 1_200, 10, |_| false).unwrap();
+    let c = visible_candidates(&*t.kv, "p", &push_cfg(5), 1_200, 10, 0, |_| false).unwrap();
     assert_eq!(c.len(), 1);
     assert!(c[0].uncertain && c[0].last_tenant.as_deref() == Some("A"));
     assert_eq!(
