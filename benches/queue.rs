@@ -163,6 +163,39 @@ impl Bench {
     }
 }
 
+/// The disk's own floor, measured in the same run: `fdatasync` after appending 1 KiB to a
+/// file in `target/` (what any fsync-per-commit system pays at least once per commit).
+fn disk_fdatasync(samples: usize) -> Row {
+    use std::io::Write;
+    let path = std::path::Path::new("target").join("bench-fdatasync.tmp");
+    let mut f = std::fs::File::create(&path).expect("probe file");
+    let mut lat = Vec::with_capacity(samples);
+    let started = Instant::now();
+    for _ in 0..samples {
+        f.write_all(&[b'x'; BODY_BYTES]).expect("probe write");
+        let t = Instant::now();
+        f.sync_data().expect("fdatasync");
+        lat.push(t.elapsed().as_secs_f64() * 1000.0);
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let _ = std::fs::remove_file(&path);
+    lat.sort_by(|a, b| a.total_cmp(b));
+    Row {
+        what: "disk fdatasync (floor)".into(),
+        clients: 1,
+        per_s: samples as f64 / elapsed,
+        p50_ms: pct(&lat, 0.50),
+        p99_ms: pct(&lat, 0.99),
+        errors: 0,
+    }
+}
+
+/// Mean time the nodes spent per Ready flush so far (all in-process nodes share the metric).
+fn mean_flush_ms() -> f64 {
+    let h = &corral::metrics::M.fsync_seconds;
+    h.get_sample_sum() / (h.get_sample_count().max(1) as f64) * 1000.0
+}
+
 /// Baseline: replicated 1 KiB writes through the Raft client (no HTTP, no queue logic).
 async fn raft_baseline(b: &Bench, seconds: u64) -> Row {
     let client = b.leader_client();
@@ -334,6 +367,7 @@ fn main() {
         .enable_all()
         .build()
         .expect("runtime");
+    let disk = disk_fdatasync(200);
     let (baseline, rows, delivery, processed) = rt.block_on(async {
         let b = Bench::start().await;
         let baseline = raft_baseline(&b, seconds).await;
@@ -348,7 +382,8 @@ fn main() {
         "{:<30} {:>8} {:>10} {:>9} {:>9} {:>7} {:>12}",
         "workload", "clients", "per s", "p50 ms", "p99 ms", "errors", "x baseline"
     );
-    let all: Vec<&Row> = std::iter::once(&baseline)
+    let all: Vec<&Row> = std::iter::once(&disk)
+        .chain(std::iter::once(&baseline))
         .chain(rows.iter())
         .chain(std::iter::once(&delivery))
         .collect();
@@ -365,6 +400,11 @@ fn main() {
         );
     }
     println!(
+        "sled flush per Ready, mean over the run: {:.2} ms (disk fdatasync p50 {:.2} ms)",
+        mean_flush_ms(),
+        disk.p50_ms
+    );
+    println!(
         "push: {backlog} messages delivered, {processed} processed by the tenants (dead letters in the errors column)"
     );
     let json = json!({
@@ -373,7 +413,7 @@ fn main() {
             "what": r.what, "clients": r.clients, "per_s": r.per_s, "p50_ms": r.p50_ms,
             "p99_ms": r.p99_ms, "errors": r.errors, "ratio_vs_baseline": r.per_s / baseline.per_s,
         })).collect::<Vec<_>>(),
-        "backlog": backlog, "processed": processed,
+        "backlog": backlog, "processed": processed, "mean_flush_ms": mean_flush_ms(),
     });
     let _ = std::fs::create_dir_all("target/bench-results");
     let _ = std::fs::write(
