@@ -3,6 +3,11 @@
 //! It runs on its own OS thread, not a tokio worker, because it fsyncs. Inputs arrive on one
 //! bounded channel; the loop drains up to [`MAX_INPUTS_PER_READY`] of them before handling a
 //! Ready, so concurrent proposals share one append batch and one fsync (group commit).
+//!
+//! Within a Ready, a leader applies committed entries (answering their proposers) before it
+//! persists the Ready's new entries, as raft-rs documents: a write is answered one fsync
+//! sooner, never before it is durable on a majority. A follower persists and acknowledges
+//! first, then applies.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -553,9 +558,22 @@ impl<S: StateMachine, O: Outbox> Driver<S, O> {
                 "installed snapshot from leader"
             );
         }
-        self.persist(&mut ready)?;
-        self.send(ready.take_persisted_messages());
-        self.apply(ready.take_committed_entries())?;
+        // raft-rs only hands out committed entries already persisted here, so they may be
+        // applied before or after this Ready's new entries are made durable. A leader applies
+        // first: its proposers are answered without waiting for that fsync. A follower
+        // persists first: its acknowledgement (what the leader's commit waits for) then does
+        // not wait for apply.
+        let committed = ready.take_committed_entries();
+        let leading = self.raw.raft.state == StateRole::Leader;
+        if leading {
+            self.apply(committed)?;
+            self.persist(&mut ready)?;
+            self.send(ready.take_persisted_messages());
+        } else {
+            self.persist(&mut ready)?;
+            self.send(ready.take_persisted_messages());
+            self.apply(committed)?;
+        }
         self.serve_read_states(ready.take_read_states());
         let mut light = self.raw.advance(ready);
         if let Some(commit) = light.commit_index() {
