@@ -412,11 +412,6 @@ pub async fn start(cfg: NodeConfig) -> Result<RunningNode, NodeError> {
         envelope.clone(),
     )
     .spawn();
-    let scheduler = tokio::spawn(crate::dispatch::scheduler::run(
-        client.clone(),
-        store.clone(),
-        pool.clone(),
-    ));
     let ingress_state = Arc::new(crate::ingress::IngressState {
         client: client.clone(),
         store: store.clone(),
@@ -441,6 +436,12 @@ pub async fn start(cfg: NodeConfig) -> Result<RunningNode, NodeError> {
     );
     proxy.reload();
     let proxy_watcher = proxy.spawn_watcher();
+    let calls = crate::dispatch::scheduler::Calls::new(client.clone(), pool.clone(), proxy.clone());
+    let scheduler = tokio::spawn(crate::dispatch::scheduler::run(
+        client.clone(),
+        store.clone(),
+        calls.clone(),
+    ));
     let ingress = crate::ingress::router(ingress_state, proxy.clone());
     let admin = api::router(Arc::new(AdminState {
         cfg: cfg.clone(),
@@ -452,6 +453,7 @@ pub async fn start(cfg: NodeConfig) -> Result<RunningNode, NodeError> {
         reveal_token,
         envelope,
         proxy,
+        calls,
     }));
     let (stop_http, stop_rx) = watch::channel(false);
     let mut http = vec![serve(

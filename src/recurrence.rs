@@ -5,6 +5,10 @@
 //! schedule's cursor). Quartz cron goes through `croner`; the "every N units" kinds, the fixed
 //! timestamps and the bounds are computed here with chrono and the compiled-in tz database.
 //!
+//! Quartz's day-of-month `L-n` (the n-th day before the last) and `L-nW` (the weekday nearest
+//! to it) are not croner syntax: [`parse_cron`] takes them out of the expression (croner then
+//! matches every day) and [`Compiled::next_after`] keeps only the matching day of each month.
+//!
 //! Rules (documented in docs/schedules.md, tested below):
 //! - Every N seconds / minutes / hours: fixed elapsed intervals counted from `start` (or from
 //!   the Unix epoch), so a DST change neither adds nor drops a run. With weekdays, only
@@ -34,6 +38,14 @@ use crate::state::schedules::{Recurrence, ScheduleSpec, Unit};
 pub const MAX_DAY_SCAN: i64 = 40_200;
 /// Local days a sub-daily search with a weekday filter skips before giving up.
 const MAX_WEEKDAY_SKIPS: usize = 8;
+/// Largest `n` of a Quartz `L-n` day of month (Quartz's own limit).
+pub const MAX_LAST_DAY_OFFSET: u32 = 30;
+/// croner lookups one cron search makes before declaring "no further occurrence" (an `L-n`
+/// filter costs up to three per month: 5,000 covers more than a century).
+const MAX_CRON_STEPS: usize = 5_000;
+/// Position of day-of-month and day-of-week in a Quartz expression (0-based).
+const DAY_OF_MONTH: usize = 3;
+const DAY_OF_WEEK: usize = 5;
 /// Quartz field names, by position (1-based in messages).
 pub const CRON_FIELDS: [&str; 7] = [
     "seconds",
@@ -63,9 +75,75 @@ fn quartz_parser() -> CronParser {
         .build()
 }
 
+/// Quartz `L-n` / `L-nW` in day-of-month: the n-th day before the month's last day, or the
+/// weekday (Monday to Friday) nearest to it within the month.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LastDayOffset {
+    /// 1..=[`MAX_LAST_DAY_OFFSET`].
+    pub n: u32,
+    pub nearest_weekday: bool,
+}
+
+impl LastDayOffset {
+    /// Reads `L-n` or `L-nW` (any case); `Ok(None)` for anything else.
+    fn parse(field: &str) -> Result<Option<LastDayOffset>, String> {
+        let upper = field.to_ascii_uppercase();
+        let Some(rest) = upper.strip_prefix("L-") else {
+            return Ok(None);
+        };
+        let (digits, nearest_weekday) = match rest.strip_suffix('W') {
+            Some(d) => (d, true),
+            None => (rest, false),
+        };
+        match digits.parse::<u32>() {
+            Ok(n) if (1..=MAX_LAST_DAY_OFFSET).contains(&n) => {
+                Ok(Some(LastDayOffset { n, nearest_weekday }))
+            }
+            _ => Err(format!(
+                "`L-n` needs n from 1 to {MAX_LAST_DAY_OFFSET} (optionally followed by W)"
+            )),
+        }
+    }
+
+    /// The day of `year-month` this names; `None` when the month is too short (`L-28` in a
+    /// 28-day February: that month has no occurrence).
+    pub fn day_in(&self, year: i32, month: u32) -> Option<u32> {
+        let first = NaiveDate::from_ymd_opt(year, month, 1)?;
+        let last = first
+            .checked_add_months(chrono::Months::new(1))?
+            .pred_opt()?
+            .day();
+        let day = last.checked_sub(self.n).filter(|d| *d >= 1)?;
+        if !self.nearest_weekday {
+            return Some(day);
+        }
+        // Quartz `W`: never leaves the month (Saturday the 1st moves to Monday the 3rd).
+        Some(match first.with_day(day)?.weekday() {
+            chrono::Weekday::Sat if day == 1 => day + 2,
+            chrono::Weekday::Sat => day - 1,
+            chrono::Weekday::Sun if day == last => day - 2,
+            chrono::Weekday::Sun => day + 1,
+            _ => day,
+        })
+    }
+}
+
+/// A parsed Quartz expression: croner's pattern plus the `L-n` day filter croner lacks.
+#[derive(Debug, Clone)]
+pub struct QuartzCron {
+    cron: Cron,
+    last_day_offset: Option<LastDayOffset>,
+}
+
+impl QuartzCron {
+    pub fn last_day_offset(&self) -> Option<LastDayOffset> {
+        self.last_day_offset
+    }
+}
+
 /// Parses a Quartz cron expression (6 or 7 fields, seconds first).
-pub fn parse_cron(expr: &str) -> Result<Cron, CronError> {
-    let fields: Vec<&str> = expr.split_whitespace().collect();
+pub fn parse_cron(expr: &str) -> Result<QuartzCron, CronError> {
+    let mut fields: Vec<&str> = expr.split_whitespace().collect();
     if !(6..=7).contains(&fields.len()) {
         return Err(CronError {
             position: None,
@@ -75,9 +153,34 @@ pub fn parse_cron(expr: &str) -> Result<Cron, CronError> {
             ),
         });
     }
+    let field_error = |i: usize, f: &str, m: &dyn std::fmt::Display| CronError {
+        position: Some(i + 1),
+        message: format!("field {} ({}) `{f}`: {m}", i + 1, CRON_FIELDS[i]),
+    };
+    let dom = fields[DAY_OF_MONTH];
+    let last_day_offset =
+        LastDayOffset::parse(dom).map_err(|m| field_error(DAY_OF_MONTH, dom, &m))?;
+    if last_day_offset.is_some() {
+        let dow = fields[DAY_OF_WEEK];
+        if dow != "?" && dow != "*" {
+            return Err(field_error(
+                DAY_OF_WEEK,
+                dow,
+                &"must be `?` when day-of-month is `L-n`",
+            ));
+        }
+        // croner matches every day; next_after keeps the one `L-n` names.
+        fields[DAY_OF_MONTH] = "*";
+        fields[DAY_OF_WEEK] = "?";
+    }
     let parser = quartz_parser();
-    let whole = match parser.parse(expr) {
-        Ok(c) => return Ok(c),
+    let whole = match parser.parse(&fields.join(" ")) {
+        Ok(cron) => {
+            return Ok(QuartzCron {
+                cron,
+                last_day_offset,
+            })
+        }
         Err(e) => e.to_string(),
     };
     // Find the field at fault: each field alone, the others wildcards.
@@ -85,10 +188,7 @@ pub fn parse_cron(expr: &str) -> Result<Cron, CronError> {
         let mut probe: Vec<&str> = vec!["*"; fields.len()];
         probe[i] = f;
         if let Err(e) = parser.parse(&probe.join(" ")) {
-            return Err(CronError {
-                position: Some(i + 1),
-                message: format!("field {} ({}) `{f}`: {e}", i + 1, CRON_FIELDS[i]),
-            });
+            return Err(field_error(i, f, &e));
         }
     }
     Err(CronError {
@@ -181,7 +281,7 @@ enum Kind {
         day_of_month: u8,
         month: u8,
     },
-    Cron(Box<Cron>),
+    Cron(Box<QuartzCron>),
 }
 
 /// A schedule definition ready to answer "when next?".
@@ -389,16 +489,34 @@ impl Compiled {
         None
     }
 
-    fn next_cron(&self, cron: &Cron, after: u64) -> Option<u64> {
+    fn next_cron(&self, q: &QuartzCron, after: u64) -> Option<u64> {
         let mut from = self.tz.timestamp_millis_opt(after as i64).single()?;
-        // croner works in whole seconds: step on until strictly after `after`.
-        for _ in 0..3 {
-            let t = cron.find_next_occurrence(&from, false).ok()?;
+        let mut inclusive = false;
+        for _ in 0..MAX_CRON_STEPS {
+            let t = q.cron.find_next_occurrence(&from, inclusive).ok()?;
             let ms = u64::try_from(t.timestamp_millis()).ok()?;
-            if ms > after {
-                return Some(ms);
+            if ms <= after {
+                // croner works in whole seconds: step on until strictly after `after`.
+                from = t;
+                inclusive = false;
+                continue;
             }
-            from = t;
+            let Some(offset) = q.last_day_offset else {
+                return Some(ms);
+            };
+            let date = t.date_naive();
+            let start_of = |d: NaiveDate| resolve_local(&self.tz, d.and_hms_opt(0, 0, 0)?);
+            from = match offset.day_in(date.year(), date.month()) {
+                Some(day) if day == date.day() => return Some(ms),
+                // Before this month's day: search on from its start.
+                Some(day) if day > date.day() => start_of(date.with_day(day)?)?,
+                // Past it (or none this month): search on from the next month.
+                _ => start_of(
+                    date.with_day(1)?
+                        .checked_add_months(chrono::Months::new(1))?,
+                )?,
+            };
+            inclusive = true;
         }
         None
     }
@@ -678,6 +796,178 @@ mod tests {
             format_local(berlin("2027-03-28T02:30:00"), &tz),
             "2027-03-28T03:00:00+02:00"
         );
+    }
+
+    /// Quartz `L-n` (n-th day before the last) and `L-nW`, and croner's own `LW`, across month
+    /// lengths: 31-, 30- and 28-day months and a leap February; a month too short for the
+    /// offset has no occurrence; `W` never leaves the month; month and year fields still apply.
+    #[test]
+    fn last_day_offsets_follow_month_lengths() {
+        let from = |s: &str| parse_timestamp(s, &Tz::UTC).unwrap();
+        let cases: Vec<(&str, &str, Vec<&str>)> = vec![
+            // Jan 31 - 3, Feb 28 - 3 (2027 is not a leap year), Mar 31 - 3, Apr 30 - 3.
+            (
+                "0 0 12 L-3 * ?",
+                "2027-01-01T00:00:00Z",
+                vec![
+                    "2027-01-28T12:00:00+00:00",
+                    "2027-02-25T12:00:00+00:00",
+                    "2027-03-28T12:00:00+00:00",
+                    "2027-04-27T12:00:00+00:00",
+                ],
+            ),
+            // Leap February: 29 - 3.
+            (
+                "0 0 12 L-3 * ?",
+                "2028-02-01T00:00:00Z",
+                vec!["2028-02-26T12:00:00+00:00", "2028-03-28T12:00:00+00:00"],
+            ),
+            // Later on the day itself: still that day; past it: next month's.
+            (
+                "0 0 12 L-3 * ?",
+                "2027-02-25T11:59:59Z",
+                vec!["2027-02-25T12:00:00+00:00"],
+            ),
+            (
+                "0 0 12 L-3 * ?",
+                "2027-02-25T12:00:00Z",
+                vec!["2027-03-28T12:00:00+00:00"],
+            ),
+            // L-28: the 3rd of a 31-day month, the 1st of a leap February, nothing in a
+            // 28-day February.
+            (
+                "0 0 12 L-28 * ?",
+                "2027-01-01T00:00:00Z",
+                vec!["2027-01-03T12:00:00+00:00", "2027-03-03T12:00:00+00:00"],
+            ),
+            (
+                "0 0 12 L-28 * ?",
+                "2028-01-15T00:00:00Z",
+                vec!["2028-02-01T12:00:00+00:00", "2028-03-03T12:00:00+00:00"],
+            ),
+            // L-30: only 31-day months have that day (the 1st).
+            (
+                "0 0 12 l-30 * ?",
+                "2027-01-01T00:00:00Z",
+                vec![
+                    "2027-01-01T12:00:00+00:00",
+                    "2027-03-01T12:00:00+00:00",
+                    "2027-05-01T12:00:00+00:00",
+                    "2027-07-01T12:00:00+00:00",
+                ],
+            ),
+            // L-3W: Thu Jan 28 stays; Sun Mar 28 -> Mon 29; Sat Feb 26 2028 -> Fri 25.
+            (
+                "0 0 9 L-3W * ?",
+                "2027-01-01T00:00:00Z",
+                vec![
+                    "2027-01-28T09:00:00+00:00",
+                    "2027-02-25T09:00:00+00:00",
+                    "2027-03-29T09:00:00+00:00",
+                ],
+            ),
+            (
+                "0 0 9 L-3W * ?",
+                "2028-02-01T00:00:00Z",
+                vec!["2028-02-25T09:00:00+00:00"],
+            ),
+            // L-30W on Saturday the 1st (May 2027, Jan 2028) moves forward to Monday the 3rd.
+            (
+                "0 0 9 L-30W * ?",
+                "2027-04-15T00:00:00Z",
+                vec!["2027-05-03T09:00:00+00:00", "2027-07-01T09:00:00+00:00"],
+            ),
+            // Month and year fields still filter: February 2028 only.
+            (
+                "0 0 12 L-3 2 ? 2028",
+                "2027-01-01T00:00:00Z",
+                vec!["2028-02-26T12:00:00+00:00"],
+            ),
+            // LW (croner): Sun Feb 28 2027 -> Fri 26; Tue Feb 29 2028 stays; Sat Jul 31 2027 -> Fri 30.
+            (
+                "0 0 9 LW * ?",
+                "2027-02-01T00:00:00Z",
+                vec!["2027-02-26T09:00:00+00:00", "2027-03-31T09:00:00+00:00"],
+            ),
+            (
+                "0 0 9 LW * ?",
+                "2028-02-01T00:00:00Z",
+                vec!["2028-02-29T09:00:00+00:00"],
+            ),
+            (
+                "0 0 9 LW * ?",
+                "2027-07-01T00:00:00Z",
+                vec!["2027-07-30T09:00:00+00:00"],
+            ),
+        ];
+        for (expr, after, want) in cases {
+            let c = Compiled::new(&spec(Recurrence::Cron { expr: expr.into() }, "UTC"), 0).unwrap();
+            let got: Vec<String> = c
+                .upcoming(from(after), want.len())
+                .into_iter()
+                .map(utc)
+                .collect();
+            assert_eq!(got, want, "{expr} after {after}");
+        }
+        // The offset's day lands on the spring-forward day in Berlin (L-3 of March 2027 is
+        // the 28th): a fixed 02:30 in the gap fires at 03:00 CEST, as without the offset.
+        let tz = parse_tz("Europe/Berlin").unwrap();
+        let c = Compiled::new(
+            &spec(
+                Recurrence::Cron {
+                    expr: "0 30 2 L-3 * ?".into(),
+                },
+                "Europe/Berlin",
+            ),
+            0,
+        )
+        .unwrap();
+        let got: Vec<String> = c
+            .upcoming(berlin("2027-03-01T00:00:00"), 2)
+            .into_iter()
+            .map(|t| format_local(t, &tz))
+            .collect();
+        assert_eq!(
+            got,
+            ["2027-03-28T03:00:00+02:00", "2027-04-27T02:30:00+02:00"]
+        );
+        // Data: the day a month's offset names, straight from the rule.
+        let off = |n, nearest_weekday| LastDayOffset { n, nearest_weekday };
+        assert_eq!(off(1, false).day_in(2027, 2), Some(27));
+        assert_eq!(off(1, false).day_in(2028, 2), Some(28));
+        assert_eq!(off(27, false).day_in(2027, 2), Some(1));
+        assert_eq!(off(28, false).day_in(2027, 2), None);
+        assert_eq!(off(28, false).day_in(2028, 2), Some(1));
+        assert_eq!(off(29, false).day_in(2028, 2), None);
+        assert_eq!(off(29, false).day_in(2027, 4), Some(1));
+        assert_eq!(off(30, false).day_in(2027, 4), None);
+        assert_eq!(off(30, false).day_in(2027, 12), Some(1));
+    }
+
+    /// `L-n` out of range, or with a day-of-week other than `?`, names the field at fault.
+    #[test]
+    fn last_day_offset_errors_name_the_field() {
+        for (expr, position) in [
+            ("0 0 12 L-0 * ?", 4),
+            ("0 0 12 L-31 * ?", 4),
+            ("0 0 12 L-x * ?", 4),
+            ("0 0 12 L- * ?", 4),
+            ("0 0 12 L-3X * ?", 4),
+            ("0 0 12 L-3 * MON", 6),
+            ("0 0 12 L-3 13 ?", 5),
+        ] {
+            let e = parse_cron(expr).unwrap_err();
+            assert_eq!(e.position, Some(position), "{expr}: {e}");
+        }
+        let q = parse_cron("0 0 12 L-3W * ?").unwrap();
+        assert_eq!(
+            q.last_day_offset(),
+            Some(LastDayOffset {
+                n: 3,
+                nearest_weekday: true
+            })
+        );
+        assert_eq!(parse_cron("0 0 12 L * ?").unwrap().last_day_offset(), None);
     }
 
     /// Bad cron expressions name the field at fault.

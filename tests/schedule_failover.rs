@@ -428,3 +428,305 @@ fn call_target_records_outcome_and_skips_while_running() {
     );
     rt.block_on(tenant.shutdown());
 }
+
+/// Registers emulated tenants on node `at` and waits until every node in `nodes` sees each
+/// of them healthy (a call before that would find no tenant).
+fn add_tenants(c: &Cluster, at: u64, nodes: &[u64], tenants: &[&corral::emulator::TenantHandle]) {
+    for t in tenants {
+        let d = t.description();
+        put(
+            c,
+            at,
+            &format!("/admin/tenants/{}", d.name),
+            &serde_json::to_value(&d).unwrap(),
+        );
+    }
+    poll(
+        Duration::from_secs(30),
+        "tenants healthy everywhere",
+        || {
+            let v = c.get_json(at, "/admin/tenants")?;
+            let items = v["items"].as_array()?;
+            let ok = items.len() == tenants.len()
+                && items.iter().all(|t| {
+                    nodes
+                        .iter()
+                        .all(|n| t["health_by_node"][n.to_string()]["status"] == "healthy")
+                });
+            ok.then_some(())
+        },
+    );
+}
+
+fn firings(c: &Cluster, id: u64, name: &str) -> Vec<Value> {
+    c.get_json(id, &format!("/admin/schedules/{name}"))
+        .and_then(|s| s["last_firings"].as_array().cloned())
+        .unwrap_or_default()
+}
+
+/// Route call targets (issue #6 routes): a call naming a sync route goes through that
+/// route's tenant set (only rt2 serves `orders-sync`), its path rewrite (`/api/orders` ->
+/// `/http/orders`) and its auth mode (tenant auth drops the schedule's bogus Authorization
+/// and authenticates as the tenant: 200; passthrough forwards it: the tenant answers 401);
+/// the timeout defaults to the route's total timeout. Naming an unknown route, or a path
+/// outside the route's prefix, is a 400 naming the field; once the route is deleted, the
+/// firings record a `call_failed` saying so.
+#[test]
+fn route_call_target_goes_through_the_route() {
+    use corral::emulator::{spawn_tenant, FlowSpec, TenantConfig};
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let flow = FlowSpec {
+        idempotency_header: Some("message-id".into()),
+        ..FlowSpec::echo("/orders/*")
+    };
+    let tenant = |name: &str| {
+        let mut cfg = TenantConfig::new(name);
+        cfg.flows.push(("orders".into(), flow.clone()));
+        rt.block_on(spawn_tenant(cfg)).unwrap()
+    };
+    let (rt1, rt2) = (tenant("rt1"), tenant("rt2"));
+    let mut c = Cluster::new(1, |t| t);
+    c.start(1);
+    c.wait_leader(&[1], Duration::from_secs(20));
+    add_tenants(&c, 1, &[1], &[&rt1, &rt2]);
+    put(
+        &c,
+        1,
+        "/admin/routes/orders-sync",
+        &json!({"prefix": "/api/orders", "target_prefix": "/http/orders", "tenants": ["rt2"],
+                "try_timeout_ms": 5000, "total_timeout_ms": 15000}),
+    );
+    put(
+        &c,
+        1,
+        "/admin/routes/orders-pass",
+        &json!({"prefix": "/pass/orders", "target_prefix": "/http/orders", "tenants": ["rt1"],
+                "auth": "passthrough"}),
+    );
+    let bogus = "Basic Ym9ndXM6Ym9ndXM=";
+    let via = |route: &str, path: &str| {
+        json!({
+            "schedule": {"every": {"n": 1, "unit": "seconds"}},
+            "target": {"call": {"route": route, "path": path, "method": "GET",
+                                 "headers": {"authorization": bogus}}},
+        })
+    };
+    // Bad input names the field; nothing is stored.
+    for (body, field) in [
+        (via("nope", "/api/orders/sync"), "target.call.route"),
+        (via("orders-sync", "/http/orders/sync"), "target.call.path"),
+    ] {
+        let r = c
+            .http
+            .put(c.url(1, "/admin/schedules/bad"))
+            .bearer_auth(&c.token)
+            .json(&body)
+            .send()
+            .unwrap();
+        assert_eq!(r.status(), 400);
+        let e: Value = r.json().unwrap();
+        assert_eq!(e["error"]["field"], field, "{e}");
+    }
+    put(
+        &c,
+        1,
+        "/admin/schedules/via-route",
+        &via("orders-sync", "/api/orders/sync?full=1"),
+    );
+    put(
+        &c,
+        1,
+        "/admin/schedules/via-pass",
+        &via("orders-pass", "/pass/orders/sync"),
+    );
+    let s = c.get_json(1, "/admin/schedules/via-route").unwrap();
+    assert_eq!(s["definition"]["target"]["call"]["timeout_ms"], 15000);
+    // Tenant auth through rt2 only: 200, and the flow at the rewritten path ran once per firing.
+    let called = poll(Duration::from_secs(30), "a 200 through orders-sync", || {
+        firings(&c, 1, "via-route")
+            .into_iter()
+            .find(|f| f["outcome"]["result"] == "called")
+    });
+    // The echo flow answers 204 to an empty body.
+    assert_eq!(called["outcome"]["status"], 204, "{called}");
+    assert_eq!(called["outcome"]["tenant"], "rt2");
+    let id = called["message_id"].as_str().unwrap();
+    assert_eq!(rt2.tenant().counters_for(id).processed, 1);
+    assert_eq!(rt1.tenant().counters_for(id).received, 0);
+    // Passthrough through rt1 only: the bogus credentials reach the tenant, which refuses.
+    let refused = poll(Duration::from_secs(30), "a 401 through orders-pass", || {
+        firings(&c, 1, "via-pass")
+            .into_iter()
+            .find(|f| f["outcome"]["result"] == "called")
+    });
+    assert_eq!(refused["outcome"]["status"], 401, "{refused}");
+    assert_eq!(refused["outcome"]["tenant"], "rt1");
+    // Every answered firing of each schedule came from its route's tenant.
+    for (name, tenant) in [("via-route", "rt2"), ("via-pass", "rt1")] {
+        for f in firings(&c, 1, name) {
+            if f["outcome"]["result"] == "called" {
+                assert_eq!(f["outcome"]["tenant"], tenant, "{name}: {f}");
+            }
+        }
+    }
+    // The route is deleted: the next firings fail, naming the route.
+    let r = c
+        .http
+        .delete(c.url(1, "/admin/routes/orders-pass"))
+        .bearer_auth(&c.token)
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    let failed = poll(
+        Duration::from_secs(30),
+        "a call_failed naming the route",
+        || {
+            firings(&c, 1, "via-pass")
+                .into_iter()
+                .find(|f| f["outcome"]["result"] == "call_failed")
+        },
+    );
+    let error = failed["outcome"]["error"].as_str().unwrap();
+    assert!(
+        error.contains("orders-pass") && error.contains("does not exist"),
+        "{error}"
+    );
+    rt.block_on(rt1.shutdown());
+    rt.block_on(rt2.shutdown());
+}
+
+/// A leader killed (kill -9) while its calls are running on a slow flow: the new leader,
+/// once each call's timeout (plus the grace) has passed with no outcome, records
+/// `call_lost`; the GET is retried exactly once (message id `<id>.retry`, recorded `called`,
+/// received once by the tenant), the POST is not retried.
+#[test]
+fn leader_killed_mid_call_records_call_lost_and_retries_a_get_once() {
+    use corral::emulator::{spawn_tenant, Behaviour, FlowSpec, TenantConfig};
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let slow = |path: &str| FlowSpec {
+        behaviour: Behaviour::Delay,
+        delay_ms: Some(60_000),
+        idempotency_header: Some("message-id".into()),
+        ..FlowSpec::echo(path)
+    };
+    let mut cfg = TenantConfig::new("lt1");
+    cfg.flows.push(("lost-get".into(), slow("/lost/get")));
+    cfg.flows.push(("lost-post".into(), slow("/lost/post")));
+    let tenant = rt.block_on(spawn_tenant(cfg)).unwrap();
+    let mut c = Cluster::new(3, |t| t);
+    c.start_all();
+    let leader = c.wait_leader(&[1, 2, 3], Duration::from_secs(20));
+    add_tenants(&c, leader, &[1, 2, 3], &[&tenant]);
+    let call = |method: &str, path: &str| {
+        json!({
+            "schedule": {"on_create": {}},
+            "target": {"call": {"path": path, "method": method, "timeout_ms": 3000}},
+        })
+    };
+    put(
+        &c,
+        leader,
+        "/admin/schedules/lost-get",
+        &call("GET", "/http/lost/get"),
+    );
+    put(
+        &c,
+        leader,
+        "/admin/schedules/lost-post",
+        &call("POST", "/http/lost/post"),
+    );
+    let follower = (1..=3).find(|i| *i != leader).unwrap();
+    // Both calls started and reached the tenant (which holds them for 60 s).
+    let started: Vec<Value> = ["lost-get", "lost-post"]
+        .iter()
+        .map(|name| {
+            poll(
+                Duration::from_secs(20),
+                "call started at the tenant",
+                || {
+                    let f = firings(&c, follower, name).into_iter().next()?;
+                    let id = f["message_id"].as_str()?;
+                    let arrived = f["outcome"]["result"] == "call_started"
+                        && tenant.tenant().counters_for(id).received == 1;
+                    arrived.then_some(f)
+                },
+            )
+        })
+        .collect();
+    eprintln!("kill -9 leader {leader} mid-call");
+    c.kill9(leader);
+    // The retry should answer: the flow is fast from now on.
+    let r = c
+        .http
+        .put(format!(
+            "http://{}/_emulator/flows/lost-get",
+            tenant.control_addr()
+        ))
+        .json(&FlowSpec {
+            idempotency_header: Some("message-id".into()),
+            ..FlowSpec::echo("/lost/get")
+        })
+        .send()
+        .unwrap();
+    assert!(r.status().is_success(), "{}", r.status());
+    let rest: Vec<u64> = (1..=3).filter(|i| *i != leader).collect();
+    // Right after the kill the survivors still name the dead leader: wait for a new one.
+    let new_leader = poll(Duration::from_secs(20), "a new leader", || {
+        c.agreed_leader(&rest).filter(|l| *l != leader)
+    });
+    let by_id = |name: &str, id: &str| {
+        firings(&c, new_leader, name)
+            .into_iter()
+            .find(|f| f["message_id"] == id)
+    };
+    // GET: lost, then retried once, and the retry answered.
+    let get_id = started[0]["message_id"].as_str().unwrap().to_string();
+    let retry_id = format!("{get_id}.retry");
+    let lost = poll(Duration::from_secs(30), "GET recorded call_lost", || {
+        by_id("lost-get", &get_id).filter(|f| f["outcome"]["result"] == "call_lost")
+    });
+    assert_eq!(lost["outcome"]["retried"], true, "{lost}");
+    assert_eq!(lost["outcome"]["retry_message_id"], retry_id.as_str());
+    assert!(lost["outcome"]["reason"]
+        .as_str()
+        .unwrap()
+        .contains("outcome unknown"));
+    let retry = poll(Duration::from_secs(30), "the GET retry answered", || {
+        by_id("lost-get", &retry_id).filter(|f| f["outcome"]["result"] == "called")
+    });
+    // The echo flow answers 204 to an empty body.
+    assert_eq!(retry["outcome"]["status"], 204, "{retry}");
+    assert_eq!(retry["retry_of"], get_id.as_str());
+    assert_eq!(retry["occurrence_ms"], started[0]["occurrence_ms"]);
+    // Declared lost only after the timeout (3 s) and the grace (2 s) since it started.
+    let (fired, retried) = (
+        started[0]["fired_ms"].as_u64().unwrap(),
+        retry["fired_ms"].as_u64().unwrap(),
+    );
+    assert!(
+        retried >= fired + 5_000,
+        "retried at {retried}, fired at {fired}"
+    );
+    assert_eq!(tenant.tenant().counters_for(&retry_id).received, 1);
+    assert_eq!(tenant.tenant().counters_for(&get_id).received, 1);
+    // POST: lost, not retried.
+    let post_id = started[1]["message_id"].as_str().unwrap().to_string();
+    let lost = poll(Duration::from_secs(30), "POST recorded call_lost", || {
+        by_id("lost-post", &post_id).filter(|f| f["outcome"]["result"] == "call_lost")
+    });
+    assert_eq!(lost["outcome"]["retried"], false, "{lost}");
+    assert_eq!(
+        firings(&c, new_leader, "lost-post").len(),
+        1,
+        "no retry firing"
+    );
+    assert_eq!(tenant.tenant().counters_for(&post_id).received, 1);
+    assert_eq!(
+        tenant
+            .tenant()
+            .counters_for(&format!("{post_id}.retry"))
+            .received,
+        0
+    );
+    rt.block_on(tenant.shutdown());
+}

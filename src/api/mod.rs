@@ -121,6 +121,8 @@ pub struct AdminState {
     pub envelope: Arc<crate::seal::Envelope>,
     /// The sync proxy (seals client API keys).
     pub proxy: Arc<crate::ingress::proxy::Proxy>,
+    /// Runs schedule call targets on this node (trigger now).
+    pub calls: Arc<crate::dispatch::scheduler::Calls>,
 }
 
 type Shared = State<Arc<AdminState>>;

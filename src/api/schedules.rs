@@ -20,6 +20,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use super::{barrier, next_cursor, now_ms, parse_json, AdminState, ApiError, ListOpts, ReadOpts};
+use crate::dispatch::scheduler::MAX_CALLS_IN_FLIGHT;
+use crate::ingress::route::{self, Mode, RouteSpec};
 use crate::recurrence::{self, format_local, Compiled};
 use crate::state::queue::{MAX_HEADERS, MAX_HEADER_BYTES};
 use crate::state::schedules::{
@@ -45,6 +47,9 @@ pub const MIN_CALL_TIMEOUT_MS: u64 = 1_000;
 pub const MAX_CALL_TIMEOUT_MS: u64 = 600_000;
 /// Longest call path.
 pub const MAX_CALL_PATH_BYTES: usize = 512;
+/// Methods a call target may use (those in `schedules::IDEMPOTENT_METHODS` are retried once
+/// after a lost outcome).
+pub const CALL_METHODS: [&str; 7] = ["GET", "HEAD", "OPTIONS", "POST", "PUT", "PATCH", "DELETE"];
 
 #[derive(Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -93,6 +98,9 @@ struct QueueTargetInput {
 #[derive(Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 struct CallTargetInput {
+    /// A sync route of the proxy to call through; none: any tenant of the pool.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    route: Option<String>,
     path: String,
     #[serde(default = "post")]
     method: String,
@@ -104,16 +112,13 @@ struct CallTargetInput {
     content_type: Option<String>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     headers: BTreeMap<String, String>,
-    #[serde(default = "default_timeout")]
-    timeout_ms: u64,
+    /// Filled in when absent: [`DEFAULT_CALL_TIMEOUT_MS`], or the route's total timeout.
+    #[serde(default)]
+    timeout_ms: Option<u64>,
 }
 
 fn post() -> String {
     "POST".into()
-}
-
-fn default_timeout() -> u64 {
-    DEFAULT_CALL_TIMEOUT_MS
 }
 
 #[derive(Deserialize, Serialize)]
@@ -330,7 +335,21 @@ fn headers_of(
     Ok(out)
 }
 
-fn target_of(t: &TargetInput) -> Result<Target, ApiError> {
+/// Routes a definition may name, by name (those the handler found in the applied state).
+pub type KnownRoutes = BTreeMap<String, RouteSpec>;
+
+/// The route name a schedule document's call target names, if any (read before validating,
+/// so the handler can look the route up).
+pub fn named_route(body: &[u8]) -> Option<String> {
+    let v: Value = serde_json::from_slice(body).ok()?;
+    v.get("target")?
+        .get("call")?
+        .get("route")?
+        .as_str()
+        .map(str::to_string)
+}
+
+fn target_of(t: &mut TargetInput, routes: &KnownRoutes) -> Result<Target, ApiError> {
     Ok(match t {
         TargetInput::Queue(q) => {
             if !crate::state::is_resource_name(&q.name) {
@@ -347,35 +366,99 @@ fn target_of(t: &TargetInput) -> Result<Target, ApiError> {
             }
         }
         TargetInput::Call(c) => {
-            if !c.path.starts_with('/') || c.path.len() > MAX_CALL_PATH_BYTES {
+            if !c.path.starts_with('/')
+                || c.path.len() > MAX_CALL_PATH_BYTES
+                || c.path.parse::<axum::http::Uri>().is_err()
+            {
                 return Err(ApiError::invalid(
                     "target.call.path",
-                    format!("must start with / and be at most {MAX_CALL_PATH_BYTES} bytes"),
+                    format!(
+                        "must be a path starting with / of at most {MAX_CALL_PATH_BYTES} bytes"
+                    ),
                 ));
             }
-            let method = c.method.to_ascii_uppercase();
-            if !["GET", "POST", "PUT", "PATCH", "DELETE"].contains(&method.as_str()) {
+            c.method = c.method.to_ascii_uppercase();
+            if !CALL_METHODS.contains(&c.method.as_str()) {
                 return Err(ApiError::invalid(
                     "target.call.method",
-                    "must be GET, POST, PUT, PATCH or DELETE",
+                    format!("must be one of {}", CALL_METHODS.join(", ")),
                 ));
             }
-            if !(MIN_CALL_TIMEOUT_MS..=MAX_CALL_TIMEOUT_MS).contains(&c.timeout_ms) {
+            let route = match &c.route {
+                Some(name) => Some((name.clone(), route_of(name, &c.path, routes)?)),
+                None => None,
+            };
+            // Default: the route's own total timeout (within the schedule's bounds).
+            let timeout_ms = *c.timeout_ms.get_or_insert(match &route {
+                Some((_, r)) => r
+                    .total_timeout_ms
+                    .clamp(MIN_CALL_TIMEOUT_MS, MAX_CALL_TIMEOUT_MS),
+                None => DEFAULT_CALL_TIMEOUT_MS,
+            });
+            if !(MIN_CALL_TIMEOUT_MS..=MAX_CALL_TIMEOUT_MS).contains(&timeout_ms) {
                 return Err(ApiError::invalid(
                     "target.call.timeout_ms",
                     format!("must be {MIN_CALL_TIMEOUT_MS} to {MAX_CALL_TIMEOUT_MS}"),
                 ));
             }
-            Target::Call {
-                method,
-                path: c.path.clone(),
-                content_type: c.content_type.clone(),
-                headers: headers_of("target.call", &c.headers)?,
-                body: body_of("target.call", &c.body, c.body_encoding.as_deref())?,
-                timeout_ms: c.timeout_ms,
+            let (method, path) = (c.method.clone(), c.path.clone());
+            let content_type = c.content_type.clone();
+            let headers = headers_of("target.call", &c.headers)?;
+            let body = body_of("target.call", &c.body, c.body_encoding.as_deref())?;
+            match route {
+                Some((route, _)) => Target::RouteCall {
+                    route,
+                    method,
+                    path,
+                    content_type,
+                    headers,
+                    body,
+                    timeout_ms,
+                },
+                None => Target::Call {
+                    method,
+                    path,
+                    content_type,
+                    headers,
+                    body,
+                    timeout_ms,
+                },
             }
         }
     })
+}
+
+/// The sync route `name` a call target names, checked against `path` (400 naming the field).
+fn route_of<'a>(
+    name: &str,
+    path: &str,
+    routes: &'a KnownRoutes,
+) -> Result<&'a RouteSpec, ApiError> {
+    let field = "target.call.route";
+    if !crate::state::is_resource_name(name) {
+        return Err(ApiError::invalid(field, "must be a route name"));
+    }
+    let r = routes.get(name).ok_or_else(|| {
+        ApiError::invalid(
+            field,
+            format!("no route `{name}` (define it with PUT /admin/routes/{name})"),
+        )
+    })?;
+    if r.mode != Mode::Sync {
+        return Err(ApiError::invalid(
+            field,
+            format!(
+                "route `{name}` is async (it enqueues); a schedule enqueues with a queue target"
+            ),
+        ));
+    }
+    if !path.starts_with(r.prefix.as_str()) {
+        return Err(ApiError::invalid(
+            "target.call.path",
+            format!("must start with route `{name}`'s prefix `{}`", r.prefix),
+        ));
+    }
+    Ok(r)
 }
 
 fn choice<T: Copy>(field: &str, v: &str, options: &[(&str, T)]) -> Result<T, ApiError> {
@@ -389,9 +472,10 @@ fn choice<T: Copy>(field: &str, v: &str, options: &[(&str, T)]) -> Result<T, Api
         })
 }
 
-/// Validates a schedule document into its stored form.
-pub fn parse_spec(body: &[u8]) -> Result<ScheduleSpec, ApiError> {
-    let input: ScheduleInput = parse_json(body)?;
+/// Validates a schedule document into its stored form. `routes`: the routes it may name
+/// (see [`named_route`]).
+pub fn parse_spec(body: &[u8], routes: &KnownRoutes) -> Result<ScheduleSpec, ApiError> {
+    let mut input: ScheduleInput = parse_json(body)?;
     let tz =
         recurrence::parse_tz(&input.time_zone).map_err(|m| ApiError::invalid("time_zone", m))?;
     let start_ms = input
@@ -439,12 +523,14 @@ pub fn parse_spec(body: &[u8]) -> Result<ScheduleSpec, ApiError> {
             format!("at most {MAX_JITTER_MS}"),
         ));
     }
+    let recurrence = recurrence_of(&input.schedule, &tz)?;
+    let target = target_of(&mut input.target, routes)?;
     Ok(ScheduleSpec {
-        recurrence: recurrence_of(&input.schedule, &tz)?,
+        recurrence,
         time_zone: input.time_zone.clone(),
         start_ms,
         end_ms,
-        target: target_of(&input.target)?,
+        target,
         missed,
         catch_up_window_ms: input.catch_up_window_ms,
         overlap,
@@ -481,6 +567,11 @@ fn outcome_json(o: &Outcome) -> Value {
         Outcome::CallFailed { error, latency_ms } => {
             json!({"result": "call_failed", "error": error, "latency_ms": latency_ms})
         }
+        Outcome::CallLost {
+            reason,
+            retry_message_id,
+        } => json!({"result": "call_lost", "reason": reason, "retried": retry_message_id.is_some(),
+                   "retry_message_id": retry_message_id}),
     }
 }
 
@@ -492,6 +583,7 @@ fn firing_json(f: &Firing, tz: &Tz) -> Value {
         "message_id": f.message_id,
         "manual": f.manual,
         "skipped_before": f.skipped,
+        "retry_of": schedules::retry_of(&f.message_id),
         "outcome": outcome_json(&f.outcome),
     })
 }
@@ -560,9 +652,23 @@ fn answer(r: SmResponse) -> Result<ScheduleResponse, ApiError> {
     }
 }
 
+/// The route a definition names, looked up after a read barrier (so a route just defined on
+/// any node is found).
+async fn known_routes(st: &AdminState, body: &[u8]) -> Result<KnownRoutes, ApiError> {
+    let mut out = KnownRoutes::new();
+    let Some(name) = named_route(body).filter(|n| crate::state::is_resource_name(n)) else {
+        return Ok(out);
+    };
+    st.client.read_barrier().await?;
+    if let Some(r) = route::read_route(&*st.store, &name)? {
+        out.insert(name, r);
+    }
+    Ok(out)
+}
+
 /// `POST /admin/schedules:preview`: validates and shows the next occurrences; stores nothing.
-pub(crate) async fn preview(body: Bytes) -> Result<Json<Value>, ApiError> {
-    let spec = parse_spec(&body)?;
+pub(crate) async fn preview(State(st): Shared, body: Bytes) -> Result<Json<Value>, ApiError> {
+    let spec = parse_spec(&body, &known_routes(&st, &body).await?)?;
     let now = now_ms();
     let c = Compiled::new(&spec, now).map_err(|m| ApiError::invalid("schedule", m))?;
     let definition: Value = serde_json::from_str(&spec.document).unwrap_or(Value::Null);
@@ -579,7 +685,7 @@ pub(crate) async fn put(
     body: Bytes,
 ) -> Result<Response, ApiError> {
     validate_name(&name)?;
-    let spec = parse_spec(&body)?;
+    let spec = parse_spec(&body, &known_routes(&st, &body).await?)?;
     let now = now_ms();
     let c = Compiled::new(&spec, now).map_err(|m| ApiError::invalid("schedule", m))?;
     if c.next_after(now.saturating_sub(1)).is_none() {
@@ -704,6 +810,18 @@ pub(crate) async fn trigger(
     Path(name): Path<String>,
 ) -> Result<Response, ApiError> {
     validate_name(&name)?;
+    // A call needs one of this node's call slots: take it before firing.
+    let before = schedules::read_schedule(&*st.store, &name)?;
+    let permit = match &before {
+        Some(e) if e.spec.target.call().is_some() => {
+            Some(st.calls.try_permit().ok_or_else(|| {
+                ApiError::NotApplied(format!(
+                    "all {MAX_CALLS_IN_FLIGHT} call slots of this node are busy"
+                ))
+            })?)
+        }
+        _ => None,
+    };
     let now = now_ms();
     let fire = Fire {
         name: name.clone(),
@@ -721,26 +839,15 @@ pub(crate) async fn trigger(
             .await?,
     )? {
         ScheduleResponse::Fired { firing } => {
-            if let (Outcome::CallStarted { .. }, Ok(Some(e))) =
-                (&firing.outcome, schedules::read_schedule(&*st.store, &name))
-            {
-                let (client, pool, n, f) = (
-                    st.client.clone(),
-                    st.pool.clone(),
-                    name.clone(),
-                    firing.clone(),
-                );
-                tokio::spawn(async move {
-                    crate::dispatch::scheduler::run_call(&client, &pool, &n, &e.spec.target, &f)
-                        .await;
-                });
+            let spec = schedules::read_schedule(&*st.store, &name)?
+                .or(before)
+                .map(|e| e.spec);
+            if let (Outcome::CallStarted { .. }, Some(spec)) = (&firing.outcome, &spec) {
+                st.calls.spawn(permit, &name, &spec.target, firing.clone());
             }
-            let tz = recurrence::parse_tz(
-                &schedules::read_schedule(&*st.store, &name)?
-                    .map(|e| e.spec.time_zone)
-                    .unwrap_or_else(utc),
-            )
-            .unwrap_or(Tz::UTC);
+            let tz = spec
+                .and_then(|s| recurrence::parse_tz(&s.time_zone).ok())
+                .unwrap_or(Tz::UTC);
             Ok((StatusCode::ACCEPTED, Json(firing_json(&firing, &tz))).into_response())
         }
         ScheduleResponse::NotFound => Err(not_found(&name)),
@@ -752,8 +859,30 @@ pub(crate) async fn trigger(
 mod tests {
     use super::*;
 
+    /// The routes the tests' definitions may name: a sync one and an async one.
+    fn routes() -> KnownRoutes {
+        let mut r = KnownRoutes::new();
+        r.insert(
+            "orders-sync".into(),
+            RouteSpec {
+                prefix: "/http/orders".into(),
+                total_timeout_ms: 20_000,
+                ..RouteSpec::default()
+            },
+        );
+        r.insert(
+            "orders-async".into(),
+            RouteSpec {
+                mode: Mode::Async,
+                queue: Some("q".into()),
+                ..RouteSpec::default()
+            },
+        );
+        r
+    }
+
     fn field_of(body: Value) -> Option<String> {
-        match parse_spec(body.to_string().as_bytes()) {
+        match parse_spec(body.to_string().as_bytes(), &routes()) {
             Err(ApiError::Invalid { field, .. }) => field,
             other => panic!("expected 400, got {:?}", other.map(|s| s.document)),
         }
@@ -813,6 +942,31 @@ mod tests {
                 "target.call.path",
             ),
             (
+                json!({"schedule": {"on_create": {}}, "target": {"call": {"path": "/http/x", "method": "TRACE"}}}),
+                "target.call.method",
+            ),
+            // A named route must exist, be sync, and the path must be under its prefix.
+            (
+                json!({"schedule": {"on_create": {}}, "target": {"call": {"route": "nope", "path": "/http/orders/1"}}}),
+                "target.call.route",
+            ),
+            (
+                json!({"schedule": {"on_create": {}}, "target": {"call": {"route": "a b", "path": "/http/orders/1"}}}),
+                "target.call.route",
+            ),
+            (
+                json!({"schedule": {"on_create": {}}, "target": {"call": {"route": "orders-async", "path": "/http/x"}}}),
+                "target.call.route",
+            ),
+            (
+                json!({"schedule": {"on_create": {}}, "target": {"call": {"route": "orders-sync", "path": "/http/other"}}}),
+                "target.call.path",
+            ),
+            (
+                json!({"schedule": {"on_create": {}}, "target": {"call": {"route": "orders-sync", "path": "/http/orders", "timeout_ms": 10}}}),
+                "target.call.timeout_ms",
+            ),
+            (
                 json!({"schedule": {"on_create": {}}, "target": q, "missed": "sometimes"}),
                 "missed",
             ),
@@ -844,6 +998,7 @@ mod tests {
                    "time_zone": "Europe/Berlin", "target": {"queue": {"name": "q", "body": "hi"}}})
             .to_string()
             .as_bytes(),
+            &routes(),
         )
         .unwrap();
         assert!(
@@ -852,6 +1007,48 @@ mod tests {
         let doc: Value = serde_json::from_str(&s.document).unwrap();
         assert_eq!(doc["missed"], "once");
         assert_eq!(doc["overlap"], "skip");
-        assert_eq!(parse_spec(s.document.as_bytes()).unwrap(), s);
+        assert_eq!(parse_spec(s.document.as_bytes(), &routes()).unwrap(), s);
+    }
+
+    /// A call naming a sync route becomes a route call whose timeout defaults to the route's
+    /// total timeout (a pool call's to 60 s); the canonical document shows the filled-in value
+    /// and parses back to the same definition.
+    #[test]
+    fn route_call_target_round_trips() {
+        let body = json!({"schedule": {"on_create": {}},
+                          "target": {"call": {"route": "orders-sync", "path": "/http/orders/sync?full=1",
+                                              "method": "get"}}});
+        assert_eq!(
+            named_route(body.to_string().as_bytes()).as_deref(),
+            Some("orders-sync")
+        );
+        let s = parse_spec(body.to_string().as_bytes(), &routes()).unwrap();
+        assert_eq!(
+            s.target,
+            Target::RouteCall {
+                route: "orders-sync".into(),
+                method: "GET".into(),
+                path: "/http/orders/sync?full=1".into(),
+                content_type: None,
+                headers: vec![],
+                body: vec![],
+                timeout_ms: 20_000,
+            }
+        );
+        let doc: Value = serde_json::from_str(&s.document).unwrap();
+        assert_eq!(doc["target"]["call"]["timeout_ms"], 20_000);
+        assert_eq!(doc["target"]["call"]["method"], "GET");
+        assert_eq!(parse_spec(s.document.as_bytes(), &routes()).unwrap(), s);
+        let pool = parse_spec(
+            json!({"schedule": {"on_create": {}}, "target": {"call": {"path": "/http/x"}}})
+                .to_string()
+                .as_bytes(),
+            &KnownRoutes::new(),
+        )
+        .unwrap();
+        assert!(
+            matches!(pool.target, Target::Call { timeout_ms: DEFAULT_CALL_TIMEOUT_MS, ref method, .. } if method == "POST")
+        );
+        assert_eq!(named_route(pool.document.as_bytes()), None);
     }
 }

@@ -13,14 +13,23 @@
 //! window; overlap `buffer` holds the plan back while the previous firing is in flight (the
 //! state machine decides `skip` and `allow`); jitter delays each occurrence by a delay derived
 //! from (name, occurrence), identical on every leader.
+//!
+//! Call targets run on the node that fired them ([`Calls`]: bounded, and remembering which
+//! firings run here). A call whose node died never records an outcome: once its timeout plus
+//! [`CALL_LOST_GRACE_MS`] has passed, and it is not running on this leader, the leader proposes
+//! `ScheduleCallLost` with its clock stamped in; apply records `call_lost` and may start one
+//! retry (idempotent methods only), which this leader then runs.
 
-use std::sync::Arc;
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_TYPE};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::api::now_ms;
 use crate::client::Client;
+use crate::ingress::proxy::{Proxy, RouteCall};
 use crate::pool::{Pool, Selector, TenantRequest};
 use crate::raft::Role;
 use crate::recurrence::{jitter_delay_ms, Compiled};
@@ -42,12 +51,14 @@ pub const MAX_FIRES_PER_TICK: usize = 100;
 /// Due occurrences one plan enumerates; past it the plan skips that many and goes on next time
 /// (bounds the work after a long outage of a 1-second schedule).
 pub const MAX_DUE_SCAN: usize = 10_000;
-/// Call targets running at once on the leader; past it due calls wait for the next tick.
+/// Call targets running at once on one node; past it due calls wait for the next tick.
 pub const MAX_CALLS_IN_FLIGHT: usize = 64;
+/// A call firing with no outcome this long after its timeout is declared lost: room for a
+/// runner that finished just in time to get its outcome committed.
+pub const CALL_LOST_GRACE_MS: u64 = 2_000;
 
 /// Runs until the task is aborted (node shutdown).
-pub async fn run(client: Arc<Client>, store: Arc<dyn Store>, pool: Arc<Pool>) {
-    let calls = Arc::new(tokio::sync::Semaphore::new(MAX_CALLS_IN_FLIGHT));
+pub async fn run(client: Arc<Client>, store: Arc<dyn Store>, calls: Arc<Calls>) {
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut synced_term = None;
@@ -77,8 +88,9 @@ pub async fn run(client: Arc<Client>, store: Arc<dyn Store>, pool: Arc<Pool>) {
                 };
             let full = page.len() == SCHEDULES_PER_PAGE;
             after = page.last().map(|(n, _)| n.clone());
-            for (name, _) in page {
-                drive(&client, &*store, &pool, &calls, &name).await;
+            for (name, entry) in page {
+                reap_lost(&client, &calls, &name, &entry).await;
+                drive(&client, &*store, &calls, &name).await;
             }
             if !full {
                 break;
@@ -88,13 +100,7 @@ pub async fn run(client: Arc<Client>, store: Arc<dyn Store>, pool: Arc<Pool>) {
 }
 
 /// Proposes what is due for one schedule, re-reading the applied entry after each write.
-async fn drive(
-    client: &Arc<Client>,
-    store: &dyn Store,
-    pool: &Arc<Pool>,
-    calls: &Arc<tokio::sync::Semaphore>,
-    name: &str,
-) {
+async fn drive(client: &Arc<Client>, store: &dyn Store, calls: &Arc<Calls>, name: &str) {
     for _ in 0..MAX_FIRES_PER_TICK {
         let Ok(Some(entry)) = schedules::read_schedule(store, name) else {
             return;
@@ -113,27 +119,18 @@ async fn drive(
         let Some(fire) = plan(name, &entry, &compiled, now, busy) else {
             return;
         };
-        let permit = match &entry.spec.target {
-            Target::Call { .. } if !fire.skip_only => match calls.clone().try_acquire_owned() {
-                Ok(p) => Some(p),
-                Err(_) => return,
+        let permit = match entry.spec.target.call() {
+            Some(_) if !fire.skip_only => match calls.try_permit() {
+                Some(p) => Some(p),
+                None => return,
             },
             _ => None,
         };
         match client.write(&Command::ScheduleFire(Box::new(fire))).await {
             Ok(Response::Schedule(ScheduleResponse::Fired { firing })) => {
                 count(outcome_label(&firing.outcome));
-                if let (Outcome::CallStarted { .. }, Some(p)) = (&firing.outcome, permit) {
-                    let (c, pl, n, t) = (
-                        client.clone(),
-                        pool.clone(),
-                        name.to_string(),
-                        entry.spec.target.clone(),
-                    );
-                    tokio::spawn(async move {
-                        run_call(&c, &pl, &n, &t, &firing).await;
-                        drop(p);
-                    });
+                if let Outcome::CallStarted { .. } = firing.outcome {
+                    calls.spawn(permit, name, &entry.spec.target, firing);
                 }
             }
             Ok(other) => {
@@ -146,6 +143,58 @@ async fn drive(
             }
             Err(e) => {
                 tracing::debug!(schedule = name, error = %e, "scheduler: fire not applied");
+                return;
+            }
+        }
+    }
+}
+
+/// Message ids of the call firings of `e` that are lost at `now`: still `call_started`, past
+/// their timeout plus [`CALL_LOST_GRACE_MS`], and not running on this node.
+pub fn lost_calls(e: &ScheduleEntry, now: u64, running: impl Fn(&str) -> bool) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for f in e.history.iter().chain(e.last_run.iter()) {
+        let Outcome::CallStarted { timeout_ms } = f.outcome else {
+            continue;
+        };
+        let deadline = f
+            .fired_ms
+            .saturating_add(timeout_ms)
+            .saturating_add(CALL_LOST_GRACE_MS);
+        if now >= deadline && !running(&f.message_id) && !out.contains(&f.message_id) {
+            out.push(f.message_id.clone());
+        }
+    }
+    out
+}
+
+/// Records the lost calls of one schedule and runs the retries apply starts.
+async fn reap_lost(client: &Arc<Client>, calls: &Arc<Calls>, name: &str, e: &ScheduleEntry) {
+    for message_id in lost_calls(e, now_ms(), |id| calls.is_running(id)) {
+        // A retry may start: hold a slot for it first (none free: try again next tick).
+        let Some(permit) = calls.try_permit() else {
+            return;
+        };
+        let cmd = Command::ScheduleCallLost {
+            name: name.to_string(),
+            message_id: message_id.clone(),
+            now_ms: now_ms(),
+        };
+        match client.write(&cmd).await {
+            Ok(Response::Schedule(ScheduleResponse::CallLost { retry })) => {
+                count("call_lost");
+                tracing::warn!(schedule = name, message_id = %message_id, retried = retry.is_some(),
+                    "scheduler: call lost (no outcome by its deadline)");
+                if let Some(r) = retry {
+                    count("call_retried");
+                    calls.spawn(Some(permit), name, &e.spec.target, r);
+                }
+            }
+            Ok(other) => {
+                tracing::debug!(schedule = name, answer = ?other, "scheduler: call not lost")
+            }
+            Err(e) => {
+                tracing::debug!(schedule = name, error = %e, "scheduler: call_lost not applied");
                 return;
             }
         }
@@ -167,6 +216,7 @@ fn outcome_label(o: &Outcome) -> &'static str {
         Outcome::CallStarted { .. } => "call_started",
         Outcome::Called { .. } => "called",
         Outcome::CallFailed { .. } => "call_failed",
+        Outcome::CallLost { .. } => "call_lost",
     }
 }
 
@@ -222,47 +272,128 @@ pub fn plan(name: &str, e: &ScheduleEntry, c: &Compiled, now: u64, busy: bool) -
     })
 }
 
-/// Calls a tenant of the pool for a call firing and records the outcome (status, latency).
-pub async fn run_call(client: &Client, pool: &Pool, name: &str, target: &Target, firing: &Firing) {
-    let Target::Call {
-        method,
-        path,
-        content_type,
-        headers,
-        body,
-        timeout_ms,
-    } = target
-    else {
-        return;
-    };
-    let mut req = TenantRequest::new(
-        method.parse().unwrap_or(reqwest::Method::POST),
-        path.clone(),
-    )
-    .body(body.clone());
-    req.timeout = Some(Duration::from_millis(*timeout_ms));
-    req.headers = call_headers(name, firing, content_type.as_deref(), headers);
-    let started = Instant::now();
-    let result = pool.call(&Selector::default(), &req).await;
-    let latency_ms = started.elapsed().as_millis() as u64;
-    let outcome = match result {
-        Ok((tenant, r)) => Outcome::Called {
-            tenant,
-            status: r.status,
-            latency_ms,
-        },
-        Err(e) => Outcome::CallFailed {
-            error: e.to_string(),
-            latency_ms,
-        },
-    };
-    let cmd = Command::ScheduleOutcome {
-        name: name.to_string(),
-        message_id: firing.message_id.clone(),
-        outcome,
-    };
-    if let Err(e) = client.write(&cmd).await {
-        tracing::warn!(schedule = name, error = %e, "scheduler: call outcome not recorded");
+/// Runs call targets on this node (the scheduler's, and trigger-now's): at most
+/// [`MAX_CALLS_IN_FLIGHT`] at once, each recording its outcome when done. Remembers which
+/// firings run here, so a leader never declares its own running call lost.
+pub struct Calls {
+    client: Arc<Client>,
+    pool: Arc<Pool>,
+    proxy: Arc<Proxy>,
+    permits: Arc<Semaphore>,
+    running: Mutex<HashSet<String>>,
+}
+
+impl Calls {
+    pub fn new(client: Arc<Client>, pool: Arc<Pool>, proxy: Arc<Proxy>) -> Arc<Calls> {
+        Arc::new(Calls {
+            client,
+            pool,
+            proxy,
+            permits: Arc::new(Semaphore::new(MAX_CALLS_IN_FLIGHT)),
+            running: Mutex::new(HashSet::new()),
+        })
+    }
+
+    /// A slot for one call, if one is free.
+    pub fn try_permit(&self) -> Option<OwnedSemaphorePermit> {
+        self.permits.clone().try_acquire_owned().ok()
+    }
+
+    fn running(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
+        self.running.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn is_running(&self, message_id: &str) -> bool {
+        self.running().contains(message_id)
+    }
+
+    /// Runs the call of `firing` in the background (holding `permit` until done) and records
+    /// its outcome.
+    pub fn spawn(
+        self: &Arc<Self>,
+        permit: Option<OwnedSemaphorePermit>,
+        name: &str,
+        target: &Target,
+        firing: Firing,
+    ) {
+        self.running().insert(firing.message_id.clone());
+        let (me, name, target) = (self.clone(), name.to_string(), target.clone());
+        tokio::spawn(async move {
+            let outcome = me.call(&name, &target, &firing).await;
+            let cmd = Command::ScheduleOutcome {
+                name: name.clone(),
+                message_id: firing.message_id.clone(),
+                outcome,
+            };
+            if let Err(e) = me.client.write(&cmd).await {
+                tracing::warn!(schedule = %name, error = %e, "scheduler: call outcome not recorded");
+            }
+            me.running().remove(&firing.message_id);
+            drop(permit);
+        });
+    }
+
+    /// Calls a tenant for a call firing: through the pool, or through the named route.
+    async fn call(&self, name: &str, target: &Target, firing: &Firing) -> Outcome {
+        let started = Instant::now();
+        let result = match target {
+            Target::Queue { .. } => {
+                return Outcome::CallFailed {
+                    error: "the schedule's target is a queue now".into(),
+                    latency_ms: 0,
+                }
+            }
+            Target::Call {
+                method,
+                path,
+                content_type,
+                headers,
+                body,
+                timeout_ms,
+            } => {
+                let mut req = TenantRequest::new(
+                    method.parse().unwrap_or(reqwest::Method::POST),
+                    path.clone(),
+                )
+                .body(body.clone());
+                req.timeout = Some(Duration::from_millis(*timeout_ms));
+                req.headers = call_headers(name, firing, content_type.as_deref(), headers);
+                self.pool
+                    .call(&Selector::default(), &req)
+                    .await
+                    .map(|(tenant, r)| (tenant, r.status))
+                    .map_err(|e| e.to_string())
+            }
+            Target::RouteCall {
+                route,
+                method,
+                path,
+                content_type,
+                headers,
+                body,
+                timeout_ms,
+            } => {
+                let call = RouteCall {
+                    route,
+                    method: method.parse().unwrap_or(reqwest::Method::POST),
+                    path,
+                    headers: call_headers(name, firing, content_type.as_deref(), headers),
+                    body: body.clone().into(),
+                    request_id: &firing.message_id,
+                    timeout: Duration::from_millis(*timeout_ms),
+                };
+                self.proxy.call_route(call).await.map_err(|e| e.to_string())
+            }
+        };
+        let latency_ms = started.elapsed().as_millis() as u64;
+        match result {
+            Ok((tenant, status)) => Outcome::Called {
+                tenant,
+                status,
+                latency_ms,
+            },
+            Err(error) => Outcome::CallFailed { error, latency_ms },
+        }
     }
 }
 
@@ -285,6 +416,9 @@ fn call_headers(
     };
     let mut all = schedules::message_headers(name, &fire, base);
     all.push(("message-id".into(), firing.message_id.clone()));
+    if let Some(of) = schedules::retry_of(&firing.message_id) {
+        all.push((schedules::HEADER_RETRY_OF.into(), of.to_string()));
+    }
     for (k, v) in all {
         if let (Ok(k), Ok(v)) = (
             HeaderName::from_bytes(k.as_bytes()),
@@ -411,6 +545,40 @@ mod tests {
             (f.occurrence_ms, f.skipped, f.skip_only),
             (110_000, 9, true)
         );
+    }
+
+    /// A call firing counts as lost only past its timeout plus the grace, only while still
+    /// `call_started`, and never while it runs on this node; each id is proposed once even
+    /// when it is both in the history and the last run.
+    #[test]
+    fn lost_calls_wait_for_timeout_and_grace() {
+        let firing = |id: &str, outcome: Outcome| Firing {
+            occurrence_ms: 1_000,
+            fired_ms: 1_000,
+            message_id: id.into(),
+            manual: false,
+            skipped: 0,
+            outcome,
+        };
+        let started = Outcome::CallStarted { timeout_ms: 5_000 };
+        let mut e = entry(Missed::Once, Overlap::Skip, 0);
+        e.history = vec![
+            firing("a", started.clone()),
+            firing(
+                "b",
+                Outcome::Called {
+                    tenant: "t".into(),
+                    status: 200,
+                    latency_ms: 1,
+                },
+            ),
+            firing("c", started.clone()),
+        ];
+        e.last_run = Some(firing("c", started));
+        let deadline = 1_000 + 5_000 + CALL_LOST_GRACE_MS;
+        assert!(lost_calls(&e, deadline - 1, |_| false).is_empty());
+        assert_eq!(lost_calls(&e, deadline, |_| false), ["a", "c"]);
+        assert_eq!(lost_calls(&e, deadline, |id| id == "a"), ["c"]);
     }
 
     /// Missed `skip`: an occurrence found later than ON_TIME_MS is skipped, not fired.

@@ -13,6 +13,10 @@
 //! body can be sent again, tries remain and the route's retry budget allows. A tenant's
 //! `Retry-After` keeps it out of selection for that long. A retry never goes to a tenant this
 //! request already tried.
+//!
+//! The same try loop ([`Proxy::send`]) serves requests corral makes itself through a named
+//! route ([`Proxy::call_route`]: a schedule's call target), so they get the route's tenants,
+//! policy, timeouts, retry rules and auth mode without a second copy of them.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -346,10 +350,34 @@ impl Proxy {
             .filter(|v| !v.is_empty() && v.len() <= MAX_REQUEST_ID_BYTES)
             .map(str::to_string)
             .unwrap_or_else(|| hex::encode(rand::random::<[u8; 16]>()));
-        let safe = is_safe(&parts.method, &parts.headers);
-        let headers = upstream_headers(&parts.headers, spec.auth, ip, &request_id, self.tls);
-        let path = upstream_path(spec, &parts.uri);
-        let body = proxy_body(&parts.headers, body).await?;
+        let up = Upstream {
+            method: parts.method.clone(),
+            path: upstream_path(spec, &parts.uri),
+            headers: upstream_headers(&parts.headers, spec.auth, ip, &request_id, self.tls),
+            safe: is_safe(&parts.method, &parts.headers),
+            body: proxy_body(&parts.headers, body).await?,
+        };
+        let (tenant, resp) = self.send(route, up, deadline).await?;
+        Ok(downstream(resp, &tenant, &request_id, verdict))
+    }
+
+    /// Sends one request through `route` until `deadline`: its tenant set and policy, per-try
+    /// timeout, the retry rules of the module comment (with the route's retry budget) and its
+    /// auth mode. Answers the tenant that answered and its response (body not read yet).
+    async fn send(
+        &self,
+        route: &RouteEntry,
+        up: Upstream,
+        deadline: Instant,
+    ) -> Result<(String, reqwest::Response), ApiError> {
+        let spec = &route.spec;
+        let Upstream {
+            method,
+            path,
+            headers,
+            body,
+            safe,
+        } = up;
         let budget = self.budget(&route.name);
         budget.deposit(spec.retry.budget_percent);
         let only = (!spec.tenants.is_empty()).then_some(spec.tenants.as_slice());
@@ -372,7 +400,7 @@ impl Proxy {
             let tenant = lease.tenant().to_string();
             sel.exclude.push(tenant.clone());
             let sreq = StreamRequest {
-                method: parts.method.clone(),
+                method: method.clone(),
                 path: path.clone(),
                 headers: headers.clone(),
                 body: body.clone(),
@@ -397,7 +425,7 @@ impl Proxy {
                         held = Some((tenant, resp));
                         continue;
                     }
-                    return Ok(downstream(resp, &tenant, &request_id, verdict));
+                    return Ok((tenant, resp));
                 }
                 Err(e) => {
                     lease.complete(e.outcome());
@@ -417,8 +445,8 @@ impl Proxy {
                 }
             }
         }
-        if let Some((tenant, resp)) = held {
-            return Ok(downstream(resp, &tenant, &request_id, verdict));
+        if let Some(answer) = held {
+            return Ok(answer);
         }
         Err(match last_err {
             Some(e @ PoolError::Timeout { .. }) => ApiError::GatewayTimeout(e.to_string()),
@@ -429,6 +457,107 @@ impl Proxy {
             )),
         })
     }
+
+    fn route_named(&self, name: &str) -> Option<Arc<RouteEntry>> {
+        let find = |t: &Table| t.routes.iter().find(|r| r.name == name).cloned();
+        find(&self.table()).or_else(|| self.reload_on_miss().then(|| find(&self.table())).flatten())
+    }
+
+    /// A request corral makes itself through the route named `call.route` (a schedule's call
+    /// target): the path is matched against the route's prefix and rewritten as a proxied
+    /// request's would be, and [`Self::send`] applies the route's tenants, policy, timeouts
+    /// (the total one capped by `call.timeout`), retry rules and auth mode. API keys and rate
+    /// limits, which admit outside callers, do not apply. Answers (tenant, status).
+    pub async fn call_route(&self, call: RouteCall<'_>) -> Result<(String, u16), RouteCallError> {
+        let route = self
+            .route_named(call.route)
+            .ok_or_else(|| RouteCallError::UnknownRoute(call.route.to_string()))?;
+        let spec = &route.spec;
+        if spec.mode != Mode::Sync {
+            return Err(RouteCallError::NotSync(call.route.to_string()));
+        }
+        let uri: axum::http::Uri = call
+            .path
+            .parse()
+            .map_err(|_| RouteCallError::BadPath(call.path.to_string()))?;
+        if !uri.path().starts_with(spec.prefix.as_str()) {
+            return Err(RouteCallError::OutsidePrefix {
+                route: call.route.to_string(),
+                prefix: spec.prefix.clone(),
+                path: call.path.to_string(),
+            });
+        }
+        let timeout = call
+            .timeout
+            .min(Duration::from_millis(spec.total_timeout_ms));
+        let up = Upstream {
+            safe: is_safe(&call.method, &call.headers),
+            path: upstream_path(spec, &uri),
+            headers: upstream_headers(&call.headers, spec.auth, None, call.request_id, self.tls),
+            method: call.method,
+            body: if call.body.is_empty() {
+                ProxyBody::Empty
+            } else {
+                ProxyBody::Buffered(call.body)
+            },
+        };
+        let (tenant, resp) = self
+            .send(&route, up, Instant::now() + timeout)
+            .await
+            .map_err(|e| RouteCallError::Failed {
+                route: call.route.to_string(),
+                error: e,
+            })?;
+        Ok((tenant, resp.status().as_u16()))
+    }
+}
+
+/// A request ready for a route's tenants: path rewritten, headers as the tenant gets them.
+struct Upstream {
+    method: Method,
+    path: String,
+    headers: HeaderMap,
+    body: ProxyBody,
+    /// May be sent twice (see [`is_safe`]).
+    safe: bool,
+}
+
+/// What [`Proxy::call_route`] sends. The body is at most a schedule's, so it is held whole
+/// (and can be sent again on a retry).
+pub struct RouteCall<'a> {
+    pub route: &'a str,
+    pub method: Method,
+    /// Path and query as a client would send them to the ingress listener.
+    pub path: &'a str,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+    /// The `X-Request-ID` the tenant sees.
+    pub request_id: &'a str,
+    /// Longest the call may take (the route's `total_timeout_ms` caps it too).
+    pub timeout: Duration,
+}
+
+/// Why [`Proxy::call_route`] got no answer.
+#[derive(Debug, thiserror::Error)]
+pub enum RouteCallError {
+    #[error("route `{0}` does not exist (deleted since the schedule was defined?)")]
+    UnknownRoute(String),
+    #[error("route `{0}` is async (it enqueues); only a sync route can be called")]
+    NotSync(String),
+    #[error("`{0}` is not a valid request path")]
+    BadPath(String),
+    #[error("path `{path}` is not under route `{route}`'s prefix `{prefix}`")]
+    OutsidePrefix {
+        route: String,
+        prefix: String,
+        path: String,
+    },
+    #[error("route `{route}`: {error}")]
+    Failed {
+        route: String,
+        #[source]
+        error: ApiError,
+    },
 }
 
 fn pick_error(e: PoolError) -> ApiError {

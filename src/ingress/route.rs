@@ -285,6 +285,18 @@ pub fn parse_route(body: &[u8]) -> Result<RouteSpec, ApiError> {
     Ok(r)
 }
 
+/// Reads route `name` from the applied configuration; `None` when it is missing or its
+/// document does not parse (the proxy skips such a route too).
+pub fn read_route(
+    store: &dyn crate::store::Store,
+    name: &str,
+) -> Result<Option<RouteSpec>, crate::store::StoreError> {
+    Ok(
+        crate::state::read_config(store, &format!("{ROUTE_PREFIX}{name}"))?
+            .and_then(|e| serde_json::from_slice(&e.value).ok()),
+    )
+}
+
 /// What an operator sends to create or replace an API key.
 #[derive(Debug, Clone, Deserialize, Default)]
 #[serde(deny_unknown_fields)]

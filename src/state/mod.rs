@@ -146,6 +146,13 @@ pub enum Command {
         message_id: String,
         outcome: schedules::Outcome,
     },
+    /// Records that a call firing got no outcome by its deadline (judged at the proposer's
+    /// `now_ms`), retrying it once when its method is idempotent; proposed by the leader.
+    ScheduleCallLost {
+        name: String,
+        message_id: String,
+        now_ms: u64,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -309,7 +316,8 @@ impl CorralState {
             | Command::ScheduleDelete { .. }
             | Command::SchedulePause { .. }
             | Command::ScheduleFire(_)
-            | Command::ScheduleOutcome { .. }) => self
+            | Command::ScheduleOutcome { .. }
+            | Command::ScheduleCallLost { .. }) => self
                 .apply_schedule(index, cmd, batch)
                 .map(Response::Schedule),
             cmd => self.apply_queue(index, cmd, batch).map(Response::Queue),
@@ -341,6 +349,11 @@ impl CorralState {
                 message_id,
                 outcome,
             } => s.record_outcome(&name, &message_id, outcome),
+            Command::ScheduleCallLost {
+                name,
+                message_id,
+                now_ms,
+            } => s.call_lost(&name, &message_id, now_ms),
             _ => Err(StoreError::Corrupt(
                 "non-schedule command routed to the schedules".into(),
             )),
@@ -407,7 +420,8 @@ impl CorralState {
             | Command::ScheduleDelete { .. }
             | Command::SchedulePause { .. }
             | Command::ScheduleFire(_)
-            | Command::ScheduleOutcome { .. } => Err(StoreError::Corrupt(
+            | Command::ScheduleOutcome { .. }
+            | Command::ScheduleCallLost { .. } => Err(StoreError::Corrupt(
                 "non-queue command routed to the queue".into(),
             )),
         }

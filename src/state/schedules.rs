@@ -14,6 +14,13 @@
 //! has not passed. Occurrence times are computed by the leader (`crate::recurrence`); apply
 //! never evaluates a calendar, a clock or a time zone.
 //!
+//! A call whose runner died (the leader was killed mid-call) never gets an outcome; the next
+//! leader proposes [`Apply::call_lost`] once its timeout has passed (stamping its clock into
+//! the command), which records `CallLost` and, for an idempotent method only and only once,
+//! starts a retry firing of the same occurrence. A retry's message id is the original's plus
+//! [`RETRY_SUFFIX`] (derived here, so every node derives the same; it also keeps the stored
+//! firing layout unchanged), and a retry is never retried again.
+//!
 //! Layout (after the store's `s` prefix): `sc/<name>` -> [`ScheduleEntry`].
 
 use serde::{Deserialize, Serialize};
@@ -36,6 +43,15 @@ pub const HEADER_SCHEDULE: &str = "corral-schedule";
 pub const HEADER_OCCURRENCE_MS: &str = "corral-occurrence-ms";
 pub const HEADER_SKIPPED: &str = "corral-skipped";
 pub const HEADER_MANUAL: &str = "corral-manual";
+pub const HEADER_RETRY_OF: &str = "corral-retry-of";
+
+/// A retry firing's message id is the lost firing's plus this.
+pub const RETRY_SUFFIX: &str = ".retry";
+/// Methods idempotent by HTTP semantics (RFC 9110 §9.2.2): only these calls are retried after
+/// their outcome was lost (sending them twice has the effect of sending them once).
+pub const IDEMPOTENT_METHODS: [&str; 5] = ["GET", "HEAD", "PUT", "DELETE", "OPTIONS"];
+/// What a lost call's outcome says.
+pub const CALL_LOST_REASON: &str = "leader changed during the call; outcome unknown";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Unit {
@@ -118,6 +134,44 @@ pub enum Target {
         body: Vec<u8>,
         timeout_ms: u64,
     },
+    /// Call through a named sync route of the proxy (its tenants, policy, timeouts, retries
+    /// and auth mode) and record the outcome. `path` is what a client would send the ingress
+    /// listener; `timeout_ms` bounds the firing (and caps the route's total timeout).
+    RouteCall {
+        route: String,
+        method: String,
+        path: String,
+        content_type: Option<String>,
+        headers: Vec<(String, String)>,
+        #[serde(with = "serde_bytes")]
+        body: Vec<u8>,
+        timeout_ms: u64,
+    },
+}
+
+impl Target {
+    /// The method and timeout of a call target; `None` for a queue target.
+    pub fn call(&self) -> Option<(&str, u64)> {
+        match self {
+            Target::Queue { .. } => None,
+            Target::Call {
+                method, timeout_ms, ..
+            }
+            | Target::RouteCall {
+                method, timeout_ms, ..
+            } => Some((method.as_str(), *timeout_ms)),
+        }
+    }
+}
+
+/// True for a method whose call may be sent again after its outcome was lost.
+pub fn is_idempotent(method: &str) -> bool {
+    IDEMPOTENT_METHODS.contains(&method)
+}
+
+/// The message id of the firing `message_id` retries, if it is a retry.
+pub fn retry_of(message_id: &str) -> Option<&str> {
+    message_id.strip_suffix(RETRY_SUFFIX)
 }
 
 /// A validated schedule definition.
@@ -162,8 +216,14 @@ pub enum Outcome {
         status: u16,
         latency_ms: u64,
     },
-    /// No answer (no tenant, connect error, timeout).
+    /// No answer (no tenant, connect error, timeout, the named route is gone).
     CallFailed { error: String, latency_ms: u64 },
+    /// No outcome was recorded by the call's deadline (its runner died); it may or may not
+    /// have reached the tenant. `retry_message_id`: the retry firing started for it.
+    CallLost {
+        reason: String,
+        retry_message_id: Option<String>,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -243,6 +303,13 @@ pub enum ScheduleResponse {
     OutcomeRecorded {
         found: bool,
     },
+    /// The call was recorded as lost; `retry` is the retry firing to run, if one started.
+    CallLost {
+        retry: Option<Firing>,
+    },
+    /// Not lost: no such firing, its outcome is recorded already, or its timeout has not
+    /// passed at the proposer's `now_ms`. Nothing changed.
+    NotLost,
 }
 
 fn key(name: &str) -> Vec<u8> {
@@ -455,7 +522,7 @@ impl Apply<'_> {
                 headers,
                 body,
             } => (queue, content_type, headers, body),
-            Target::Call { timeout_ms, .. } => {
+            Target::Call { timeout_ms, .. } | Target::RouteCall { timeout_ms, .. } => {
                 return Ok(Outcome::CallStarted {
                     timeout_ms: *timeout_ms,
                 })
@@ -524,6 +591,73 @@ impl Apply<'_> {
             self.save(name, &e);
         }
         Ok(ScheduleResponse::OutcomeRecorded { found })
+    }
+}
+
+impl Apply<'_> {
+    /// Records that the call firing `message_id` lost its outcome, judged at the proposer's
+    /// `now_ms`: only a firing still `CallStarted` whose timeout has passed. A retry firing of
+    /// the same occurrence starts (once, never for a retry) when the schedule's current target
+    /// is a call with an idempotent method and the schedule is not paused.
+    pub fn call_lost(
+        &mut self,
+        name: &str,
+        message_id: &str,
+        now_ms: u64,
+    ) -> Result<ScheduleResponse, StoreError> {
+        let Some(mut e) = read_through(self.kv, self.batch, name)? else {
+            return Ok(ScheduleResponse::NotLost);
+        };
+        let lost = e
+            .history
+            .iter()
+            .chain(e.last_run.iter())
+            .find(|f| f.message_id == message_id)
+            .cloned();
+        let Some(lost) = lost else {
+            return Ok(ScheduleResponse::NotLost);
+        };
+        let Outcome::CallStarted { timeout_ms } = lost.outcome else {
+            return Ok(ScheduleResponse::NotLost);
+        };
+        if now_ms < lost.fired_ms.saturating_add(timeout_ms) {
+            return Ok(ScheduleResponse::NotLost);
+        }
+        let retry = match e.spec.target.call() {
+            Some((method, timeout_ms))
+                if is_idempotent(method)
+                    && retry_of(message_id).is_none()
+                    && e.paused.is_none() =>
+            {
+                Some(Firing {
+                    occurrence_ms: lost.occurrence_ms,
+                    fired_ms: now_ms,
+                    message_id: format!("{message_id}{RETRY_SUFFIX}"),
+                    manual: lost.manual,
+                    skipped: 0,
+                    outcome: Outcome::CallStarted { timeout_ms },
+                })
+            }
+            _ => None,
+        };
+        let outcome = Outcome::CallLost {
+            reason: CALL_LOST_REASON.into(),
+            retry_message_id: retry.as_ref().map(|r| r.message_id.clone()),
+        };
+        for f in e
+            .history
+            .iter_mut()
+            .chain(e.last_run.iter_mut())
+            .filter(|f| f.message_id == message_id)
+        {
+            f.outcome = outcome.clone();
+        }
+        if let Some(r) = &retry {
+            e.last_run = Some(r.clone());
+            push_history(&mut e.history, r.clone());
+        }
+        self.save(name, &e);
+        Ok(ScheduleResponse::CallLost { retry })
     }
 }
 

@@ -400,3 +400,174 @@ fn replay_is_deterministic() {
     };
     assert_eq!(run(), run());
 }
+
+fn call_target(method: &str) -> Target {
+    Target::Call {
+        method: method.into(),
+        path: "/http/x".into(),
+        content_type: None,
+        headers: vec![],
+        body: vec![],
+        timeout_ms: 5_000,
+    }
+}
+
+fn lost(name: &str, id: &str, now_ms: u64) -> Command {
+    Command::ScheduleCallLost {
+        name: name.into(),
+        message_id: id.into(),
+        now_ms,
+    }
+}
+
+/// Data-driven over methods: a call with no outcome is recorded `CallLost` only once its
+/// stamped timeout has passed (at the proposer's clock); GET, HEAD, PUT, DELETE and OPTIONS
+/// then start one retry of the same occurrence (id `<id>.retry`, in flight for overlap), POST
+/// and PATCH do not; a retry that is lost too is never retried again; a repeat changes
+/// nothing; and the same log replays to the same bytes.
+#[test]
+fn lost_call_is_recorded_and_an_idempotent_one_retried_once() {
+    for (method, retried) in [
+        ("GET", true),
+        ("HEAD", true),
+        ("PUT", true),
+        ("DELETE", true),
+        ("OPTIONS", true),
+        ("POST", false),
+        ("PATCH", false),
+    ] {
+        let run = || {
+            let mut t = T::new();
+            t.sched(put("c", spec(Overlap::Skip, call_target(method)), 0));
+            // Fired at 1_005 (fire() stamps occurrence + 5) with a 5 s timeout.
+            t.sched(fire("c", 1, 1_000, "a"));
+            assert_eq!(t.sched(lost("c", "a", 6_004)), ScheduleResponse::NotLost);
+            let r = t.sched(lost("c", "a", 6_005));
+            let e = t.entry("c");
+            let a = e.history.iter().find(|f| f.message_id == "a").unwrap();
+            let ScheduleResponse::CallLost { retry } = r else {
+                panic!("{method}: {r:?}")
+            };
+            assert_eq!(retry.is_some(), retried, "{method}");
+            assert_eq!(
+                a.outcome,
+                Outcome::CallLost {
+                    reason: CALL_LOST_REASON.into(),
+                    retry_message_id: retried.then(|| "a.retry".to_string()),
+                },
+                "{method}"
+            );
+            assert_eq!(e.fired_total, 1, "a retry is not a new occurrence");
+            // Recorded: a second proposal (another leader, a client retry) is a no-op.
+            assert_eq!(t.sched(lost("c", "a", 9_000)), ScheduleResponse::NotLost);
+            if let Some(r) = retry {
+                assert_eq!(
+                    (r.occurrence_ms, r.fired_ms, r.message_id.as_str()),
+                    (1_000, 6_005, "a.retry")
+                );
+                assert_eq!(retry_of(&r.message_id), Some("a"));
+                assert_eq!(r.outcome, Outcome::CallStarted { timeout_ms: 5_000 });
+                assert_eq!(t.entry("c").last_run, Some(r));
+                // The retry is in flight: the next occurrence is skipped for overlap.
+                assert_eq!(
+                    outcome(&t.sched(fire("c", 1, 7_000, "b"))),
+                    &Outcome::Skipped {
+                        reason: "overlap".into()
+                    }
+                );
+                // Its own loss is recorded without a second retry.
+                assert_eq!(
+                    t.sched(lost("c", "a.retry", 11_005)),
+                    ScheduleResponse::CallLost { retry: None }
+                );
+            } else {
+                // Nothing in flight any more: the next occurrence fires.
+                assert!(matches!(
+                    outcome(&t.sched(fire("c", 1, 7_000, "b"))),
+                    Outcome::CallStarted { .. }
+                ));
+            }
+            encode(&t.entry("c"))
+        };
+        assert_eq!(run(), run(), "{method}: replay differs");
+    }
+}
+
+/// Only a call still `CallStarted` can be lost: not one with a recorded outcome, not an
+/// unknown firing or schedule, not a queue firing; a paused schedule records the loss but
+/// starts no retry; an outcome arriving after the loss replaces it (the truth came late).
+#[test]
+fn call_lost_only_for_calls_without_outcome() {
+    let mut t = T::new();
+    t.run(Command::QueuePut {
+        name: "q".into(),
+        config: QueueConfig::default(),
+        now_ms: 0,
+    });
+    t.sched(put("c", spec(Overlap::Allow, call_target("GET")), 0));
+    t.sched(put("q", spec(Overlap::Allow, queue_target()), 0));
+    t.sched(fire("c", 2, 1_000, "a"));
+    t.sched(fire("c", 2, 2_000, "b"));
+    t.sched(fire("q", 3, 1_000, "qa"));
+    let called = Outcome::Called {
+        tenant: "t1".into(),
+        status: 200,
+        latency_ms: 30,
+    };
+    t.sched(Command::ScheduleOutcome {
+        name: "c".into(),
+        message_id: "a".into(),
+        outcome: called.clone(),
+    });
+    for (name, id) in [("c", "a"), ("c", "zz"), ("nope", "a"), ("q", "qa")] {
+        assert_eq!(
+            t.sched(lost(name, id, 60_000)),
+            ScheduleResponse::NotLost,
+            "{name}/{id}"
+        );
+    }
+    t.sched(Command::SchedulePause {
+        name: "c".into(),
+        paused: true,
+        note: String::new(),
+        now_ms: 50_000,
+    });
+    assert_eq!(
+        t.sched(lost("c", "b", 60_000)),
+        ScheduleResponse::CallLost { retry: None }
+    );
+    // The old runner's outcome arrives after all: it replaces `CallLost`.
+    t.sched(Command::ScheduleOutcome {
+        name: "c".into(),
+        message_id: "b".into(),
+        outcome: called.clone(),
+    });
+    let e = t.entry("c");
+    assert!(e.history.iter().all(|f| f.outcome == called));
+}
+
+/// A route call target fires like a pool call: `CallStarted` with its own timeout (the route
+/// is resolved by the leader when it runs the call, not here), and the same loss rules.
+#[test]
+fn route_call_target_starts_a_call() {
+    let mut t = T::new();
+    let target = Target::RouteCall {
+        route: "orders-sync".into(),
+        method: "PUT".into(),
+        path: "/http/orders/sync".into(),
+        content_type: None,
+        headers: vec![],
+        body: b"{}".to_vec(),
+        timeout_ms: 20_000,
+    };
+    assert_eq!(target.call(), Some(("PUT", 20_000)));
+    t.sched(put("r", spec(Overlap::Skip, target), 0));
+    assert_eq!(
+        outcome(&t.sched(fire("r", 1, 1_000, "a"))),
+        &Outcome::CallStarted { timeout_ms: 20_000 }
+    );
+    let ScheduleResponse::CallLost { retry: Some(r) } = t.sched(lost("r", "a", 21_005)) else {
+        panic!("PUT through a route is retried once")
+    };
+    assert_eq!(r.outcome, Outcome::CallStarted { timeout_ms: 20_000 });
+}
