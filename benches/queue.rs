@@ -190,6 +190,21 @@ fn disk_fdatasync(samples: usize) -> Row {
     }
 }
 
+/// This process's peak resident memory (all three nodes and the load generator), MiB.
+fn peak_rss_mib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))?
+                .split_whitespace()
+                .nth(1)?
+                .parse::<u64>()
+                .ok()
+        })
+        .map_or(0, |kib| kib / 1024)
+}
+
 /// Mean time the nodes spent per Ready flush so far (all in-process nodes share the metric).
 fn mean_flush_ms() -> f64 {
     let h = &corral::metrics::M.fsync_seconds;
@@ -284,6 +299,7 @@ async fn delivery_row(b: &Bench, backlog: u64) -> (Row, u64) {
         .collect();
     let batch = serde_json::to_vec(&batch).expect("batch");
     let mut sent = 0;
+    let loading = Instant::now();
     while sent < backlog {
         let r = b
             .http
@@ -298,6 +314,12 @@ async fn delivery_row(b: &Bench, backlog: u64) -> (Row, u64) {
         assert_eq!(r.status(), 202);
         sent += 500;
     }
+    println!(
+        "backlog: {sent} messages enqueued in {:.1} s by batches of 500 ({:.0}/s); peak RSS {} MiB",
+        loading.elapsed().as_secs_f64(),
+        sent as f64 / loading.elapsed().as_secs_f64(),
+        peak_rss_mib()
+    );
     // Wait until every node's pool sees both tenants healthy.
     loop {
         let v = b.get("/admin/tenants").await;
@@ -326,8 +348,10 @@ async fn delivery_row(b: &Bench, backlog: u64) -> (Row, u64) {
         if depth == 0 {
             break;
         }
-        if started.elapsed() > Duration::from_secs(600) {
-            eprintln!("delivery did not finish in 600 s; depth {depth}");
+        // At least 600 s, and 2 ms per message for big backlogs.
+        let limit_s = 600.max(backlog / 500);
+        if started.elapsed() > Duration::from_secs(limit_s) {
+            eprintln!("delivery did not finish in {limit_s} s; depth {depth}");
             break;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -405,7 +429,8 @@ fn main() {
         disk.p50_ms
     );
     println!(
-        "push: {backlog} messages delivered, {processed} processed by the tenants (dead letters in the errors column)"
+        "push: {backlog} messages delivered, {processed} processed by the tenants (dead letters in the errors column); peak RSS {} MiB",
+        peak_rss_mib()
     );
     let json = json!({
         "baseline": {"what": baseline.what, "per_s": baseline.per_s, "p50_ms": baseline.p50_ms, "p99_ms": baseline.p99_ms},

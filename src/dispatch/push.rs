@@ -462,7 +462,7 @@ pub fn judge(
         Ok(r) if r.status == 429 || r.status == 503 => {
             let after = retry
                 .honour_retry_after
-                .then(|| retry_after_ms(&r.headers))
+                .then(|| pool::retry_after_ms(&r.headers, now_ms))
                 .flatten()
                 .map(|ms| ms.min(retry.max_ms));
             (
@@ -492,16 +492,6 @@ pub fn backoff_ms(p: &RetryPolicy, attempt: u32, unit: f64) -> u64 {
 }
 
 /// `Retry-After` as milliseconds: delta-seconds or an HTTP date.
-fn retry_after_ms(h: &HeaderMap) -> Option<u64> {
-    let v = h.get(RETRY_AFTER)?.to_str().ok()?.trim();
-    if let Ok(s) = v.parse::<u64>() {
-        return Some(s.saturating_mul(1_000));
-    }
-    let at = chrono::DateTime::parse_from_rfc2822(v).ok()?;
-    let ms = at.timestamp_millis() - chrono::Utc::now().timestamp_millis();
-    Some(ms.max(0) as u64)
-}
-
 /// Batches outcomes into `QueueRecord` commands (one per queue per batch): many deliveries
 /// share one Raft round.
 async fn settle_loop(sh: Arc<Shared>, mut rx: mpsc::Receiver<Outcomes>) {

@@ -720,15 +720,9 @@ fn upstream_path(spec: &RouteSpec, uri: &axum::http::Uri) -> String {
     }
 }
 
-/// The tenant's `Retry-After` in seconds (the HTTP-date form is not honoured).
+/// The tenant's `Retry-After` (delay-seconds or HTTP-date) as a delay from now.
 fn retry_after(h: &HeaderMap) -> Option<Duration> {
-    h.get(header::RETRY_AFTER)?
-        .to_str()
-        .ok()?
-        .trim()
-        .parse::<u64>()
-        .ok()
-        .map(Duration::from_secs)
+    crate::pool::retry_after_ms(h, crate::api::now_ms()).map(Duration::from_millis)
 }
 
 async fn read_limited(body: Body, limit: usize) -> Result<Bytes, ApiError> {

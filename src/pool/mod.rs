@@ -638,6 +638,19 @@ pub struct Pool {
 
 /// Opens every stored tenant's credentials with `master`; the first that does not open is
 /// returned with its error. A node runs this at start and refuses to start on failure.
+/// A tenant's `Retry-After`, in ms from `now_ms`: delay-seconds or an HTTP-date (RFC 9110
+/// §10.2.3; a date in the past means "now"). `None` when absent or unreadable.
+pub fn retry_after_ms(h: &HeaderMap, now_ms: u64) -> Option<u64> {
+    let v = h.get(reqwest::header::RETRY_AFTER)?.to_str().ok()?.trim();
+    if let Ok(s) = v.parse::<u64>() {
+        return Some(s.saturating_mul(1_000));
+    }
+    let at = chrono::DateTime::parse_from_rfc2822(v)
+        .ok()?
+        .timestamp_millis();
+    Some((at - now_ms as i64).max(0) as u64)
+}
+
 pub fn verify_stored_credentials(
     store: &dyn Store,
     master: &[u8; MASTER_KEY_BYTES],
@@ -1078,5 +1091,33 @@ async fn probe_loop(t: Arc<Tenant>, http: reqwest::Client) {
             t.set_health(changed);
         }
         tokio::time::sleep(Duration::from_millis(conf.spec.health.interval_ms)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn h(v: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(
+            reqwest::header::RETRY_AFTER,
+            HeaderValue::from_str(v).unwrap(),
+        );
+        h
+    }
+
+    /// Retry-After in both RFC 9110 forms: delay-seconds, and an HTTP-date measured from the
+    /// caller's clock (a past date means retry now); garbage and absence mean "no advice".
+    #[test]
+    fn retry_after_seconds_and_http_date() {
+        // Sun, 06 Nov 1994 08:49:37 GMT = 784111777 s since the epoch.
+        let date_ms = 784_111_777_000u64;
+        assert_eq!(retry_after_ms(&h("7"), 0), Some(7_000));
+        let d = "Sun, 06 Nov 1994 08:49:37 GMT";
+        assert_eq!(retry_after_ms(&h(d), date_ms - 2_500), Some(2_500));
+        assert_eq!(retry_after_ms(&h(d), date_ms + 1), Some(0));
+        assert_eq!(retry_after_ms(&h("soon"), 0), None);
+        assert_eq!(retry_after_ms(&HeaderMap::new(), 0), None);
     }
 }
