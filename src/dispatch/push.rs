@@ -25,7 +25,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rand::Rng;
-use reqwest::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_TYPE, RETRY_AFTER};
+use reqwest::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_TYPE};
 use reqwest::Method;
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 
@@ -547,6 +547,7 @@ async fn record(client: &Client, queue: &str, results: Vec<DeliveryResult>) {
 mod tests {
     use super::*;
     use bytes::Bytes;
+    use reqwest::header::RETRY_AFTER;
 
     fn resp(status: u16, retry_after: Option<&str>) -> Result<pool::TenantResponse, PoolError> {
         let mut headers = HeaderMap::new();
