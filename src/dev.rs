@@ -392,6 +392,25 @@ async fn create_sample_route(admin: &Admin) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The sample schedule that calls the sample route synchronously and records the outcome.
+const DEV_CALL_SCHEDULE: &str = "sync-ping";
+
+/// Creates a schedule that GETs `/http/echo` through the sample route every 5 minutes (the
+/// route's tenant set, policy and retries apply; its outcome shows in the schedule's history).
+async fn create_sample_call_schedule(admin: &Admin) -> anyhow::Result<()> {
+    let body = serde_json::json!({
+        "schedule": {"cron": "0 */5 * ? * *"},
+        "time_zone": "Europe/Berlin",
+        "target": {"call": {"route": DEV_ROUTE, "path": "/http/echo", "method": "GET"}},
+    });
+    let path = format!("/admin/schedules/{DEV_CALL_SCHEDULE}");
+    admin
+        .put(&path, &body, "creating the sample call schedule")
+        .await?;
+    println!("sample schedule `{DEV_CALL_SCHEDULE}` (every 5 minutes) calls GET /http/echo through route `{DEV_ROUTE}` and records the outcome");
+    Ok(())
+}
+
 async fn start_pool(admin: &Admin) -> anyhow::Result<Vec<crate::emulator::TenantHandle>> {
     let mut handles = Vec::new();
     for i in 1..=DEV_TENANTS {
@@ -493,6 +512,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     show_sample_delivery(&admin, &file.nodes[1].ingress_addr).await?;
     create_sample_secret(&admin, &tenants).await?;
     create_sample_route(&admin).await?;
+    create_sample_call_schedule(&admin).await?;
     let a = &file.nodes[0];
     println!("\nadmin token: {}", file.admin_token_file.display());
     println!("try:");
@@ -543,6 +563,11 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     );
     println!(
         "  curl -s -H \"Authorization: Bearer $(cat {})\" http://{}/admin/schedules/{DEV_SCHEDULE}",
+        file.admin_token_file.display(),
+        a.admin_addr
+    );
+    println!(
+        "  curl -s -X POST -H \"Authorization: Bearer $(cat {0})\" http://{1}/admin/schedules/{DEV_CALL_SCHEDULE}/trigger   # then GET it: the call's status and latency",
         file.admin_token_file.display(),
         a.admin_addr
     );
