@@ -75,6 +75,8 @@ pub(crate) async fn route_put(
     let spec = route::parse_route(&body)?;
     // Two routes with one prefix would make matching depend on names; refuse it here (a race
     // of two concurrent PUTs can still store both: the proxy then takes the first by name).
+    // The check reads after a barrier: a route just written through another node counts.
+    st.client.read_barrier().await?;
     let others = state::list_config(&*st.store, ROUTE_PREFIX, None, super::MAX_LIST_ITEMS)?;
     for (key, e) in &others {
         let other = &key[ROUTE_PREFIX.len()..];

@@ -810,7 +810,9 @@ pub(crate) async fn trigger(
     Path(name): Path<String>,
 ) -> Result<Response, ApiError> {
     validate_name(&name)?;
-    // A call needs one of this node's call slots: take it before firing.
+    // A call needs one of this node's call slots: take it before firing. Read after a
+    // barrier, so a schedule just defined through another node is seen with its target.
+    st.client.read_barrier().await?;
     let before = schedules::read_schedule(&*st.store, &name)?;
     let permit = match &before {
         Some(e) if e.spec.target.call().is_some() => {
