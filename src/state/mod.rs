@@ -18,6 +18,8 @@
 //! - `sc/<name>`: replicated timers (definition, occurrence cursor, last firings); see
 //!   [`schedules`].
 
+#[cfg(test)]
+pub(crate) mod harness;
 pub mod queue;
 pub mod schedules;
 pub mod secrets;

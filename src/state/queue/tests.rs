@@ -1,49 +1,34 @@
 //! Data-driven tests of the queue's apply functions through the real state machine.
 
-use std::sync::Arc;
-
 use super::*;
-use crate::raft::StateMachine;
-use crate::state::{Command, CorralState, Response};
-use crate::store::SledStore;
+use crate::state::harness::Harness;
+use crate::state::{Command, Response};
 
-struct T {
-    kv: Arc<dyn Store>,
-    sm: CorralState,
-    index: u64,
-    _dir: tempfile::TempDir,
+type T = Harness;
+
+/// The queue tests' helpers on the shared harness.
+trait Fixture {
+    fn run(&mut self, cmd: Command) -> QueueResponse;
+    fn run_batch(&mut self, cmds: Vec<Command>) -> Vec<QueueResponse>;
+    fn put(&mut self, name: &str, cfg: QueueConfig);
+    fn stats(&self, q: &str) -> QueueStats;
+    fn state_keys(&self) -> usize;
 }
 
-impl T {
-    fn new() -> T {
-        let dir = tempfile::tempdir().unwrap();
-        let kv: Arc<dyn Store> = Arc::new(SledStore::open(dir.path()).unwrap());
-        T {
-            sm: CorralState::new(kv.clone()),
-            kv,
-            index: 0,
-            _dir: dir,
-        }
-    }
-
+impl Fixture for Harness {
     fn run(&mut self, cmd: Command) -> QueueResponse {
         self.run_batch(vec![cmd]).pop().unwrap()
     }
 
     /// Applies several commands into one batch (as one Ready does).
     fn run_batch(&mut self, cmds: Vec<Command>) -> Vec<QueueResponse> {
-        let mut batch = WriteBatch::default();
-        let mut out = Vec::new();
-        for cmd in cmds {
-            self.index += 1;
-            let bytes = self.sm.apply(self.index, &encode(&cmd), &mut batch);
-            match decode::<Response>(&bytes).unwrap() {
-                Response::Queue(r) => out.push(r),
+        self.apply_batch(cmds)
+            .into_iter()
+            .map(|r| match r {
+                Response::Queue(r) => r,
                 other => panic!("unexpected {other:?}"),
-            }
-        }
-        self.kv.write(batch).unwrap();
-        out
+            })
+            .collect()
     }
 
     fn put(&mut self, name: &str, cfg: QueueConfig) {

@@ -1,47 +1,27 @@
 //! Data-driven tests of the schedules' apply functions through the real state machine.
 
-use std::sync::Arc;
-
 use super::*;
-use crate::raft::StateMachine;
+use crate::state::harness::Harness;
 use crate::state::queue::{QueueConfig, Settle};
-use crate::state::{Command, CorralState, Response};
-use crate::store::SledStore;
+use crate::state::{Command, Response};
 
-struct T {
-    kv: Arc<dyn Store>,
-    sm: CorralState,
-    index: u64,
-    _dir: tempfile::TempDir,
+type T = Harness;
+
+/// The schedule tests' helpers on the shared harness.
+trait Fixture {
+    fn run(&mut self, cmd: Command) -> Response;
+    fn run_batch(&mut self, cmds: Vec<Command>) -> Vec<Response>;
+    fn sched(&mut self, cmd: Command) -> ScheduleResponse;
+    fn entry(&self, name: &str) -> ScheduleEntry;
 }
 
-impl T {
-    fn new() -> T {
-        let dir = tempfile::tempdir().unwrap();
-        let kv: Arc<dyn Store> = Arc::new(SledStore::open(dir.path()).unwrap());
-        T {
-            sm: CorralState::new(kv.clone()),
-            kv,
-            index: 0,
-            _dir: dir,
-        }
-    }
-
-    /// Applies several commands into one batch (as one Ready does).
-    fn run_batch(&mut self, cmds: Vec<Command>) -> Vec<Response> {
-        let mut batch = WriteBatch::default();
-        let mut out = Vec::new();
-        for cmd in cmds {
-            self.index += 1;
-            let bytes = self.sm.apply(self.index, &encode(&cmd), &mut batch);
-            out.push(decode::<Response>(&bytes).unwrap());
-        }
-        self.kv.write(batch).unwrap();
-        out
-    }
-
+impl Fixture for Harness {
     fn run(&mut self, cmd: Command) -> Response {
-        self.run_batch(vec![cmd]).pop().unwrap()
+        self.apply(cmd)
+    }
+
+    fn run_batch(&mut self, cmds: Vec<Command>) -> Vec<Response> {
+        self.apply_batch(cmds)
     }
 
     fn sched(&mut self, cmd: Command) -> ScheduleResponse {

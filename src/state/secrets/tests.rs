@@ -1,39 +1,21 @@
 //! Data-driven tests of the secret commands through the real state machine.
 
-use std::sync::Arc;
-
 use super::*;
-use crate::raft::StateMachine;
-use crate::state::{Command, CorralState, Response};
-use crate::store::SledStore;
+use crate::state::harness::Harness;
+use crate::state::{Command, Response};
 
-struct T {
-    kv: Arc<dyn Store>,
-    sm: CorralState,
-    index: u64,
-    _dir: tempfile::TempDir,
+type T = Harness;
+
+/// The secret tests' helpers on the shared harness.
+trait Fixture {
+    fn run(&mut self, cmd: SecretCommand) -> SecretResponse;
+    fn rec(&self, name: &str) -> SecretRecord;
+    fn audit_actions(&self) -> Vec<AuditAction>;
 }
 
-impl T {
-    fn new() -> T {
-        let dir = tempfile::tempdir().unwrap();
-        let kv: Arc<dyn Store> = Arc::new(SledStore::open(dir.path()).unwrap());
-        T {
-            sm: CorralState::new(kv.clone()),
-            kv,
-            index: 0,
-            _dir: dir,
-        }
-    }
-
+impl Fixture for Harness {
     fn run(&mut self, cmd: SecretCommand) -> SecretResponse {
-        let mut batch = WriteBatch::default();
-        self.index += 1;
-        let bytes = self
-            .sm
-            .apply(self.index, &encode(&Command::Secret(cmd)), &mut batch);
-        self.kv.write(batch).unwrap();
-        match decode::<Response>(&bytes).unwrap() {
+        match self.apply(Command::Secret(cmd)) {
             Response::Secret(r) => r,
             other => panic!("unexpected {other:?}"),
         }
