@@ -22,7 +22,14 @@ const VALUE_BYTES: usize = 1024;
 fn open(dir: &Path) -> RaftStorage {
     let kv: Arc<dyn Store> = Arc::new(SledStore::open(&dir.join("store")).expect("store"));
     let pin = Arc::new(AtomicU64::new(NO_PIN));
-    RaftStorage::open(kv, &[1, 2, 3], &dir.join("snapshots"), pin).expect("open")
+    RaftStorage::open(
+        kv,
+        &[1, 2, 3],
+        &dir.join("snapshots"),
+        &dir.join("log"),
+        pin,
+    )
+    .expect("open")
 }
 
 fn fill(s: &mut RaftStorage, mib: usize) {

@@ -35,6 +35,8 @@ const IDENTITY_FILE: &str = "IDENTITY";
 const MASTER_CANARY: &str = "master_canary";
 /// Under the data dir: snapshot checkpoints served and snapshots being received.
 const SNAPSHOT_DIR: &str = "snapshots";
+/// Under the data dir: the Raft log's segment files.
+const LOG_DIR: &str = "raft-log";
 
 #[derive(Debug, thiserror::Error)]
 pub enum NodeError {
@@ -352,6 +354,7 @@ pub async fn start(cfg: NodeConfig) -> Result<RunningNode, NodeError> {
         compact_every_entries: cfg.raft.compact_every_entries,
         keep_entries: cfg.raft.keep_entries,
         snapshot_dir,
+        log_dir: cfg.data_dir.join(LOG_DIR),
         snapshot_pin,
     };
     let (driver, driver_thread) = crate::raft::start(

@@ -4,6 +4,10 @@
 //! bounded channel; the loop drains up to [`MAX_INPUTS_PER_READY`] of them before handling a
 //! Ready, so concurrent proposals share one append batch and one fsync (group commit).
 //!
+//! The log is the durable truth (segment files, `super::log`): one fdatasync per Ready. The
+//! state store is written on apply without a flush of its own; it is flushed before each
+//! compaction, and a crash replays the log from the state's last durable applied index.
+//!
 //! Within a Ready, a leader applies committed entries (answering their proposers) before it
 //! persists the Ready's new entries, as raft-rs documents: a write is answered one fsync
 //! sooner, never before it is durable on a majority. A follower persists and acknowledges
@@ -35,6 +39,11 @@ const MAX_APPEND_BYTES: u64 = 1024 * 1024;
 const MAX_INFLIGHT_APPENDS: usize = 256;
 /// Uncommitted log bytes a leader accepts before refusing proposals.
 const MAX_UNCOMMITTED_BYTES: u64 = 512 * 1024 * 1024;
+/// Log payload bytes that trigger a compaction before `compact_every_entries` is reached:
+/// coalesced queue commands are large, and replay on restart reads the whole log.
+const MAX_LOG_BYTES: u64 = 256 * 1024 * 1024;
+/// Most log payload bytes kept behind the applied index for lagging followers.
+const KEEP_LOG_BYTES: u64 = 64 * 1024 * 1024;
 /// Committed log bytes applied per Ready (one store batch); bounds catch-up batches.
 const MAX_APPLY_BYTES_PER_READY: u64 = 64 * 1024 * 1024;
 /// A read waiting longer than this for its ReadIndex is dropped (its caller has timed out).
@@ -51,6 +60,8 @@ pub struct DriverConfig {
     pub keep_entries: u64,
     /// Where snapshot checkpoints and staged snapshots live (see `raft::snapfile`).
     pub snapshot_dir: std::path::PathBuf,
+    /// Where the log's segment files live (see `raft::log`).
+    pub log_dir: std::path::PathBuf,
     /// Lowest snapshot index a follower is fetching, set by the transfer layer
     /// (`storage::NO_PIN` when none); compaction stops there.
     pub snapshot_pin: Arc<std::sync::atomic::AtomicU64>,
@@ -186,8 +197,6 @@ struct Driver<S: StateMachine, O: Outbox> {
     read_waiters: Vec<(u64, Reply<u64>)>,
     next_read_id: u64,
     last_contact: HashMap<u64, Instant>,
-    /// The applied index that the last flush made durable; compaction never passes it.
-    durable_applied: u64,
     /// Set when this node learns it lost acknowledged entries: the leader's commit index it
     /// must reach before it votes again.
     lost_log_until: Option<u64>,
@@ -209,8 +218,13 @@ pub fn start<S: StateMachine, O: Outbox>(
     sm: S,
     outbox: O,
 ) -> Result<(DriverHandle, std::thread::JoinHandle<()>), DriverError> {
-    let mut storage =
-        RaftStorage::open(kv, &cfg.voters, &cfg.snapshot_dir, cfg.snapshot_pin.clone())?;
+    let mut storage = RaftStorage::open(
+        kv,
+        &cfg.voters,
+        &cfg.snapshot_dir,
+        &cfg.log_dir,
+        cfg.snapshot_pin.clone(),
+    )?;
     repair_commit(&mut storage)?;
     let applied = storage.applied().index;
     let raft_cfg = raft::Config {
@@ -246,7 +260,6 @@ pub fn start<S: StateMachine, O: Outbox>(
         read_waiters: Vec::new(),
         next_read_id: 1,
         last_contact: HashMap::new(),
-        durable_applied: applied,
         lost_log_until: None,
         last_status: Instant::now(),
     };
@@ -273,11 +286,8 @@ fn repair_commit(storage: &mut RaftStorage) -> Result<(), StoreError> {
     if storage.hard_state().commit >= applied {
         return Ok(());
     }
-    let mut batch = WriteBatch::default();
-    storage.set_commit(applied, &mut batch)?;
-    storage.store().write(batch)?;
-    storage.store().flush()?;
-    Ok(())
+    storage.set_commit(applied)?;
+    storage.sync(true)
 }
 
 fn role_of(r: StateRole) -> Role {
@@ -577,9 +587,8 @@ impl<S: StateMachine, O: Outbox> Driver<S, O> {
         self.serve_read_states(ready.take_read_states());
         let mut light = self.raw.advance(ready);
         if let Some(commit) = light.commit_index() {
-            let mut batch = WriteBatch::default();
-            self.raw.mut_store().set_commit(commit, &mut batch)?;
-            self.raw.store().store().write(batch)?;
+            // Written with the next Ready's records; a lost commit index is only relearned.
+            self.raw.mut_store().set_commit(commit)?;
         }
         self.send(light.take_messages());
         self.apply(light.take_committed_entries())?;
@@ -588,24 +597,19 @@ impl<S: StateMachine, O: Outbox> Driver<S, O> {
         Ok(())
     }
 
-    /// Appends entries and hard state in one batch, then one fsync if Raft needs it.
+    /// Appends entries and hard state to the log in one write, then one fdatasync if Raft
+    /// needs it (group commit: every proposal drained into this Ready shares it).
     fn persist(&mut self, ready: &mut raft::Ready) -> Result<(), DriverError> {
-        let mut batch = WriteBatch::default();
         let entries = ready.entries().len();
         let store = self.raw.mut_store();
-        store.append(ready.entries(), &mut batch)?;
+        store.append(ready.entries())?;
         if let Some(hs) = ready.hs() {
-            store.set_hard_state(hs, &mut batch)?;
+            store.set_hard_state(hs)?;
         }
-        if !batch.is_empty() {
-            store.store().write(batch)?;
-        }
+        let t = Instant::now();
+        store.sync(ready.must_sync())?;
         if ready.must_sync() {
-            let applied = store.applied().index;
-            let t = Instant::now();
-            store.store().flush()?;
             M.fsync_seconds.observe(t.elapsed().as_secs_f64());
-            self.durable_applied = applied;
         }
         if entries > 0 {
             M.ready_entries.observe(entries as f64);
@@ -697,19 +701,31 @@ impl<S: StateMachine, O: Outbox> Driver<S, O> {
         }
     }
 
+    /// Compacts the log every `compact_every_entries`, or sooner once it holds more than
+    /// [`MAX_LOG_BYTES`]; keeps `keep_entries` for lagging followers, but no more than
+    /// [`KEEP_LOG_BYTES`] of them (a follower further behind gets a snapshot).
     fn maybe_compact(&mut self) -> Result<(), DriverError> {
         let store = self.raw.store();
         let applied = store.applied().index;
-        if applied.saturating_sub(store.snapshot_point().index) < self.cfg.compact_every_entries {
+        let by_count =
+            applied.saturating_sub(store.snapshot_point().index) >= self.cfg.compact_every_entries;
+        if !by_count && store.log_bytes() < MAX_LOG_BYTES {
             return Ok(());
         }
         let through = applied
             .saturating_sub(self.cfg.keep_entries)
-            .min(self.durable_applied);
+            .max(store.index_keeping(KEEP_LOG_BYTES))
+            .min(applied);
+        let t = Instant::now();
         let dropped = self.raw.mut_store().compact(through)?;
         if dropped > 0 {
             M.log_compactions.inc();
-            tracing::debug!(through, dropped, "compacted the raft log");
+            tracing::debug!(
+                through,
+                dropped,
+                ms = t.elapsed().as_millis() as u64,
+                "compacted the raft log"
+            );
         }
         Ok(())
     }
@@ -778,6 +794,9 @@ impl<S: StateMachine, O: Outbox> Driver<S, O> {
         }
         for (_, reply) in self.read_waiters.drain(..) {
             let _ = reply.send(Err(ProposeError::Stopped));
+        }
+        if let Err(e) = self.raw.mut_store().sync(true) {
+            tracing::error!(error = %e, "final log sync failed");
         }
         if let Err(e) = self.raw.store().store().flush() {
             tracing::error!(error = %e, "final flush failed");

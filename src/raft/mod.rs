@@ -6,6 +6,7 @@
 //! results by (index, term), never by arrival order.
 
 mod driver;
+pub mod log;
 pub mod snapfile;
 pub mod storage;
 

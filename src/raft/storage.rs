@@ -1,8 +1,11 @@
-//! raft-rs's `Storage` over our [`Store`]: log entries, hard state, conf state, snapshot point.
+//! raft-rs's `Storage`: the log and hard state in segment files ([`super::log`]), the conf
+//! state, snapshot point and applied position in our [`Store`] beside the state they describe.
 //!
-//! Raft metadata is cached in memory (this struct is owned by the one `RawNode`, inside the
-//! driver thread) and written through to the store in the same batch as the change it belongs
-//! to.
+//! This struct is owned by the one `RawNode`, inside the driver thread. The log is the durable
+//! truth: it is fdatasynced before anything that depends on it is sent. The state store is
+//! written on apply and made durable only before the log is compacted ([`RaftStorage::compact`]),
+//! so a crash may roll the state back to an older applied index, from which the node replays
+//! the log. The compacted prefix of the log is therefore never ahead of durable state.
 //!
 //! Snapshots are files (see [`super::snapfile`]): when raft-rs asks for one, a checkpoint of
 //! the state at the applied index is built incrementally on the driver thread and raft is told
@@ -12,7 +15,6 @@
 //! "installing" marker, so a crash mid-install is finished from the staged file on restart.
 
 use std::cell::Cell;
-use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -22,6 +24,7 @@ use raft::prelude::*;
 use raft::{GetEntriesContext, RaftState, StorageError};
 use serde::{Deserialize, Serialize};
 
+use super::log::SegmentLog;
 use super::snapfile::{self, CheckpointBuilder, SnapReader, SnapshotDescriptor};
 use crate::store::{keys, Store, StoreError, WriteBatch};
 
@@ -32,6 +35,7 @@ const CLEAR_BATCH_KEYS: usize = 16 * 1024;
 /// `snapshot_pin` value meaning "no transfer in progress".
 pub const NO_PIN: u64 = u64::MAX;
 
+/// Where data dirs written before the segment log kept the hard state (read once to migrate).
 const META_HARD_STATE: &str = "hard_state";
 const META_CONF_STATE: &str = "conf_state";
 const META_SNAPSHOT: &str = "snapshot_point";
@@ -70,12 +74,6 @@ fn store_err(e: StoreError) -> raft::Error {
     raft::Error::Store(StorageError::Other(Box::new(e)))
 }
 
-fn corrupt(what: &str) -> raft::Error {
-    raft::Error::Store(StorageError::Other(Box::new(StoreError::Corrupt(
-        what.to_string(),
-    ))))
-}
-
 pub fn encode_pos(p: LogPosition) -> Vec<u8> {
     let mut v = Vec::with_capacity(16);
     v.extend_from_slice(&p.index.to_be_bytes());
@@ -95,16 +93,13 @@ fn decode_pos(b: &[u8]) -> Option<LogPosition> {
 
 pub struct RaftStorage {
     kv: Arc<dyn Store>,
-    hard_state: HardState,
+    /// Entries and hard state.
+    log: SegmentLog,
     conf_state: ConfState,
     /// Everything at or below this position was compacted away (or arrived by snapshot).
     snapshot_point: LogPosition,
-    last_index: u64,
     /// The last entry whose effects are in the state range.
     applied: LogPosition,
-    /// Term of every stored entry: `terms[i]` is the term of index `snapshot_point.index + 1 + i`.
-    /// Raft asks for terms constantly; this keeps those lookups off the disk.
-    terms: VecDeque<u64>,
     /// Where checkpoints (served) and staged snapshots (received) live.
     snapshot_dir: PathBuf,
     /// The latest finished checkpoint, offered to followers that need a snapshot.
@@ -119,26 +114,39 @@ pub struct RaftStorage {
     snapshot_pin: Arc<AtomicU64>,
 }
 
-/// Reads the stored log once at start for its terms, checking it is contiguous.
-fn load_terms(kv: &dyn Store, snapshot_index: u64) -> Result<VecDeque<u64>, StoreError> {
-    let mut terms = VecDeque::new();
-    for item in kv.scan_prefix(&[keys::LOG]) {
-        let (k, v) = item?;
-        let index = k
-            .get(1..9)
-            .and_then(|b| <[u8; 8]>::try_from(b).ok())
-            .map(u64::from_be_bytes)
-            .ok_or_else(|| StoreError::Corrupt("log key".into()))?;
-        let expected = snapshot_index + 1 + terms.len() as u64;
-        if index != expected {
-            return Err(StoreError::Corrupt(format!(
-                "log has index {index} where {expected} was expected"
-            )));
-        }
-        let entry = Entry::parse_from_bytes(&v).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-        terms.push_back(entry.term);
+/// Moves a log kept in the store by an older version (entries under `keys::LOG`, hard state in
+/// meta) into the empty segment log, durably, then deletes it from the store. A crash midway
+/// repeats it: the store's copy is deleted only once the segment copy is synced.
+fn migrate_store_log(kv: &dyn Store, log: &mut SegmentLog) -> Result<(), StoreError> {
+    let mut stored = kv.scan_prefix(&[keys::LOG]).peekable();
+    if stored.peek().is_none() {
+        return Ok(());
     }
-    Ok(terms)
+    if log.last() < log.first() {
+        tracing::info!("moving the raft log from the state store into segment files");
+        if let Some(b) = kv.get(&keys::meta(META_HARD_STATE))? {
+            let hs =
+                HardState::parse_from_bytes(&b).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            log.set_hard_state(&hs)?;
+        }
+        for item in stored {
+            let (_, v) = item?;
+            let e = Entry::parse_from_bytes(&v).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            if e.index >= log.first() {
+                log.append(&[e])?;
+                log.sync(false)?;
+            }
+        }
+        log.sync(true)?;
+    }
+    let mut batch = WriteBatch::default();
+    for item in kv.scan_prefix(&[keys::LOG]) {
+        batch.delete(item?.0);
+    }
+    batch.delete(keys::meta(META_HARD_STATE));
+    kv.write(batch)?;
+    kv.flush()?;
+    Ok(())
 }
 
 impl RaftStorage {
@@ -148,6 +156,7 @@ impl RaftStorage {
         kv: Arc<dyn Store>,
         voters: &[u64],
         snapshot_dir: &Path,
+        log_dir: &Path,
         snapshot_pin: Arc<AtomicU64>,
     ) -> Result<RaftStorage, StoreError> {
         let read_meta = |name: &str| kv.get(&keys::meta(name));
@@ -169,12 +178,6 @@ impl RaftStorage {
                 cs
             }
         };
-        let hard_state = match read_meta(META_HARD_STATE)? {
-            Some(b) => {
-                HardState::parse_from_bytes(&b).map_err(|e| StoreError::Corrupt(e.to_string()))?
-            }
-            None => HardState::default(),
-        };
         let pos = |name: &str| -> Result<LogPosition, StoreError> {
             match read_meta(name)? {
                 Some(b) => {
@@ -186,21 +189,23 @@ impl RaftStorage {
         let snapshot_point = pos(META_SNAPSHOT)?;
         let applied = pos(META_APPLIED)?;
         let interrupted = read_meta(META_INSTALLING)?;
-        let terms = match interrupted {
-            Some(_) => VecDeque::new(),
-            None => load_terms(&*kv, snapshot_point.index)?,
-        };
-        let last_index = snapshot_point.index + terms.len() as u64;
+        let mut log = SegmentLog::open(log_dir, snapshot_point.index)?;
+        migrate_store_log(&*kv, &mut log)?;
+        if interrupted.is_none() && log.first() != snapshot_point.index + 1 {
+            return Err(StoreError::Corrupt(format!(
+                "the raft log starts at {} but the state's snapshot point is {}",
+                log.first(),
+                snapshot_point.index
+            )));
+        }
         // Checkpoints are rebuilt on demand; a leftover one has no descriptor to offer.
         snapfile::remove_files(&snapfile::checkpoint_dir(snapshot_dir), true, |_, _| true);
         let mut s = RaftStorage {
             kv,
-            hard_state,
+            log,
             conf_state,
             snapshot_point,
-            last_index,
             applied,
-            terms,
             snapshot_dir: snapshot_dir.to_path_buf(),
             checkpoint: None,
             building: None,
@@ -239,7 +244,7 @@ impl RaftStorage {
     }
 
     pub fn hard_state(&self) -> &HardState {
-        &self.hard_state
+        self.log.hard_state()
     }
 
     pub fn first(&self) -> u64 {
@@ -247,66 +252,49 @@ impl RaftStorage {
     }
 
     pub fn last(&self) -> u64 {
-        self.last_index
+        self.log.last()
     }
 
     pub fn store(&self) -> &Arc<dyn Store> {
         &self.kv
     }
 
-    /// Adds `entries` to the batch, truncating any conflicting suffix of the stored log.
-    pub fn append(&mut self, entries: &[Entry], batch: &mut WriteBatch) -> Result<(), StoreError> {
-        let (Some(first), Some(last)) = (entries.first(), entries.last()) else {
+    /// Payload bytes the log holds (compaction by size reads it).
+    pub fn log_bytes(&self) -> u64 {
+        self.log.held_bytes()
+    }
+
+    /// The highest index whose compaction leaves at most `bytes` of log above it.
+    pub fn index_keeping(&self, bytes: u64) -> u64 {
+        self.log.index_keeping(bytes)
+    }
+
+    /// Adds `entries` to the log, dropping any conflicting suffix; written by [`Self::sync`].
+    pub fn append(&mut self, entries: &[Entry]) -> Result<(), StoreError> {
+        let Some(first) = entries.first() else {
             return Ok(());
         };
         assert!(
             first.index > self.snapshot_point.index,
             "append below the snapshot point"
         );
-        assert!(
-            first.index <= self.last_index + 1,
-            "gap in the log: last {} append {}",
-            self.last_index,
-            first.index
-        );
-        for e in entries {
-            let bytes = e
-                .write_to_bytes()
-                .map_err(|e| StoreError::Corrupt(e.to_string()))?;
-            batch.put(keys::log(e.index).to_vec(), bytes);
-        }
-        for stale in last.index + 1..=self.last_index {
-            batch.delete(keys::log(stale).to_vec());
-        }
-        self.terms
-            .truncate((first.index - self.snapshot_point.index - 1) as usize);
-        self.terms.extend(entries.iter().map(|e| e.term));
-        self.last_index = last.index;
-        debug_assert_eq!(
-            self.terms.len() as u64,
-            self.last_index - self.snapshot_point.index
-        );
-        Ok(())
+        self.log.append(entries)
     }
 
-    pub fn set_hard_state(
-        &mut self,
-        hs: &HardState,
-        batch: &mut WriteBatch,
-    ) -> Result<(), StoreError> {
-        self.hard_state = hs.clone();
-        batch.put(
-            keys::meta(META_HARD_STATE),
-            hs.write_to_bytes()
-                .map_err(|e| StoreError::Corrupt(e.to_string()))?,
-        );
-        Ok(())
+    /// Records a new hard state; written by [`Self::sync`].
+    pub fn set_hard_state(&mut self, hs: &HardState) -> Result<(), StoreError> {
+        self.log.set_hard_state(hs)
     }
 
-    pub fn set_commit(&mut self, commit: u64, batch: &mut WriteBatch) -> Result<(), StoreError> {
-        let mut hs = self.hard_state.clone();
+    pub fn set_commit(&mut self, commit: u64) -> Result<(), StoreError> {
+        let mut hs = self.log.hard_state().clone();
         hs.commit = commit;
-        self.set_hard_state(&hs, batch)
+        self.log.set_hard_state(&hs)
+    }
+
+    /// Writes pending log records; with `durable`, fdatasyncs them (one per Ready).
+    pub fn sync(&mut self, durable: bool) -> Result<(), StoreError> {
+        self.log.sync(durable)
     }
 
     pub fn set_conf_state(
@@ -329,7 +317,9 @@ impl RaftStorage {
         batch.put(keys::meta(META_APPLIED), encode_pos(pos));
     }
 
-    /// Drops log entries up to and including `through` (which must be applied and durable).
+    /// Drops log entries up to and including `through` (which must be applied). The state
+    /// store is flushed first, so the state that replaces the dropped entries is durable
+    /// before they are gone, and the new snapshot point with it.
     pub fn compact(&mut self, through: u64) -> Result<u64, StoreError> {
         let through = through.min(self.compaction_floor());
         if through <= self.snapshot_point.index || through > self.applied.index {
@@ -338,18 +328,16 @@ impl RaftStorage {
         let term = self
             .entry_term(through)
             .map_err(|e| StoreError::Corrupt(e.to_string()))?;
-        let mut batch = WriteBatch::default();
-        for i in self.first()..=through {
-            batch.delete(keys::log(i).to_vec());
-        }
         let point = LogPosition {
             index: through,
             term,
         };
+        let mut batch = WriteBatch::default();
         batch.put(keys::meta(META_SNAPSHOT), encode_pos(point));
-        let dropped = through - self.snapshot_point.index;
         self.kv.write(batch)?;
-        self.terms.drain(..dropped as usize);
+        self.kv.flush()?;
+        let dropped = through - self.snapshot_point.index;
+        self.log.compact(through)?;
         self.snapshot_point = point;
         Ok(dropped)
     }
@@ -397,6 +385,11 @@ impl RaftStorage {
             b.abandon();
         }
         self.checkpoint = None;
+        // The log goes first and durably: once the state is replaced, no old entry may remain.
+        let mut hs = self.log.hard_state().clone();
+        hs.term = hs.term.max(desc.term);
+        hs.commit = hs.commit.max(desc.index);
+        self.log.reset(desc.index, &hs)?;
         self.clear_prefix(keys::LOG)?;
         self.clear_prefix(keys::STATE)?;
         let mut batch = WriteBatch::default();
@@ -424,16 +417,10 @@ impl RaftStorage {
         batch.put(keys::meta(META_SNAPSHOT), encode_pos(point));
         self.set_applied(point, &mut batch);
         self.set_conf_state(&conf_state, &mut batch)?;
-        let mut hs = self.hard_state.clone();
-        hs.term = hs.term.max(point.term);
-        hs.commit = hs.commit.max(point.index);
-        self.set_hard_state(&hs, &mut batch)?;
         batch.delete(keys::meta(META_INSTALLING));
         self.kv.write(batch)?;
         self.kv.flush()?;
         self.snapshot_point = point;
-        self.last_index = point.index;
-        self.terms.clear();
         snapfile::remove_files(&staging, false, |i, _| i <= point.index);
         Ok(())
     }
@@ -535,12 +522,11 @@ impl RaftStorage {
         if index == self.snapshot_point.index {
             return Ok(self.snapshot_point.term);
         }
-        let offset = index
-            .checked_sub(self.snapshot_point.index + 1)
-            .ok_or(raft::Error::Store(StorageError::Compacted))?;
-        self.terms
-            .get(offset as usize)
-            .copied()
+        if index < self.snapshot_point.index {
+            return Err(raft::Error::Store(StorageError::Compacted));
+        }
+        self.log
+            .term(index)
             .ok_or(raft::Error::Store(StorageError::Unavailable))
     }
 
@@ -566,7 +552,7 @@ impl RaftStorage {
 impl raft::Storage for RaftStorage {
     fn initial_state(&self) -> raft::Result<RaftState> {
         Ok(RaftState::new(
-            self.hard_state.clone(),
+            self.log.hard_state().clone(),
             self.conf_state.clone(),
         ))
     }
@@ -581,38 +567,24 @@ impl raft::Storage for RaftStorage {
         if low <= self.snapshot_point.index {
             return Err(raft::Error::Store(StorageError::Compacted));
         }
-        if high > self.last_index + 1 {
+        if high > self.log.last() + 1 {
             panic!(
                 "entries({low}, {high}) beyond last index {}",
-                self.last_index
+                self.log.last()
             );
         }
+        if low >= high {
+            return Ok(Vec::new());
+        }
         let max = max_size.into().unwrap_or(u64::MAX);
-        let pairs = self
-            .kv
-            .range(&keys::log(low), &keys::log(high), (high - low) as usize)
-            .map_err(store_err)?;
-        let mut out = Vec::with_capacity(pairs.len());
-        let mut size = 0u64;
-        for (_, v) in pairs {
-            let e = Entry::parse_from_bytes(&v).map_err(|_| corrupt("log entry"))?;
-            size += v.len() as u64;
-            if !out.is_empty() && size > max {
-                break;
-            }
-            out.push(e);
-        }
-        if out.is_empty() && low < high {
-            return Err(raft::Error::Store(StorageError::Unavailable));
-        }
-        Ok(out)
+        self.log.entries(low, high, max).map_err(store_err)
     }
 
     fn term(&self, idx: u64) -> raft::Result<u64> {
         if idx < self.snapshot_point.index {
             return Err(raft::Error::Store(StorageError::Compacted));
         }
-        if idx > self.last_index {
+        if idx > self.log.last() {
             return Err(raft::Error::Store(StorageError::Unavailable));
         }
         self.entry_term(idx)
@@ -623,7 +595,7 @@ impl raft::Storage for RaftStorage {
     }
 
     fn last_index(&self) -> raft::Result<u64> {
-        Ok(self.last_index)
+        Ok(self.log.last())
     }
 
     /// Offers the latest checkpoint if it is recent enough and the log still continues from
@@ -658,7 +630,14 @@ mod tests {
     fn open(dir: &std::path::Path) -> RaftStorage {
         let kv: Arc<dyn Store> = Arc::new(SledStore::open(&dir.join("store")).unwrap());
         let pin = Arc::new(AtomicU64::new(NO_PIN));
-        RaftStorage::open(kv, &[1, 2, 3], &dir.join("snapshots"), pin).unwrap()
+        RaftStorage::open(
+            kv,
+            &[1, 2, 3],
+            &dir.join("snapshots"),
+            &dir.join("log"),
+            pin,
+        )
+        .unwrap()
     }
 
     /// Builds a checkpoint the way the driver does: ask, then step until ready.
@@ -686,14 +665,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         {
             let mut s = open(dir.path());
-            let mut b = WriteBatch::default();
-            s.append(&(1..=5).map(|i| entry(i, 1)).collect::<Vec<_>>(), &mut b)
+            s.append(&(1..=5).map(|i| entry(i, 1)).collect::<Vec<_>>())
                 .unwrap();
-            s.kv.write(b).unwrap();
-            let mut b = WriteBatch::default();
-            s.append(&[entry(3, 2)], &mut b).unwrap();
-            s.kv.write(b).unwrap();
-            s.kv.flush().unwrap();
+            s.sync(true).unwrap();
+            s.append(&[entry(3, 2)]).unwrap();
+            s.sync(true).unwrap();
             assert_eq!(s.last_index().unwrap(), 3);
         }
         let s = open(dir.path());
@@ -708,17 +684,49 @@ mod tests {
         assert_eq!(s.initial_state().unwrap().conf_state.voters, vec![1, 2, 3]);
     }
 
+    /// A data dir from before the segment log (entries and hard state in the store) opens with
+    /// the same log and vote, and the store's copy is gone.
+    #[test]
+    fn store_kept_log_is_migrated_to_segments() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let kv = SledStore::open(&dir.path().join("store")).unwrap();
+            let mut b = WriteBatch::default();
+            for i in 1..=7 {
+                b.put(keys::log(i).to_vec(), entry(i, 2).write_to_bytes().unwrap());
+            }
+            let hs = HardState {
+                term: 2,
+                vote: 3,
+                commit: 5,
+                ..Default::default()
+            };
+            b.put(keys::meta(META_HARD_STATE), hs.write_to_bytes().unwrap());
+            kv.write(b).unwrap();
+            kv.flush().unwrap();
+        }
+        let s = open(dir.path());
+        assert_eq!((s.first_index().unwrap(), s.last_index().unwrap()), (1, 7));
+        assert_eq!((s.hard_state().vote, s.hard_state().commit), (3, 5));
+        let got = s
+            .entries(1, 8, None, GetEntriesContext::empty(false))
+            .unwrap();
+        assert_eq!(got[6], entry(7, 2));
+        assert_eq!(s.kv.scan_prefix(&[keys::LOG]).count(), 0);
+        drop(s);
+        let s = open(dir.path());
+        assert_eq!((s.last_index().unwrap(), s.hard_state().vote), (7, 3));
+    }
+
     /// Compaction drops entries up to the applied index and keeps the term of the last one.
     #[test]
     fn compaction_keeps_boundary_term() {
         let dir = tempfile::tempdir().unwrap();
         let mut s = open(dir.path());
+        s.append(&(1..=10).map(|i| entry(i, 1 + i / 5)).collect::<Vec<_>>())
+            .unwrap();
+        s.sync(true).unwrap();
         let mut b = WriteBatch::default();
-        s.append(
-            &(1..=10).map(|i| entry(i, 1 + i / 5)).collect::<Vec<_>>(),
-            &mut b,
-        )
-        .unwrap();
         s.set_applied(LogPosition { index: 8, term: 2 }, &mut b);
         s.kv.write(b).unwrap();
         assert_eq!(s.compact(6).unwrap(), 6);
@@ -809,9 +817,10 @@ mod tests {
     fn compaction_respects_the_transfer_pin() {
         let dir = tempfile::tempdir().unwrap();
         let mut s = open(dir.path());
-        let mut b = WriteBatch::default();
-        s.append(&(1..=20).map(|i| entry(i, 1)).collect::<Vec<_>>(), &mut b)
+        s.append(&(1..=20).map(|i| entry(i, 1)).collect::<Vec<_>>())
             .unwrap();
+        s.sync(true).unwrap();
+        let mut b = WriteBatch::default();
         s.set_applied(LogPosition { index: 10, term: 1 }, &mut b);
         s.kv.write(b).unwrap();
         let snap = checkpoint(&mut s);
