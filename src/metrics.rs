@@ -42,6 +42,7 @@ pub struct Metrics {
     /// Snapshot transfers reported failed to raft (they are retried).
     pub snapshot_transfer_failures: IntCounter,
     pub log_compactions: IntCounter,
+    pub state_flush_seconds: Histogram,
     /// Durable queue messages handled by this node's ingress, by operation and outcome.
     pub queue_messages: IntCounterVec,
     /// Per-queue figures from this node's applied state, refreshed on every scrape.
@@ -108,7 +109,7 @@ pub static M: LazyLock<Metrics> = LazyLock::new(|| {
         .expect("m"),
         fsync_seconds: register_histogram_with_registry!(
             "raft_fsync_seconds",
-            "time to make one Ready durable",
+            "time to make one Ready durable (write + fdatasync of the log segment)",
             latency_buckets(),
             r
         )
@@ -182,6 +183,13 @@ pub static M: LazyLock<Metrics> = LazyLock::new(|| {
         log_compactions: register_int_counter_with_registry!(
             "raft_log_compactions_total",
             "log compactions",
+            r
+        )
+        .expect("m"),
+        state_flush_seconds: register_histogram_with_registry!(
+            "raft_state_flush_seconds",
+            "time of one state store flush (off the driver thread; log compaction waits for it)",
+            latency_buckets(),
             r
         )
         .expect("m"),

@@ -5,8 +5,9 @@
 //! Ready, so concurrent proposals share one append batch and one fsync (group commit).
 //!
 //! The log is the durable truth (segment files, `super::log`): one fdatasync per Ready. The
-//! state store is written on apply without a flush of its own; it is flushed before each
-//! compaction, and a crash replays the log from the state's last durable applied index.
+//! state store is written on apply without a flush of its own; a helper thread flushes it
+//! ahead of each compaction ([`StateFlusher`]), and a crash replays the log from the state's
+//! last durable applied index.
 //!
 //! Within a Ready, a leader applies committed entries (answering their proposers) before it
 //! persists the Ready's new entries, as raft-rs documents: a write is answered one fsync
@@ -182,6 +183,71 @@ struct PendingRead {
     started: Instant,
 }
 
+/// A thread that flushes the state store when asked and reports what became durable.
+///
+/// The state store is written on apply without a flush (the log is the durable truth), and
+/// a flush after thousands of applies takes tens of milliseconds: on the driver thread that
+/// stalled every write behind it. One flush at a time is in flight.
+struct StateFlusher {
+    ask: flume::Sender<FlushPoint>,
+    done: flume::Receiver<Result<FlushPoint, StoreError>>,
+    in_flight: bool,
+}
+
+/// What a flush covers: the applied index and snapshot point written before it started.
+#[derive(Debug, Clone, Copy)]
+struct FlushPoint {
+    applied: u64,
+    snapshot_point: u64,
+}
+
+impl StateFlusher {
+    fn start(kv: Arc<dyn Store>) -> Result<StateFlusher, DriverError> {
+        let (ask, asks) = flume::bounded::<FlushPoint>(1);
+        let (done_tx, done) = flume::bounded(1);
+        std::thread::Builder::new()
+            .name("state-flush".into())
+            .spawn(move || {
+                for point in asks {
+                    let t = Instant::now();
+                    let r = kv.flush().map(|_| point);
+                    M.state_flush_seconds.observe(t.elapsed().as_secs_f64());
+                    if done_tx.send(r).is_err() {
+                        return;
+                    }
+                }
+            })
+            .map_err(|e| {
+                DriverError::Store(StoreError::Engine(format!(
+                    "spawning the state flush thread: {e}"
+                )))
+            })?;
+        Ok(StateFlusher {
+            ask,
+            done,
+            in_flight: false,
+        })
+    }
+
+    /// Starts a flush covering `point` unless one is running.
+    fn request(&mut self, point: FlushPoint) {
+        if !self.in_flight && self.ask.try_send(point).is_ok() {
+            self.in_flight = true;
+        }
+    }
+
+    /// The point of a flush that finished since the last call, if any.
+    fn finished(&mut self) -> Result<Option<FlushPoint>, StoreError> {
+        match self.done.try_recv() {
+            Ok(r) => {
+                self.in_flight = false;
+                r.map(Some)
+            }
+            Err(_) => Ok(None),
+        }
+    }
+}
+
 struct Driver<S: StateMachine, O: Outbox> {
     cfg: DriverConfig,
     raw: RawNode<RaftStorage>,
@@ -197,6 +263,10 @@ struct Driver<S: StateMachine, O: Outbox> {
     read_waiters: Vec<(u64, Reply<u64>)>,
     next_read_id: u64,
     last_contact: HashMap<u64, Instant>,
+    /// Flushes the state store off this thread, so compaction never stalls the loop.
+    flusher: StateFlusher,
+    /// The applied index the last finished state flush made durable; compaction stops there.
+    durable_applied: u64,
     /// Set when this node learns it lost acknowledged entries: the leader's commit index it
     /// must reach before it votes again.
     lost_log_until: Option<u64>,
@@ -218,6 +288,7 @@ pub fn start<S: StateMachine, O: Outbox>(
     sm: S,
     outbox: O,
 ) -> Result<(DriverHandle, std::thread::JoinHandle<()>), DriverError> {
+    let kv_for_flusher = kv.clone();
     let mut storage = RaftStorage::open(
         kv,
         &cfg.voters,
@@ -260,6 +331,8 @@ pub fn start<S: StateMachine, O: Outbox>(
         read_waiters: Vec::new(),
         next_read_id: 1,
         last_contact: HashMap::new(),
+        flusher: StateFlusher::start(kv_for_flusher)?,
+        durable_applied: applied,
         lost_log_until: None,
         last_status: Instant::now(),
     };
@@ -704,7 +777,17 @@ impl<S: StateMachine, O: Outbox> Driver<S, O> {
     /// Compacts the log every `compact_every_entries`, or sooner once it holds more than
     /// [`MAX_LOG_BYTES`]; keeps `keep_entries` for lagging followers, but no more than
     /// [`KEEP_LOG_BYTES`] of them (a follower further behind gets a snapshot).
+    ///
+    /// Compaction never passes what a state flush has made durable, and segment files go only
+    /// once a flush has made the new snapshot point durable too. Flushes run on the
+    /// [`StateFlusher`] thread, one step behind: each compaction asks for the next flush.
     fn maybe_compact(&mut self) -> Result<(), DriverError> {
+        if let Some(done) = self.flusher.finished()? {
+            self.durable_applied = done.applied;
+            self.raw
+                .mut_store()
+                .delete_segments_through(done.snapshot_point)?;
+        }
         let store = self.raw.store();
         let applied = store.applied().index;
         let by_count =
@@ -715,18 +798,17 @@ impl<S: StateMachine, O: Outbox> Driver<S, O> {
         let through = applied
             .saturating_sub(self.cfg.keep_entries)
             .max(store.index_keeping(KEEP_LOG_BYTES))
-            .min(applied);
-        let t = Instant::now();
+            .min(self.durable_applied);
         let dropped = self.raw.mut_store().compact(through)?;
         if dropped > 0 {
             M.log_compactions.inc();
-            tracing::debug!(
-                through,
-                dropped,
-                ms = t.elapsed().as_millis() as u64,
-                "compacted the raft log"
-            );
+            tracing::debug!(through, dropped, "compacted the raft log");
         }
+        let store = self.raw.store();
+        self.flusher.request(FlushPoint {
+            applied: store.applied().index,
+            snapshot_point: store.snapshot_point().index,
+        });
         Ok(())
     }
 

@@ -472,11 +472,12 @@ impl SegmentLog {
         Ok(())
     }
 
-    /// Drops entries through `through` and deletes the segments that only held such entries.
-    /// The caller has made the state they produced durable first.
-    pub fn compact(&mut self, through: u64) -> Result<(), StoreError> {
+    /// Drops entries through `through` from the index. Their files stay until
+    /// [`SegmentLog::delete_segments_through`]: the caller deletes them once the state that
+    /// replaces them, and the snapshot point that says so, are durable.
+    pub fn compact(&mut self, through: u64) {
         if through < self.first {
-            return Ok(());
+            return;
         }
         assert!(through <= self.last(), "compaction past the end of the log");
         let n = (through + 1 - self.first) as usize;
@@ -489,7 +490,13 @@ impl SegmentLog {
                 self.cache_bytes -= e.data.len();
             }
         }
-        while self.segments.len() > 1 && self.segments[0].max_index <= through {
+    }
+
+    /// Deletes the oldest segments whose every entry is at or below `point` (a durable
+    /// snapshot point); the active segment stays.
+    pub fn delete_segments_through(&mut self, point: u64) -> Result<(), StoreError> {
+        let point = point.min(self.first.saturating_sub(1));
+        while self.segments.len() > 1 && self.segments[0].max_index <= point {
             if let Some(s) = self.segments.pop_front() {
                 let path = segment_path(&self.dir, s.seq);
                 drop(s.file);
@@ -706,8 +713,8 @@ mod tests {
         ));
     }
 
-    /// Compaction deletes only segments whose entries are all compacted; the hard state
-    /// survives because each segment starts with it.
+    /// Compaction deletes only segments whose entries are all compacted, once told the point is
+    /// durable; the hard state survives because each segment starts with it.
     #[test]
     fn compaction_deletes_whole_segments_and_keeps_the_vote() {
         let dir = tempfile::tempdir().unwrap();
@@ -718,7 +725,13 @@ mod tests {
                 .unwrap();
             log.sync(true).unwrap();
             let before = segment_files(dir.path());
-            log.compact(35).unwrap();
+            log.compact(35);
+            assert_eq!(
+                segment_files(dir.path()),
+                before,
+                "files wait for a durable point"
+            );
+            log.delete_segments_through(35).unwrap();
             assert!(segment_files(dir.path()) < before);
             assert_eq!((log.first(), log.last()), (36, 40));
         }

@@ -317,9 +317,11 @@ impl RaftStorage {
         batch.put(keys::meta(META_APPLIED), encode_pos(pos));
     }
 
-    /// Drops log entries up to and including `through` (which must be applied). The state
-    /// store is flushed first, so the state that replaces the dropped entries is durable
-    /// before they are gone, and the new snapshot point with it.
+    /// Drops log entries up to and including `through`, whose state the caller knows to be
+    /// durable (a state store flush covered it). The new snapshot point is written to the
+    /// store without a flush: the segment files stay until a later flush makes the point
+    /// durable ([`Self::delete_segments_through`]), so a crash before that replays from the
+    /// old point with every entry still there.
     pub fn compact(&mut self, through: u64) -> Result<u64, StoreError> {
         let through = through.min(self.compaction_floor());
         if through <= self.snapshot_point.index || through > self.applied.index {
@@ -335,11 +337,16 @@ impl RaftStorage {
         let mut batch = WriteBatch::default();
         batch.put(keys::meta(META_SNAPSHOT), encode_pos(point));
         self.kv.write(batch)?;
-        self.kv.flush()?;
         let dropped = through - self.snapshot_point.index;
-        self.log.compact(through)?;
+        self.log.compact(through);
         self.snapshot_point = point;
         Ok(dropped)
+    }
+
+    /// Deletes log segments holding only entries at or below `point`, a snapshot point a
+    /// state store flush has made durable.
+    pub fn delete_segments_through(&mut self, point: u64) -> Result<(), StoreError> {
+        self.log.delete_segments_through(point)
     }
 
     /// Replaces the whole log and state with a snapshot received from the leader, durably.
