@@ -227,3 +227,104 @@ fn pull_consumers() {
         (json!(0), json!(0))
     );
 }
+
+fn settle_batch(c: &Cluster, node: u64, q: &str, body: Value) -> (u16, Value) {
+    let r = c
+        .http
+        .post(c.ingress_url(node, &format!("/queues/{q}/messages:settle")))
+        .json(&body)
+        .send()
+        .unwrap();
+    (r.status().as_u16(), r.json().unwrap_or(Value::Null))
+}
+
+/// Batch receive and settle over real processes: two consumers on different nodes asking for
+/// 16 messages at once get disjoint sets; one batch settle completes a set, a wrong token
+/// losing only its own item; bad input is a 400 naming the field; the queue drains to zero.
+#[test]
+fn batch_receive_and_settle() {
+    let mut c = Cluster::new(3, |t| t);
+    c.start_all();
+    c.wait_leader(&[1, 2, 3], Duration::from_secs(20));
+    let r = c
+        .http
+        .put(c.url(1, "/admin/queues/bulk"))
+        .bearer_auth(&c.token)
+        .json(&json!({}))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let sent: HashSet<String> = (0..40)
+        .map(|i| enqueue(&c, 1, "bulk", &format!("m{i}")))
+        .collect();
+    let want = json!({"max_messages": 16, "lock_ms": 30000});
+    let (a, b) = std::thread::scope(|s| {
+        let a = s.spawn(|| receive(&c, 2, "bulk", want.clone()));
+        let b = s.spawn(|| receive(&c, 3, "bulk", want.clone()));
+        (a.join().unwrap(), b.join().unwrap())
+    });
+    let batch = |v: Option<Value>| -> Vec<(String, String)> {
+        v.expect("messages")["messages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| {
+                (
+                    m["id"].as_str().unwrap().to_string(),
+                    m["lock_token"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect()
+    };
+    let (a, b) = (batch(a), batch(b));
+    assert_eq!((a.len(), b.len()), (16, 16));
+    let ids_a: HashSet<&String> = a.iter().map(|(id, _)| id).collect();
+    assert!(
+        b.iter().all(|(id, _)| !ids_a.contains(id)),
+        "one message held twice"
+    );
+    assert_eq!(stats(&c, "bulk")["in_flight"], 32);
+
+    let (status, err) = settle_batch(&c, 1, "bulk", json!({"action": "finish", "items": []}));
+    assert_eq!(status, 400);
+    assert_eq!(err["error"]["field"], "action");
+    let mut items: Vec<Value> = a
+        .iter()
+        .map(|(id, tok)| json!({"id": id, "lock_token": tok}))
+        .collect();
+    items[3]["lock_token"] = json!("wrong");
+    let (status, out) = settle_batch(&c, 2, "bulk", json!({"action": "complete", "items": items}));
+    assert_eq!(status, 200, "{out}");
+    let outcomes: Vec<&str> = out["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["outcome"].as_str().unwrap())
+        .collect();
+    assert_eq!(outcomes.iter().filter(|o| **o == "settled").count(), 15);
+    assert_eq!(outcomes[3], "lock_lost");
+    assert_eq!(out["items"][3]["id"], a[3].0.as_str());
+
+    // The rest: the other batch, the one that kept its lock, and the 8 never received.
+    let rest: Vec<Value> = b
+        .iter()
+        .chain(std::iter::once(&a[3]))
+        .map(|(id, tok)| json!({"id": id, "lock_token": tok}))
+        .collect();
+    let (status, _) = settle_batch(&c, 3, "bulk", json!({"action": "complete", "items": rest}));
+    assert_eq!(status, 200);
+    let left = batch(receive(&c, 1, "bulk", json!({"max_messages": 32})));
+    assert_eq!(left.len(), 8);
+    let mut seen: HashSet<String> = a.iter().chain(&b).map(|(id, _)| id.clone()).collect();
+    seen.extend(left.iter().map(|(id, _)| id.clone()));
+    assert_eq!(seen, sent, "every message received exactly once");
+    let rest: Vec<Value> = left
+        .iter()
+        .map(|(id, tok)| json!({"id": id, "lock_token": tok}))
+        .collect();
+    settle_batch(&c, 1, "bulk", json!({"action": "complete", "items": rest}));
+    poll(Duration::from_secs(10), "the queue to drain", || {
+        (stats(&c, "bulk")["depth"] == 0).then_some(())
+    });
+    assert!(receive(&c, 2, "bulk", json!({"max_messages": 4})).is_none());
+}

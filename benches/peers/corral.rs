@@ -3,10 +3,11 @@
 //! backend registered as the pool's tenant), and (once issue #6 lands) the sync proxy through a
 //! route the harness creates with `PUT /admin/routes/{name}`.
 
+use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::Command;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
@@ -20,6 +21,35 @@ const BASE_PORT: u16 = 27300;
 pub const QUEUE: &str = "bench";
 /// Long-poll wait of one receive: short, so consumers notice the end of the backlog.
 const RECEIVE_WAIT_MS: u64 = 500;
+/// Messages one receive leases (the peers' pull batch and prefetch are 16 too).
+const RECEIVE_BATCH: usize = 16;
+
+/// One batch receive: the (id, lock token) of each message leased, none when empty.
+async fn receive_batch(
+    http: &reqwest::Client,
+    base: &str,
+) -> Result<Vec<(String, String)>, String> {
+    let r = http
+        .post(format!("{base}/head"))
+        .json(&json!({"wait_ms": RECEIVE_WAIT_MS, "max_messages": RECEIVE_BATCH}))
+        .send()
+        .await
+        .map_err(|e| e.to_string())?;
+    match r.status().as_u16() {
+        204 => return Ok(Vec::new()),
+        200 => {}
+        s => return Err(format!("receive: {s}")),
+    }
+    let v: Value = r.json().await.map_err(|e| e.to_string())?;
+    let messages = v["messages"].as_array().cloned().unwrap_or_default();
+    messages
+        .iter()
+        .map(|m| match (m["id"].as_str(), m["lock_token"].as_str()) {
+            (Some(id), Some(lock)) => Ok((id.to_string(), lock.to_string())),
+            _ => Err(format!("receive: no id/lock_token in {m}")),
+        })
+        .collect()
+}
 /// The route the sync-proxy section calls through: `/http/bench/...` on every ingress.
 pub const ROUTE: &str = "bench";
 pub const ROUTE_PREFIX: &str = "/http/bench";
@@ -171,27 +201,31 @@ impl Corral {
         })
     }
 
-    /// Receive (peek-lock) then complete: two committed commands per message.
+    /// Peek-lock receive of up to [`RECEIVE_BATCH`] messages at once (as the NATS consumer
+    /// pulls and RabbitMQ prefetches 16), then one complete per message, like the peers'
+    /// per-message acks: about 1 + 1/16 committed commands per message.
     pub fn consume_op(&self) -> ConsumeOp {
         let http = self.http.clone();
+        let held: Arc<Mutex<HashMap<usize, VecDeque<(String, String)>>>> = Arc::default();
         Arc::new(move |w| {
-            let http = http.clone();
+            let (http, held) = (http.clone(), held.clone());
             Box::pin(async move {
                 let base = format!("{}/queues/{QUEUE}/messages", ingress(1 + w as u64 % NODES));
-                let r = http
-                    .post(format!("{base}/head"))
-                    .json(&json!({"wait_ms": RECEIVE_WAIT_MS}))
-                    .send()
-                    .await
-                    .map_err(|e| e.to_string())?;
-                match r.status().as_u16() {
-                    204 => return Ok(false),
-                    200 => {}
-                    s => return Err(format!("receive: {s}")),
-                }
-                let m: Value = r.json().await.map_err(|e| e.to_string())?;
-                let (Some(id), Some(lock)) = (m["id"].as_str(), m["lock_token"].as_str()) else {
-                    return Err(format!("receive: no id/lock_token in {m}"));
+                let next = |held: &Mutex<HashMap<usize, VecDeque<(String, String)>>>| {
+                    held.lock().ok()?.get_mut(&w)?.pop_front()
+                };
+                let (id, lock) = match next(&held) {
+                    Some(m) => m,
+                    None => {
+                        let got = receive_batch(&http, &base).await?;
+                        if let Ok(mut h) = held.lock() {
+                            h.entry(w).or_default().extend(got);
+                        }
+                        match next(&held) {
+                            Some(m) => m,
+                            None => return Ok(false),
+                        }
+                    }
                 };
                 let r = http
                     .post(format!("{base}/{id}:complete"))

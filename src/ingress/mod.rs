@@ -27,6 +27,7 @@ pub const INGRESS_ROUTES: &[(&str, &str)] = &[
     ("post", "/queues/{queue}/messages"),
     ("post", "/queues/{queue}/messages:batch"),
     ("post", "/queues/{queue}/messages/head"),
+    ("post", "/queues/{queue}/messages:settle"),
     ("post", "/queues/{queue}/messages/{id}:complete"),
     ("post", "/queues/{queue}/messages/{id}:abandon"),
     ("post", "/queues/{queue}/messages/{id}:dead-letter"),
@@ -47,6 +48,7 @@ pub fn router(state: Arc<IngressState>, proxy: Arc<proxy::Proxy>) -> Router {
             post(queue::enqueue_batch).layer(DefaultBodyLimit::max(queue::MAX_BATCH_REQUEST_BYTES)),
         )
         .route("/queues/{queue}/messages/head", post(queue::receive))
+        .route("/queues/{queue}/messages:settle", post(queue::settle_batch))
         // `{id}:{verb}` is one path segment; the handler splits it.
         .route("/queues/{queue}/messages/{id_action}", post(queue::settle))
         .fallback(move |req: axum::extract::Request| proxy.clone().handle(req))

@@ -368,9 +368,43 @@ struct ReceiveInput {
     wait_ms: Option<u64>,
     lock_ms: Option<u64>,
     consumer: Option<String>,
+    /// Batch receive: lease up to this many (1..=32) in one command; the answer is then
+    /// `{"messages": [...]}`. Absent: one message, answered as the message itself.
+    max_messages: Option<usize>,
 }
 
-/// `POST /queues/{queue}/messages/head`: leases the head message; waits up to `wait_ms`.
+/// A leased message as a receive answers it.
+fn received_json(m: &queue::Received) -> Value {
+    let mut v = meta_json(&m.meta);
+    v["lock_token"] = json!(m.lock_token);
+    v["locked_until_ms"] = json!(m.locked_until_ms);
+    v["body"] = json!(base64::engine::general_purpose::STANDARD.encode(&m.body));
+    v["body_encoding"] = json!("base64");
+    v
+}
+
+/// The receive command for `want` messages (`None`: the single-message form).
+fn receive_command(name: &str, lock_ms: u64, consumer: &str, want: Option<usize>) -> Command {
+    match want {
+        None => Command::QueueReceive {
+            queue: name.to_string(),
+            now_ms: now_ms(),
+            lock_ms,
+            lock_token: random_hex(),
+            consumer: consumer.to_string(),
+        },
+        Some(n) => Command::QueueReceiveMany {
+            queue: name.to_string(),
+            now_ms: now_ms(),
+            lock_ms,
+            lock_tokens: (0..n).map(|_| random_hex()).collect(),
+            consumer: consumer.to_string(),
+        },
+    }
+}
+
+/// `POST /queues/{queue}/messages/head`: leases the head message (or up to `max_messages`);
+/// waits up to `wait_ms` for one.
 pub async fn receive(
     State(st): Shared,
     Path(name): Path<String>,
@@ -388,6 +422,14 @@ pub async fn receive(
             "wait_ms",
             format!("must be at most {MAX_RECEIVE_WAIT_MS}"),
         ));
+    }
+    if let Some(n) = input.max_messages {
+        if !(1..=queue::MAX_RECEIVE_MESSAGES).contains(&n) {
+            return Err(ApiError::invalid(
+                "max_messages",
+                format!("must be between 1 and {}", queue::MAX_RECEIVE_MESSAGES),
+            ));
+        }
     }
     let consumer = input.consumer.unwrap_or_default();
     if consumer.len() > MAX_CONSUMER_BYTES {
@@ -418,24 +460,18 @@ pub async fn receive(
     let deadline = Instant::now() + Duration::from_millis(wait_ms);
     loop {
         if queue::has_visible(&*st.store, &name, &cfg, now_ms())? {
-            let cmd = Command::QueueReceive {
-                queue: name.clone(),
-                now_ms: now_ms(),
-                lock_ms,
-                lock_token: random_hex(),
-                consumer: consumer.clone(),
-            };
+            let cmd = receive_command(&name, lock_ms, &consumer, input.max_messages);
             match answer(st.client.write(&cmd).await?)? {
                 QueueResponse::Received { message: Some(m) } => {
                     count("receive", "delivered", 1);
-                    let mut v = meta_json(&m.meta);
-                    v["lock_token"] = json!(m.lock_token);
-                    v["locked_until_ms"] = json!(m.locked_until_ms);
-                    v["body"] = json!(base64::engine::general_purpose::STANDARD.encode(&m.body));
-                    v["body_encoding"] = json!("base64");
-                    return Ok(Json(v).into_response());
+                    return Ok(Json(received_json(&m)).into_response());
                 }
-                QueueResponse::Received { message: None } => {}
+                QueueResponse::ReceivedMany { messages } if !messages.is_empty() => {
+                    count("receive", "delivered", messages.len() as u64);
+                    let items: Vec<Value> = messages.iter().map(received_json).collect();
+                    return Ok(Json(json!({ "messages": items })).into_response());
+                }
+                QueueResponse::Received { message: None } | QueueResponse::ReceivedMany { .. } => {}
                 QueueResponse::NotFound | QueueResponse::Deleting => return Err(not_found(&name)),
                 other => return Err(ApiError::Internal(format!("unexpected answer {other:?}"))),
             }
@@ -525,6 +561,94 @@ pub async fn settle(
         QueueResponse::NotFound | QueueResponse::Deleting => Err(not_found(&name)),
         other => Err(ApiError::Internal(format!("unexpected answer {other:?}"))),
     }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SettleItem {
+    id: String,
+    lock_token: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SettleBatchInput {
+    action: String,
+    items: Vec<SettleItem>,
+    reason: Option<String>,
+}
+
+/// `POST /queues/{queue}/messages:settle`: completes, abandons or dead-letters many leased
+/// messages in one command. Each item is judged alone: the answer lists, in order, `settled`,
+/// `lock_lost` or `not_found` per item.
+pub async fn settle_batch(
+    State(st): Shared,
+    Path(name): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let body = body_or_413(body, crate::api::MAX_ADMIN_BODY_BYTES)?;
+    let input: SettleBatchInput = parse_json(&body)?;
+    let action = match input.action.as_str() {
+        "complete" => Settle::Complete,
+        "abandon" => Settle::Abandon,
+        "dead-letter" => Settle::DeadLetter {
+            reason: input
+                .reason
+                .unwrap_or_else(|| "dead-lettered by the consumer".into())
+                .chars()
+                .take(1024)
+                .collect(),
+        },
+        _ => {
+            return Err(ApiError::invalid(
+                "action",
+                "must be complete, abandon or dead-letter",
+            ))
+        }
+    };
+    if input.items.is_empty() || input.items.len() > queue::MAX_SETTLE_ITEMS {
+        return Err(ApiError::invalid(
+            "items",
+            format!("must hold 1 to {} items", queue::MAX_SETTLE_ITEMS),
+        ));
+    }
+    config(&st, &name).await?;
+    let ids: Vec<String> = input.items.iter().map(|i| i.id.clone()).collect();
+    let cmd = Command::QueueSettleMany {
+        queue: name.clone(),
+        now_ms: now_ms(),
+        items: input
+            .items
+            .into_iter()
+            .map(|i| (i.id, i.lock_token))
+            .collect(),
+        action,
+    };
+    let results = match answer(st.client.write(&cmd).await?)? {
+        QueueResponse::SettledMany { results } => results,
+        QueueResponse::NotFound | QueueResponse::Deleting => return Err(not_found(&name)),
+        other => return Err(ApiError::Internal(format!("unexpected answer {other:?}"))),
+    };
+    let verb = input.action.as_str();
+    let items: Vec<Value> = ids
+        .iter()
+        .zip(&results)
+        .map(|(id, r)| {
+            let outcome = match r {
+                QueueResponse::Settled { .. } => {
+                    count("settle", verb, 1);
+                    "settled"
+                }
+                QueueResponse::LockLost => {
+                    count("settle", "lock_lost", 1);
+                    "lock_lost"
+                }
+                _ => "not_found",
+            };
+            json!({"id": id, "outcome": outcome})
+        })
+        .collect();
+    Ok(Json(json!({ "items": items })).into_response())
 }
 
 /// On the leader only: proposes a bounded sweep whenever a dedup entry or lease has expired.

@@ -155,6 +155,22 @@ pub enum Command {
         message_id: String,
         now_ms: u64,
     },
+    /// Leases up to one message per lock token, in queue order, to one consumer (a batch
+    /// receive: one command however many it leases).
+    QueueReceiveMany {
+        queue: String,
+        now_ms: u64,
+        lock_ms: u64,
+        lock_tokens: Vec<String>,
+        consumer: String,
+    },
+    /// Settles many leased messages the same way; each (id, lock token) is judged alone.
+    QueueSettleMany {
+        queue: String,
+        now_ms: u64,
+        items: Vec<(String, String)>,
+        action: queue::Settle,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -413,6 +429,19 @@ impl CorralState {
                 now_ms,
                 results,
             } => q.record(&queue, now_ms, results),
+            Command::QueueReceiveMany {
+                queue,
+                now_ms,
+                lock_ms,
+                lock_tokens,
+                consumer,
+            } => q.receive_many(&queue, now_ms, lock_ms, lock_tokens, consumer),
+            Command::QueueSettleMany {
+                queue,
+                now_ms,
+                items,
+                action,
+            } => q.settle_many(&queue, now_ms, &items, action),
             Command::ConfigPut { .. }
             | Command::ConfigDelete { .. }
             | Command::TenantPut { .. }

@@ -53,6 +53,10 @@ pub const MIN_LOCK_MS: u64 = 1000;
 pub const RECEIVE_SCAN_LIMIT: usize = 64;
 /// Index keys one sweep command may inspect.
 pub const SWEEP_LIMIT: usize = 1_000;
+/// Most messages one batch receive may lease.
+pub const MAX_RECEIVE_MESSAGES: usize = 32;
+/// Most messages one batch settle may name.
+pub const MAX_SETTLE_ITEMS: usize = 256;
 /// Keys one queue-delete or dead-letter purge/redrive command may touch per range.
 pub const CHUNK_LIMIT: usize = 1_000;
 
@@ -395,6 +399,15 @@ pub enum QueueResponse {
         retried: u32,
         dead_lettered: u32,
         lost: u32,
+    },
+    /// The answer to a batch receive: the messages leased, in queue order (maybe none).
+    ReceivedMany {
+        messages: Vec<Received>,
+    },
+    /// The answer to a batch settle: one answer per item, in order (`Settled`, `LockLost` or
+    /// `MessageNotFound`).
+    SettledMany {
+        results: Vec<QueueResponse>,
     },
 }
 
@@ -1244,6 +1257,46 @@ impl Apply<'_> {
         }
         self.put_stats(queue, &stats);
         Ok(QueueResponse::Received { message: found })
+    }
+
+    /// Leases up to one message per token, each as [`Apply::receive`] would, in one batch:
+    /// later leases see the earlier ones (per-key ordering holds within the batch too).
+    pub fn receive_many(
+        &mut self,
+        queue: &str,
+        now_ms: u64,
+        lock_ms: u64,
+        lock_tokens: Vec<String>,
+        consumer: String,
+    ) -> Result<QueueResponse, StoreError> {
+        let mut messages = Vec::with_capacity(lock_tokens.len());
+        for token in lock_tokens.into_iter().take(MAX_RECEIVE_MESSAGES) {
+            match self.receive(queue, now_ms, lock_ms, token, consumer.clone())? {
+                QueueResponse::Received { message: Some(m) } => messages.push(*m),
+                QueueResponse::Received { message: None } => break,
+                other => return Ok(other),
+            }
+        }
+        Ok(QueueResponse::ReceivedMany { messages })
+    }
+
+    /// Settles each (id, lock token) as [`Apply::settle`] would; one item's lost lock does
+    /// not affect the others.
+    pub fn settle_many(
+        &mut self,
+        queue: &str,
+        now_ms: u64,
+        items: &[(String, String)],
+        action: Settle,
+    ) -> Result<QueueResponse, StoreError> {
+        let mut results = Vec::with_capacity(items.len());
+        for (id, token) in items.iter().take(MAX_SETTLE_ITEMS) {
+            match self.settle(queue, id, token, now_ms, action.clone())? {
+                r @ (QueueResponse::NotFound | QueueResponse::Deleting) => return Ok(r),
+                r => results.push(r),
+            }
+        }
+        Ok(QueueResponse::SettledMany { results })
     }
 
     /// Completes, abandons, dead-letters or renews a message held under `lock_token`.

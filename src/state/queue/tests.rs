@@ -764,3 +764,90 @@ fn push_defer_and_trace_retention() {
     );
     assert!(!sweep_due(&*t.kv, 951 + TRACE_RETENTION_MS).unwrap());
 }
+
+/// A batch receive leases distinct messages in queue order in one command, holds per-key
+/// order within the batch, and stops at the end of what is visible; a batch settle judges
+/// each item alone (a wrong token loses only its own item) and leaves nothing behind.
+#[test]
+fn batch_receive_and_settle() {
+    let mut t = T::new();
+    t.put(
+        "q",
+        QueueConfig {
+            ordering: Ordering::PerKey,
+            ..QueueConfig::default()
+        },
+    );
+    let keyed = |id: &str, k: Option<&str>| NewMessage {
+        ordering_key: k.map(String::from),
+        ..msg(id, None, b"x")
+    };
+    t.run(enqueue(
+        "q",
+        0,
+        vec![
+            keyed("a1", Some("A")),
+            keyed("a2", Some("A")),
+            keyed("b1", None),
+            keyed("c1", None),
+        ],
+    ));
+    let many = |n: usize| Command::QueueReceiveMany {
+        queue: "q".into(),
+        now_ms: 1,
+        lock_ms: 1_000,
+        lock_tokens: (0..n).map(|i| format!("t{i}")).collect(),
+        consumer: "c".into(),
+    };
+    let got = match t.run(many(8)) {
+        QueueResponse::ReceivedMany { messages } => messages,
+        other => panic!("{other:?}"),
+    };
+    let ids: Vec<&str> = got.iter().map(|m| m.meta.id.as_str()).collect();
+    assert_eq!(
+        ids,
+        ["a1", "b1", "c1"],
+        "a2 waits for a1 even within one batch"
+    );
+    assert_eq!(got[1].lock_token, "t1");
+    assert_eq!(t.stats("q").in_flight, 3);
+    assert_eq!(
+        t.run(many(2)),
+        QueueResponse::ReceivedMany { messages: vec![] }
+    );
+    let r = t.run(Command::QueueSettleMany {
+        queue: "q".into(),
+        now_ms: 2,
+        items: vec![
+            ("a1".into(), "t0".into()),
+            ("b1".into(), "wrong".into()),
+            ("c1".into(), "t2".into()),
+            ("zz".into(), "t9".into()),
+        ],
+        action: Settle::Complete,
+    });
+    let settled = QueueResponse::Settled {
+        locked_until_ms: None,
+    };
+    assert_eq!(
+        r,
+        QueueResponse::SettledMany {
+            results: vec![
+                settled.clone(),
+                QueueResponse::LockLost,
+                settled,
+                QueueResponse::MessageNotFound
+            ]
+        }
+    );
+    let s = t.stats("q");
+    assert_eq!((s.depth, s.in_flight, s.completed_total), (2, 1, 2));
+    // a2 is free now that a1 is done.
+    match t.run(many(4)) {
+        QueueResponse::ReceivedMany { messages } => {
+            assert_eq!(messages.len(), 1);
+            assert_eq!(messages[0].meta.id, "a2");
+        }
+        other => panic!("{other:?}"),
+    }
+}
