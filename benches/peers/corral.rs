@@ -24,6 +24,9 @@ const RECEIVE_WAIT_MS: u64 = 500;
 /// Messages one receive leases (the peers' pull batch and prefetch are 16 too).
 const RECEIVE_BATCH: usize = 16;
 
+/// Messages each consumer worker has leased and not yet completed: (id, lock token).
+type Held = Mutex<HashMap<usize, VecDeque<(String, String)>>>;
+
 /// One batch receive: the (id, lock token) of each message leased, none when empty.
 async fn receive_batch(
     http: &reqwest::Client,
@@ -206,14 +209,12 @@ impl Corral {
     /// per-message acks: about 1 + 1/16 committed commands per message.
     pub fn consume_op(&self) -> ConsumeOp {
         let http = self.http.clone();
-        let held: Arc<Mutex<HashMap<usize, VecDeque<(String, String)>>>> = Arc::default();
+        let held: Arc<Held> = Arc::default();
         Arc::new(move |w| {
             let (http, held) = (http.clone(), held.clone());
             Box::pin(async move {
                 let base = format!("{}/queues/{QUEUE}/messages", ingress(1 + w as u64 % NODES));
-                let next = |held: &Mutex<HashMap<usize, VecDeque<(String, String)>>>| {
-                    held.lock().ok()?.get_mut(&w)?.pop_front()
-                };
+                let next = |held: &Held| held.lock().ok()?.get_mut(&w)?.pop_front();
                 let (id, lock) = match next(&held) {
                     Some(m) => m,
                     None => {
