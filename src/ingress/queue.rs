@@ -508,16 +508,6 @@ pub async fn settle(
     let input: SettleInput = parse_json(&body)?;
     let cfg = config(&st, &name).await?;
     let action = match verb {
-        "complete" => Settle::Complete,
-        "abandon" => Settle::Abandon,
-        "dead-letter" => Settle::DeadLetter {
-            reason: input
-                .reason
-                .unwrap_or_else(|| "dead-lettered by the consumer".into())
-                .chars()
-                .take(1024)
-                .collect(),
-        },
         "renew-lock" => {
             let lock_ms = input.lock_ms.unwrap_or(cfg.lock_ms);
             if !(queue::MIN_LOCK_MS..=queue::MAX_LOCK_MS).contains(&lock_ms) {
@@ -525,12 +515,15 @@ pub async fn settle(
             }
             Settle::Renew { lock_ms }
         }
-        _ => {
-            return Err(ApiError::NoRoute {
-                method: "POST".into(),
-                path: format!("/queues/{name}/messages/{id_action}"),
-            })
-        }
+        _ => match release_action(verb, input.reason) {
+            Some(action) => action,
+            None => {
+                return Err(ApiError::NoRoute {
+                    method: "POST".into(),
+                    path: format!("/queues/{name}/messages/{id_action}"),
+                })
+            }
+        },
     };
     let cmd = Command::QueueSettle {
         queue: name.clone(),
@@ -563,6 +556,23 @@ pub async fn settle(
     }
 }
 
+/// The settle verbs that end a lock (all but renew): `None` for any other verb. A
+/// dead-letter reason defaults and is cut to 1,024 characters.
+fn release_action(verb: &str, reason: Option<String>) -> Option<Settle> {
+    match verb {
+        "complete" => Some(Settle::Complete),
+        "abandon" => Some(Settle::Abandon),
+        "dead-letter" => Some(Settle::DeadLetter {
+            reason: reason
+                .unwrap_or_else(|| "dead-lettered by the consumer".into())
+                .chars()
+                .take(1024)
+                .collect(),
+        }),
+        _ => None,
+    }
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct SettleItem {
@@ -588,23 +598,11 @@ pub async fn settle_batch(
 ) -> Result<Response, ApiError> {
     let body = body_or_413(body, crate::api::MAX_ADMIN_BODY_BYTES)?;
     let input: SettleBatchInput = parse_json(&body)?;
-    let action = match input.action.as_str() {
-        "complete" => Settle::Complete,
-        "abandon" => Settle::Abandon,
-        "dead-letter" => Settle::DeadLetter {
-            reason: input
-                .reason
-                .unwrap_or_else(|| "dead-lettered by the consumer".into())
-                .chars()
-                .take(1024)
-                .collect(),
-        },
-        _ => {
-            return Err(ApiError::invalid(
-                "action",
-                "must be complete, abandon or dead-letter",
-            ))
-        }
+    let Some(action) = release_action(&input.action, input.reason) else {
+        return Err(ApiError::invalid(
+            "action",
+            "must be complete, abandon or dead-letter",
+        ));
     };
     if input.items.is_empty() || input.items.len() > queue::MAX_SETTLE_ITEMS {
         return Err(ApiError::invalid(
