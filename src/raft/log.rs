@@ -377,14 +377,7 @@ impl SegmentLog {
             return Ok(());
         }
         let seq = active.seq + 1;
-        self.write_pending()?;
-        let path = segment_path(&self.dir, seq - 1);
-        self.segments
-            .back()
-            .expect("active segment")
-            .file
-            .sync_data()
-            .map_err(|e| io_err("fdatasync of", &path, e))?;
+        self.sync(true)?;
         self.open_segment(seq)?;
         let hs = self.hard_state.clone();
         self.encode_hard_state(&hs)
@@ -497,11 +490,16 @@ impl SegmentLog {
     pub fn delete_segments_through(&mut self, point: u64) -> Result<(), StoreError> {
         let point = point.min(self.first.saturating_sub(1));
         while self.segments.len() > 1 && self.segments[0].max_index <= point {
-            if let Some(s) = self.segments.pop_front() {
-                let path = segment_path(&self.dir, s.seq);
-                drop(s.file);
-                std::fs::remove_file(&path).map_err(|e| io_err("deleting", &path, e))?;
-            }
+            self.delete_oldest_segment()?;
+        }
+        Ok(())
+    }
+
+    fn delete_oldest_segment(&mut self) -> Result<(), StoreError> {
+        if let Some(s) = self.segments.pop_front() {
+            let path = segment_path(&self.dir, s.seq);
+            drop(s.file);
+            std::fs::remove_file(&path).map_err(|e| io_err("deleting", &path, e))?;
         }
         Ok(())
     }
@@ -519,11 +517,7 @@ impl SegmentLog {
         self.encode_hard_state(hs)?;
         self.sync(true)?;
         while self.segments.len() > 1 {
-            if let Some(s) = self.segments.pop_front() {
-                let path = segment_path(&self.dir, s.seq);
-                drop(s.file);
-                std::fs::remove_file(&path).map_err(|e| io_err("deleting", &path, e))?;
-            }
+            self.delete_oldest_segment()?;
         }
         self.locs.clear();
         self.cache.clear();
@@ -548,11 +542,6 @@ impl SegmentLog {
     /// Payload bytes of the entries held.
     pub fn held_bytes(&self) -> u64 {
         self.held_bytes
-    }
-
-    /// Bytes the segment files take on disk.
-    pub fn bytes_on_disk(&self) -> u64 {
-        self.segments.iter().map(|s| s.bytes).sum()
     }
 
     /// The term of a held entry.

@@ -3,9 +3,9 @@
 //!
 //! This struct is owned by the one `RawNode`, inside the driver thread. The log is the durable
 //! truth: it is fdatasynced before anything that depends on it is sent. The state store is
-//! written on apply and made durable only before the log is compacted ([`RaftStorage::compact`]),
-//! so a crash may roll the state back to an older applied index, from which the node replays
-//! the log. The compacted prefix of the log is therefore never ahead of durable state.
+//! written on apply and flushed by the driver's flusher thread; compaction never passes what a
+//! flush made durable ([`RaftStorage::compact`]), so a crash may roll the state back to an
+//! older applied index, from which the node replays the log.
 //!
 //! Snapshots are files (see [`super::snapfile`]): when raft-rs asks for one, a checkpoint of
 //! the state at the applied index is built incrementally on the driver thread and raft is told
@@ -115,30 +115,28 @@ pub struct RaftStorage {
 }
 
 /// Moves a log kept in the store by an older version (entries under `keys::LOG`, hard state in
-/// meta) into the empty segment log, durably, then deletes it from the store. A crash midway
-/// repeats it: the store's copy is deleted only once the segment copy is synced.
+/// meta) into the segment log, durably, then deletes it from the store. A crash midway
+/// repeats it: entries the segments already hold are skipped, and the store's copy is deleted
+/// only once the segments hold all of it, synced.
 fn migrate_store_log(kv: &dyn Store, log: &mut SegmentLog) -> Result<(), StoreError> {
     let mut stored = kv.scan_prefix(&[keys::LOG]).peekable();
     if stored.peek().is_none() {
         return Ok(());
     }
-    if log.last() < log.first() {
-        tracing::info!("moving the raft log from the state store into segment files");
-        if let Some(b) = kv.get(&keys::meta(META_HARD_STATE))? {
-            let hs =
-                HardState::parse_from_bytes(&b).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-            log.set_hard_state(&hs)?;
-        }
-        for item in stored {
-            let (_, v) = item?;
-            let e = Entry::parse_from_bytes(&v).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-            if e.index >= log.first() {
-                log.append(&[e])?;
-                log.sync(false)?;
-            }
-        }
-        log.sync(true)?;
+    tracing::info!("moving the raft log from the state store into segment files");
+    if let Some(b) = kv.get(&keys::meta(META_HARD_STATE))? {
+        let hs = HardState::parse_from_bytes(&b).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        log.set_hard_state(&hs)?;
     }
+    for item in stored {
+        let (_, v) = item?;
+        let e = Entry::parse_from_bytes(&v).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        if e.index > log.last() {
+            log.append(&[e])?;
+            log.sync(false)?;
+        }
+    }
+    log.sync(true)?;
     let mut batch = WriteBatch::default();
     for item in kv.scan_prefix(&[keys::LOG]) {
         batch.delete(item?.0);
@@ -397,7 +395,6 @@ impl RaftStorage {
         hs.term = hs.term.max(desc.term);
         hs.commit = hs.commit.max(desc.index);
         self.log.reset(desc.index, &hs)?;
-        self.clear_prefix(keys::LOG)?;
         self.clear_prefix(keys::STATE)?;
         let mut batch = WriteBatch::default();
         let mut count = 0u64;

@@ -1,11 +1,12 @@
-//! The storage trait every durable byte of a node goes through, and its sled implementation.
+//! The storage trait a node's state and Raft metadata go through, and its sled implementation.
+//! (The Raft log and hard state live in segment files: `crate::raft::log`.)
 //!
-//! A node keeps ONE ordered key space. The Raft log, Raft metadata and the state machine's data
-//! live in it under distinct prefixes (see [`keys`]), so that every logical change — "these log
-//! entries plus this hard state", "this command's effects plus the applied index", "this
-//! snapshot replaces everything" — is one atomic [`WriteBatch`]. Durability is explicit: a write
-//! is durable only after [`Store::flush`], which the Raft driver calls once per Ready (group
-//! commit). Swapping sled for another engine means implementing this trait only.
+//! A node keeps ONE ordered key space. Raft metadata and the state machine's data live in it
+//! under distinct prefixes (see [`keys`]), so that every logical change — "this command's
+//! effects plus the applied index", "this snapshot replaces everything" — is one atomic
+//! [`WriteBatch`]. Durability is explicit: a write is durable only after [`Store::flush`],
+//! which the Raft driver's flusher thread calls ahead of each log compaction. Swapping sled for
+//! another engine means implementing this trait only.
 
 mod sled_store;
 
@@ -13,9 +14,10 @@ pub use sled_store::SledStore;
 
 /// Key prefixes of the single key space. One byte each, so ranges never interleave.
 pub mod keys {
-    /// Raft metadata: hard state, conf state, snapshot point, applied position, identity.
+    /// Raft metadata: conf state, snapshot point, applied position, identity.
     pub const META: u8 = b'm';
-    /// Raft log entries: `l` + big-endian u64 index -> protobuf `Entry`.
+    /// Raft log entries of data dirs from before the segment log: `l` + big-endian u64 index
+    /// -> protobuf `Entry`. Read once, to migrate them (`raft::storage`), then deleted.
     pub const LOG: u8 = b'l';
     /// State machine data: `s` + the state machine's own keys. Snapshots copy exactly this range.
     pub const STATE: u8 = b's';

@@ -1,7 +1,7 @@
 //! [`Store`] on sled 0.34: one tree, batches through `apply_batch`, durability through `flush`.
 //!
 //! sled's background flusher is turned off (`flush_every_ms(None)`): the Raft driver decides
-//! when bytes become durable, once per Ready, which is what makes group commit possible.
+//! when bytes become durable (its flusher thread, ahead of each log compaction).
 //!
 //! sled 0.34's own flush is not enough for that: on Linux it ends with `sync_file_range`,
 //! which waits for the pages to reach the device but neither flushes the device's volatile

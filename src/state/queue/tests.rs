@@ -64,6 +64,14 @@ fn msg(id: &str, dedup: Option<&str>, body: &[u8]) -> NewMessage {
     }
 }
 
+/// A message with an optional ordering key.
+fn keyed(id: &str, k: Option<&str>) -> NewMessage {
+    NewMessage {
+        ordering_key: k.map(String::from),
+        ..msg(id, None, b"x")
+    }
+}
+
 fn enqueue(q: &str, now_ms: u64, messages: Vec<NewMessage>) -> Command {
     Command::QueueEnqueue {
         queue: q.into(),
@@ -465,10 +473,6 @@ fn per_key_ordering_holds_back_later_messages_of_a_key() {
         ..QueueConfig::default()
     };
     t.put("q", cfg.clone());
-    let keyed = |id: &str, k: Option<&str>| NewMessage {
-        ordering_key: k.map(String::from),
-        ..msg(id, None, b"x")
-    };
     t.run(enqueue(
         "q",
         0,
@@ -778,10 +782,6 @@ fn batch_receive_and_settle() {
             ..QueueConfig::default()
         },
     );
-    let keyed = |id: &str, k: Option<&str>| NewMessage {
-        ordering_key: k.map(String::from),
-        ..msg(id, None, b"x")
-    };
     t.run(enqueue(
         "q",
         0,
