@@ -7,8 +7,8 @@
 //! - baseline in the same run, on the same cluster: the cluster-core replicated write
 //!   (1 KiB `ConfigPut` through the Raft client, no HTTP) with 64 writers.
 //!
-//! Run: `cargo bench --bench queue` (options: `-- --seconds N --backlog N`). Prints a table and
-//! writes `target/bench-results/queue.json`.
+//! Run: `cargo bench --bench queue` (options: `-- --seconds N --backlog N --clients
+//! 1,16,64,256`). Prints a table and writes `target/bench-results/queue.json`.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -235,6 +235,17 @@ async fn raft_baseline(b: &Bench, seconds: u64) -> Row {
     .await
 }
 
+/// The client counts of the enqueue rows: `--clients 1,16,64,256` (the default), or fewer to
+/// profile one row.
+fn enqueue_clients() -> Vec<usize> {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter()
+        .position(|a| a == "--clients")
+        .and_then(|i| args.get(i + 1))
+        .map(|v| v.split(',').filter_map(|c| c.trim().parse().ok()).collect())
+        .unwrap_or_else(|| vec![1, 16, 64, 256])
+}
+
 /// Enqueue over HTTP keep-alive, clients spread over the three nodes' ingress listeners.
 async fn enqueue_rows(b: &Bench, seconds: u64) -> Vec<Row> {
     b.put(
@@ -243,7 +254,7 @@ async fn enqueue_rows(b: &Bench, seconds: u64) -> Vec<Row> {
     )
     .await;
     let mut rows = Vec::new();
-    for clients in [1usize, 16, 64, 256] {
+    for clients in enqueue_clients() {
         let urls: Arc<Vec<String>> = Arc::new(
             b.ingress
                 .iter()

@@ -357,12 +357,9 @@ pub async fn start(cfg: NodeConfig) -> Result<RunningNode, NodeError> {
         log_dir: cfg.data_dir.join(LOG_DIR),
         snapshot_pin,
     };
-    let (driver, driver_thread) = crate::raft::start(
-        driver_cfg,
-        store.clone(),
-        CorralState::new(store.clone()),
-        outbox,
-    )?;
+    let state = CorralState::new(store.clone())?;
+    let queues = state.queue_index();
+    let (driver, driver_thread) = crate::raft::start(driver_cfg, store.clone(), state, outbox)?;
     let _ = driver_cell.set(driver.clone());
     let write_timeout = Duration::from_millis(cfg.raft.write_timeout_ms);
     let snapshot_watchdog = tokio::spawn(snapshots.clone().watchdog());
@@ -403,9 +400,10 @@ pub async fn start(cfg: NodeConfig) -> Result<RunningNode, NodeError> {
     let pool_watcher = pool.spawn_watcher(store.clone());
     let sweeper = tokio::spawn(crate::ingress::queue::sweeper(
         client.clone(),
-        store.clone(),
+        queues.clone(),
     ));
-    let dispatcher = crate::dispatch::push::spawn(client.clone(), store.clone(), pool.clone());
+    let dispatcher =
+        crate::dispatch::push::spawn(client.clone(), store.clone(), queues.clone(), pool.clone());
     let rate_sampler = api::queues::spawn_rate_sampler(store.clone());
     let secret_pusher = crate::dispatch::secrets::SecretPusher::new(
         cfg.id,
@@ -418,6 +416,7 @@ pub async fn start(cfg: NodeConfig) -> Result<RunningNode, NodeError> {
     let ingress_state = Arc::new(crate::ingress::IngressState {
         client: client.clone(),
         store: store.clone(),
+        queues: queues.clone(),
         coalescer: Default::default(),
     });
     let live = {
@@ -443,6 +442,7 @@ pub async fn start(cfg: NodeConfig) -> Result<RunningNode, NodeError> {
     let scheduler = tokio::spawn(crate::dispatch::scheduler::run(
         client.clone(),
         store.clone(),
+        queues.clone(),
         calls.clone(),
     ));
     let ingress = crate::ingress::router(ingress_state, proxy.clone());
@@ -451,6 +451,7 @@ pub async fn start(cfg: NodeConfig) -> Result<RunningNode, NodeError> {
         client: client.clone(),
         transport,
         store,
+        queues,
         admin_token,
         pool: pool.clone(),
         reveal_token,

@@ -112,6 +112,8 @@ pub struct AdminState {
     pub client: Arc<Client>,
     pub transport: Arc<Transport>,
     pub store: Arc<dyn Store>,
+    /// The queue indexes the state machine keeps (message ids, visibility).
+    pub queues: crate::state::queue::SharedIndex,
     pub admin_token: String,
     pub pool: Arc<crate::pool::Pool>,
     /// The token that carries the reveal right (`POST /admin/secrets/{name}/reveal` only);

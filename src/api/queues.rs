@@ -572,12 +572,13 @@ pub(crate) async fn message_trace(
     Query(opts): Query<ReadOpts>,
 ) -> Result<Json<Value>, ApiError> {
     barrier(&st, &opts).await?;
-    let found = queue::find_message(&*st.store, &id, MAX_TRACE_QUEUES)?.ok_or_else(|| {
-        ApiError::NotFound(format!(
-            "message `{id}` (finished messages are kept for {} s)",
-            queue::TRACE_RETENTION_MS / 1000
-        ))
-    })?;
+    let found =
+        queue::find_message(&*st.store, &st.queues, &id, MAX_TRACE_QUEUES)?.ok_or_else(|| {
+            ApiError::NotFound(format!(
+                "message `{id}` (finished messages are kept for {} s)",
+                queue::TRACE_RETENTION_MS / 1000
+            ))
+        })?;
     let (queue, meta, state, extra) = match found {
         Whereabouts::Live { queue, meta, lease } => {
             let (state, extra) = match lease {
@@ -659,7 +660,7 @@ pub(crate) async fn dead_peek(
     validate_name(&name)?;
     barrier(&st, &opts).await?;
     queue::read_queue(&*st.store, &name)?.ok_or_else(|| not_found(&name))?;
-    let (meta, body) = queue::peek_dead_letter(&*st.store, &name, &id)?
+    let (meta, body) = queue::peek_dead_letter(&*st.store, &st.queues, &name, &id)?
         .ok_or_else(|| ApiError::NotFound(format!("dead letter `{id}` in queue `{name}`")))?;
     let mut v = meta_json(&meta);
     v["body"] = json!(base64::engine::general_purpose::STANDARD.encode(body));

@@ -75,6 +75,8 @@ type Outcomes = (String, DeliveryResult);
 struct Shared {
     client: Arc<Client>,
     store: Arc<dyn Store>,
+    /// The queue indexes (which messages are visible).
+    queues: queue::SharedIndex,
     pool: Arc<Pool>,
     /// (queue, sequence) of messages proposed or in flight from this node: not offered again
     /// until their outcome is recorded.
@@ -94,11 +96,13 @@ impl Shared {
 pub fn spawn(
     client: Arc<Client>,
     store: Arc<dyn Store>,
+    queues: queue::SharedIndex,
     pool: Arc<Pool>,
 ) -> tokio::task::JoinHandle<()> {
     let shared = Arc::new(Shared {
         client,
         store,
+        queues,
         pool,
         busy: Mutex::new(HashSet::new()),
         permits: Arc::new(Semaphore::new(MAX_IN_FLIGHT)),
@@ -229,9 +233,16 @@ async fn round(
     let now = now_ms();
     let candidates = {
         let busy = sh.busy();
-        queue::visible_candidates(&*sh.store, name, cfg, now, free, busy.len(), |seq| {
-            busy.contains(&(name.to_string(), seq))
-        })
+        queue::visible_candidates(
+            &*sh.store,
+            &sh.queues,
+            name,
+            cfg,
+            now,
+            free,
+            busy.len(),
+            |seq| busy.contains(&(name.to_string(), seq)),
+        )
     };
     let candidates = match candidates {
         Ok(c) => c,

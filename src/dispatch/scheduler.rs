@@ -33,6 +33,7 @@ use crate::ingress::proxy::{Proxy, RouteCall};
 use crate::pool::{Pool, Selector, TenantRequest};
 use crate::raft::Role;
 use crate::recurrence::{jitter_delay_ms, Compiled};
+use crate::state::queue::SharedIndex;
 use crate::state::schedules::{
     self, Fire, Firing, Missed, Outcome, Overlap, ScheduleEntry, ScheduleResponse, Target,
 };
@@ -58,7 +59,12 @@ pub const MAX_CALLS_IN_FLIGHT: usize = 64;
 pub const CALL_LOST_GRACE_MS: u64 = 2_000;
 
 /// Runs until the task is aborted (node shutdown).
-pub async fn run(client: Arc<Client>, store: Arc<dyn Store>, calls: Arc<Calls>) {
+pub async fn run(
+    client: Arc<Client>,
+    store: Arc<dyn Store>,
+    queues: SharedIndex,
+    calls: Arc<Calls>,
+) {
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut synced_term = None;
@@ -90,7 +96,7 @@ pub async fn run(client: Arc<Client>, store: Arc<dyn Store>, calls: Arc<Calls>) 
             after = page.last().map(|(n, _)| n.clone());
             for (name, entry) in page {
                 reap_lost(&client, &calls, &name, &entry).await;
-                drive(&client, &*store, &calls, &name).await;
+                drive(&client, &*store, &queues, &calls, &name).await;
             }
             if !full {
                 break;
@@ -100,7 +106,13 @@ pub async fn run(client: Arc<Client>, store: Arc<dyn Store>, calls: Arc<Calls>) 
 }
 
 /// Proposes what is due for one schedule, re-reading the applied entry after each write.
-async fn drive(client: &Arc<Client>, store: &dyn Store, calls: &Arc<Calls>, name: &str) {
+async fn drive(
+    client: &Arc<Client>,
+    store: &dyn Store,
+    queues: &SharedIndex,
+    calls: &Arc<Calls>,
+    name: &str,
+) {
     for _ in 0..MAX_FIRES_PER_TICK {
         let Ok(Some(entry)) = schedules::read_schedule(store, name) else {
             return;
@@ -111,7 +123,8 @@ async fn drive(client: &Arc<Client>, store: &dyn Store, calls: &Arc<Calls>, name
         let now = now_ms();
         let busy = match &entry.last_run {
             Some(run) => {
-                schedules::run_in_flight(store, &WriteBatch::default(), &entry.spec, run, now)
+                let ix = queues.read();
+                schedules::run_in_flight(store, &WriteBatch::default(), &ix, &entry.spec, run, now)
                     .unwrap_or(true)
             }
             None => false,

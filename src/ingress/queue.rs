@@ -67,6 +67,8 @@ const DROPPED_HEADERS: &[&str] = &[
 pub struct IngressState {
     pub client: Arc<Client>,
     pub store: Arc<dyn Store>,
+    /// The queue indexes the state machine keeps (what is visible when).
+    pub queues: queue::SharedIndex,
     /// Shares commands between concurrent single-message enqueues (see `coalesce`).
     pub coalescer: super::coalesce::Coalescer,
 }
@@ -459,7 +461,7 @@ pub async fn receive(
     }
     let deadline = Instant::now() + Duration::from_millis(wait_ms);
     loop {
-        if queue::has_visible(&*st.store, &name, &cfg, now_ms())? {
+        if queue::has_visible(&*st.store, &st.queues, &name, &cfg, now_ms())? {
             let cmd = receive_command(&name, lock_ms, &consumer, input.max_messages);
             match answer(st.client.write(&cmd).await?)? {
                 QueueResponse::Received { message: Some(m) } => {
@@ -650,7 +652,7 @@ pub async fn settle_batch(
 }
 
 /// On the leader only: proposes a bounded sweep whenever a dedup entry or lease has expired.
-pub async fn sweeper(client: Arc<Client>, store: Arc<dyn Store>) {
+pub async fn sweeper(client: Arc<Client>, queues: queue::SharedIndex) {
     let mut tick = tokio::time::interval(SWEEP_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -661,13 +663,8 @@ pub async fn sweeper(client: Arc<Client>, store: Arc<dyn Store>) {
         let now = now_ms();
         // A sweep is bounded; when it was full, sweep again (bounded rounds per tick).
         for _ in 0..SWEEP_ROUNDS_PER_TICK {
-            match queue::sweep_due(&*store, now) {
-                Ok(true) => {}
-                Ok(false) => break,
-                Err(e) => {
-                    tracing::warn!(error = %e, "queue sweep check failed");
-                    break;
-                }
+            if !queue::sweep_due(&queues, now) {
+                break;
             }
             match client.write(&Command::QueueSweep { now_ms: now }).await {
                 Ok(crate::state::Response::Queue(QueueResponse::Swept {

@@ -11,6 +11,8 @@ use crate::store::{SledStore, Store, WriteBatch};
 
 pub struct Harness {
     pub kv: Arc<dyn Store>,
+    /// The state machine's queue indexes, for the read functions handlers call.
+    pub ix: crate::state::queue::SharedIndex,
     sm: CorralState,
     index: u64,
     _dir: tempfile::TempDir,
@@ -20,8 +22,10 @@ impl Harness {
     pub fn new() -> Harness {
         let dir = tempfile::tempdir().unwrap();
         let kv: Arc<dyn Store> = Arc::new(SledStore::open(dir.path()).unwrap());
+        let sm = CorralState::new(kv.clone()).unwrap();
         Harness {
-            sm: CorralState::new(kv.clone()),
+            ix: sm.queue_index(),
+            sm,
             kv,
             index: 0,
             _dir: dir,

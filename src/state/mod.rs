@@ -262,14 +262,24 @@ fn tenant_key(name: &str) -> Vec<u8> {
     keys::state(format!("t/{name}").as_bytes())
 }
 
-/// The corral state machine. Holds only a store handle: all state lives in the store.
+/// The corral state machine: all state lives in the store, plus the queue indexes derived
+/// from it (in memory, rebuilt on open and after a snapshot; see [`queue::index`]).
 pub struct CorralState {
     kv: Arc<dyn Store>,
+    queues: queue::SharedIndex,
 }
 
 impl CorralState {
-    pub fn new(kv: Arc<dyn Store>) -> CorralState {
-        CorralState { kv }
+    /// Opens the state machine over `kv`, rebuilding the queue indexes (and upgrading an old
+    /// queue layout in place).
+    pub fn new(kv: Arc<dyn Store>) -> Result<CorralState, StoreError> {
+        let queues = queue::SharedIndex::new(queue::load_indexes(&*kv)?);
+        Ok(CorralState { kv, queues })
+    }
+
+    /// The queue indexes, for handlers that read queues (long-poll receive, dispatch, traces).
+    pub fn queue_index(&self) -> queue::SharedIndex {
+        self.queues.clone()
     }
 
     fn apply_command(
@@ -348,9 +358,11 @@ impl CorralState {
         cmd: Command,
         batch: &mut WriteBatch,
     ) -> Result<schedules::ScheduleResponse, StoreError> {
+        let mut ix = self.queues.write();
         let mut s = schedules::Apply {
             kv: &*self.kv,
             batch,
+            ix: &mut ix,
         };
         match cmd {
             Command::SchedulePut { name, spec, now_ms } => s.put(index, &name, *spec, now_ms),
@@ -384,9 +396,11 @@ impl CorralState {
         cmd: Command,
         batch: &mut WriteBatch,
     ) -> Result<queue::QueueResponse, StoreError> {
+        let mut ix = self.queues.write();
         let mut q = queue::Apply {
             kv: &*self.kv,
             batch,
+            ix: &mut ix,
         };
         match cmd {
             Command::QueuePut {
@@ -476,6 +490,17 @@ impl StateMachine for CorralState {
             },
         };
         encode(&response)
+    }
+
+    fn restored(&mut self) {
+        match queue::load_indexes(&*self.kv) {
+            Ok(ix) => *self.queues.write() = ix,
+            Err(e) => {
+                // The state just installed cannot be read: stop rather than serve without it.
+                tracing::error!(error = %e, "rebuilding the queue indexes after a snapshot failed");
+                std::process::abort();
+            }
+        }
     }
 }
 
@@ -603,7 +628,7 @@ mod tests {
         let run = || {
             let dir = tempfile::tempdir().unwrap();
             let kv: Arc<dyn Store> = Arc::new(SledStore::open(dir.path()).unwrap());
-            let mut sm = CorralState::new(kv.clone());
+            let mut sm = CorralState::new(kv.clone()).unwrap();
             let cases = [
                 (
                     Command::ConfigPut {
@@ -664,7 +689,7 @@ mod tests {
     fn unknown_version_is_a_response_not_a_crash() {
         let dir = tempfile::tempdir().unwrap();
         let kv: Arc<dyn Store> = Arc::new(SledStore::open(dir.path()).unwrap());
-        let mut sm = CorralState::new(kv);
+        let mut sm = CorralState::new(kv).unwrap();
         let mut batch = WriteBatch::default();
         let out = sm.apply(1, &[9, 1, 2], &mut batch);
         assert!(batch.is_empty());
@@ -687,7 +712,7 @@ mod tests {
         let run = || {
             let dir = tempfile::tempdir().unwrap();
             let kv: Arc<dyn Store> = Arc::new(SledStore::open(dir.path()).unwrap());
-            let mut sm = CorralState::new(kv.clone());
+            let mut sm = CorralState::new(kv.clone()).unwrap();
             let cases = [
                 (
                     put("t1", b"{}", 5),
@@ -764,7 +789,7 @@ mod tests {
     fn list_pages_by_key() {
         let dir = tempfile::tempdir().unwrap();
         let kv: Arc<dyn Store> = Arc::new(SledStore::open(dir.path()).unwrap());
-        let mut sm = CorralState::new(kv.clone());
+        let mut sm = CorralState::new(kv.clone()).unwrap();
         for (i, k) in ["p/1", "p/2", "p/3", "q/1"].iter().enumerate() {
             apply(
                 &mut sm,

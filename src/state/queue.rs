@@ -7,18 +7,20 @@
 //!
 //! Layout (after the store's `s` prefix; queue names never contain NUL):
 //! - `qc/<queue>` -> [`QueueEntry`] (configuration), `qs/<queue>` -> [`QueueStats`];
-//! - `qm/<queue>\0<seq>` -> [`MessageMeta`], `qb/<queue>\0<seq>` -> body (stored once),
-//!   `qi/<queue>\0<id>` -> seq;
-//! - `qr/<queue>\0<visible_at><seq>` -> (): the ready index. Every live message has exactly one
-//!   entry. Leasing a message moves its entry to the lease deadline, so an expired lock makes
-//!   the message visible again with no extra work, and "head" is a range scan up to `now`;
-//! - `ql/<queue>\0<seq>` -> [`Lease`] while a consumer holds the message;
+//! - `qn/<queue>\0<seq>` -> one record per live message: its [`MessageMeta`], its [`Lease`]
+//!   while a consumer holds it, and its body when at most [`INLINE_BODY_BYTES`];
+//! - `qb/<queue>\0<seq>` -> a larger body (stored once), and the body of every dead letter;
+//! - `qx/<queue>\0<seq>` -> [`MessageMeta`] of a dead letter;
 //! - `qd/<queue>\0<dedup key>` -> [`DedupEntry`];
-//! - `qo/<queue>\0<ordering key>\0<seq>` -> (): live messages per ordering key, so per-key
-//!   ordering holds a message back while an older one of its key is live;
-//! - `qx/<queue>\0<seq>` -> [`MessageMeta`] of a dead letter (its body stays at `qb`);
-//! - `qe/<expires_at><queue>\0<dedup key>` and `qt/<deadline><queue>\0<seq>`: expiry indexes
-//!   the periodic [`super::Command::QueueSweep`] walks, a bounded number of keys at a time.
+//! - `qh/<id>` -> [`FinishedTrace`], the retained trace of a finished message.
+//!
+//! Everything else a command needs to find its messages (the ready order by visibility time,
+//! ids, per-key ordering, and when dedup entries, leases and traces expire) is derived from
+//! those records and kept in memory ([`index`]): rebuilt when the node opens and after a
+//! snapshot, updated by apply. Leasing a message moves its ready entry to the lease deadline,
+//! so an expired lock makes the message visible again with no extra work, and "head" is the
+//! first entries up to `now`. A message's life costs about five store writes (enqueue, lease,
+//! complete, trace, trace expiry), where one key per index used to cost twenty.
 //!
 //! All integers in keys are big-endian so key order is numeric order.
 
@@ -28,6 +30,9 @@ use serde::{Deserialize, Serialize};
 
 use super::{decode, encode};
 use crate::store::{keys, KvPair, Store, StoreError, WriteBatch};
+
+pub mod index;
+pub use index::{Indexes, SharedIndex};
 
 /// Largest message body (bytes). Ingress answers 413 beyond it.
 pub const MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
@@ -411,6 +416,24 @@ pub enum QueueResponse {
     },
 }
 
+/// A live message as stored at `qn/<queue>\0<seq>`: its metadata, its lease while a tenant or
+/// consumer holds it, and its body when that is at most [`INLINE_BODY_BYTES`] (a larger body
+/// lives at `qb`, so a lease never rewrites it). One record per message, so a message's life
+/// is a handful of store writes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct Stored {
+    meta: MessageMeta,
+    lease: Option<Lease>,
+    #[serde(with = "serde_bytes")]
+    body: Option<Vec<u8>>,
+}
+
+/// Bodies up to this size live inside the message record (rewritten with it on every lease);
+/// larger ones are stored once at `qb`.
+pub const INLINE_BODY_BYTES: usize = 8 * 1024;
+/// Keys read per step while rebuilding the indexes or migrating an old layout.
+const LOAD_CHUNK: usize = 4_096;
+
 // ---------- keys ----------
 
 fn k(kind: &str, queue: &str) -> Vec<u8> {
@@ -428,65 +451,15 @@ fn seq_key(kind: &str, queue: &str, seq: u64) -> Vec<u8> {
     qk(kind, queue, &seq.to_be_bytes())
 }
 
-fn ready_key(queue: &str, visible_at: u64, seq: u64) -> Vec<u8> {
-    let mut rest = visible_at.to_be_bytes().to_vec();
-    rest.extend_from_slice(&seq.to_be_bytes());
-    qk("r", queue, &rest)
-}
-
-/// `qo/<queue>\0<ordering key>\0<seq>`: live messages per ordering key, oldest first.
-fn order_key(queue: &str, okey: &str, seq: Option<u64>) -> Vec<u8> {
-    let mut rest = okey.as_bytes().to_vec();
-    rest.push(0);
-    if let Some(seq) = seq {
-        rest.extend_from_slice(&seq.to_be_bytes());
-    }
-    qk("o", queue, &rest)
-}
-
-/// Under per-key ordering, a message may go out only while it is the oldest live message of
-/// its ordering key (an earlier one in flight or waiting blocks it).
-fn blocked_by_order(
-    kv: &dyn Store,
-    batch: &WriteBatch,
-    queue: &str,
-    ordering: Ordering,
-    meta: &MessageMeta,
-) -> Result<bool, StoreError> {
-    let (Ordering::PerKey, Some(okey)) = (ordering, &meta.ordering_key) else {
-        return Ok(false);
-    };
-    let from = order_key(queue, okey, None);
-    let first = scan_through(kv, batch, &from, &prefix_end(&from), 1)?;
-    Ok(first
-        .first()
-        .and_then(|(k, _)| k.len().checked_sub(8).and_then(|i| be_u64(&k[i..])))
-        .is_some_and(|oldest| oldest != meta.sequence))
-}
-
 /// `qh/<id>`: the retained trace of a finished message (ids are unique across queues).
 fn trace_key(id: &str) -> Vec<u8> {
     keys::state(format!("qh/{id}").as_bytes())
 }
 
-/// `qy/<until><id>`: when a retained trace goes.
-fn trace_exp_key(until_ms: u64, id: &str) -> Vec<u8> {
-    let mut key = keys::state(b"qy/");
-    key.extend_from_slice(&until_ms.to_be_bytes());
-    key.extend_from_slice(id.as_bytes());
-    key
-}
-
-/// `qz`: how many traces are retained (for the [`MAX_RETAINED_TRACES`] bound).
-fn trace_count_key() -> Vec<u8> {
-    keys::state(b"qz")
-}
-
-fn trace_count(kv: &dyn Store, batch: &WriteBatch) -> Result<u64, StoreError> {
-    Ok(batch
-        .read_through(kv, &trace_count_key())?
-        .and_then(|b| be_u64(&b))
-        .unwrap_or(0))
+/// Splits the `<queue>\0<rest>` after a kind prefix.
+fn split_queue(rest: &[u8]) -> Option<(&str, &[u8])> {
+    let nul = rest.iter().position(|b| *b == 0)?;
+    Some((std::str::from_utf8(&rest[..nul]).ok()?, &rest[nul + 1..]))
 }
 
 /// Appends `a` to the message's trace, keeping the newest [`MAX_TRACE_ATTEMPTS`].
@@ -497,21 +470,11 @@ fn push_attempt(meta: &mut MessageMeta, a: Attempt) {
     meta.attempts.push(a);
 }
 
-/// What a lease grants: found at ready-index `key`, held by `holder` until `deadline_ms`.
+/// What a lease grants: the message, held by `holder` until `deadline_ms`.
 struct Grant {
-    key: Vec<u8>,
     lock_token: String,
     deadline_ms: u64,
     holder: String,
-}
-
-fn exp_key(kind: &str, at: u64, queue: &str, rest: &[u8]) -> Vec<u8> {
-    let mut key = keys::state(format!("q{kind}/").as_bytes());
-    key.extend_from_slice(&at.to_be_bytes());
-    key.extend_from_slice(queue.as_bytes());
-    key.push(0);
-    key.extend_from_slice(rest);
-    key
 }
 
 fn prefix_end(prefix: &[u8]) -> Vec<u8> {
@@ -540,6 +503,15 @@ fn get<T: serde::de::DeserializeOwned>(
     }
 }
 
+fn get_stored(
+    kv: &dyn Store,
+    batch: &WriteBatch,
+    queue: &str,
+    seq: u64,
+) -> Result<Option<Stored>, StoreError> {
+    get(kv, batch, &seq_key("n", queue, seq), "message")
+}
+
 /// Pairs with `from <= key < to` as they will be once `batch` is written, at most `limit`.
 fn scan_through(
     kv: &dyn Store,
@@ -566,6 +538,148 @@ fn scan_through(
     Ok(merged.into_iter().take(limit).collect())
 }
 
+/// Calls `f(key after prefix, value)` for every stored key under `prefix`, [`LOAD_CHUNK`]
+/// keys at a time (a backlog of a million messages never sits in one vector).
+fn scan_prefix(
+    kv: &dyn Store,
+    prefix: &[u8],
+    mut f: impl FnMut(&[u8], &[u8]) -> Result<(), StoreError>,
+) -> Result<(), StoreError> {
+    let end = prefix_end(prefix);
+    let mut from = prefix.to_vec();
+    loop {
+        let chunk = kv.range(&from, &end, LOAD_CHUNK)?;
+        for (key, v) in &chunk {
+            f(&key[prefix.len()..], v)?;
+        }
+        match chunk.last() {
+            Some((last, _)) if chunk.len() == LOAD_CHUNK => {
+                from = last.clone();
+                from.push(0);
+            }
+            _ => return Ok(()),
+        }
+    }
+}
+
+// ---------- indexes: rebuild and upgrade ----------
+
+/// Builds the in-memory indexes from the stored records (after upgrading an old layout in
+/// place). Run when the node opens and after a snapshot replaced the state.
+pub fn load_indexes(kv: &dyn Store) -> Result<Indexes, StoreError> {
+    migrate_v1(kv)?;
+    let mut ix = Indexes::default();
+    scan_prefix(kv, &keys::state(b"qn/"), |rest, v| {
+        let (queue, seq) = split_queue(rest)
+            .and_then(|(q, s)| Some((q, be_u64(s)?)))
+            .ok_or_else(|| corrupt("message key", "malformed"))?;
+        let s: Stored = decode(v).map_err(|e| corrupt("message", e))?;
+        ix.add_live(queue, s.meta.visible_at_ms, seq, &s.meta.id);
+        if let Some(okey) = &s.meta.ordering_key {
+            ix.add_order(queue, okey, seq);
+        }
+        if let Some(l) = &s.lease {
+            ix.lease_expiry
+                .insert((l.deadline_ms, queue.to_string(), seq));
+        }
+        Ok(())
+    })?;
+    scan_prefix(kv, &keys::state(b"qx/"), |rest, v| {
+        let (queue, _) = split_queue(rest).ok_or_else(|| corrupt("dead key", "malformed"))?;
+        let m: MessageMeta = decode(v).map_err(|e| corrupt("dead letter", e))?;
+        ix.queue_mut(queue).ids.insert(m.id, m.sequence);
+        Ok(())
+    })?;
+    scan_prefix(kv, &keys::state(b"qd/"), |rest, v| {
+        let (queue, dk) = split_queue(rest).ok_or_else(|| corrupt("dedup key", "malformed"))?;
+        let d: DedupEntry = decode(v).map_err(|e| corrupt("dedup entry", e))?;
+        let dk = String::from_utf8_lossy(dk).into_owned();
+        ix.dedup_expiry
+            .insert((d.expires_at_ms, queue.to_string(), dk));
+        Ok(())
+    })?;
+    scan_prefix(kv, &keys::state(b"qh/"), |rest, v| {
+        let t: FinishedTrace = decode(v).map_err(|e| corrupt("trace", e))?;
+        let id = String::from_utf8_lossy(rest).into_owned();
+        ix.trace_expiry
+            .insert((t.finished_ms.saturating_add(TRACE_RETENTION_MS), id));
+        Ok(())
+    })?;
+    Ok(ix)
+}
+
+/// Upgrades the first layout in place: message metadata at `qm` and its lease at `ql` become
+/// one `qn` record (small bodies move into it), and the index keys now kept in memory
+/// (`qr`, `ql`, `qt`, `qo`, `qi`, `qe`, `qy`, `qz`) are removed. Every node converts the same
+/// state the same way, so replicas stay identical. Each step is one atomic batch, and the
+/// steps are idempotent, so a crash mid-way resumes on the next open.
+fn migrate_v1(kv: &dyn Store) -> Result<(), StoreError> {
+    let old = keys::state(b"qm/");
+    if kv.range(&old, &prefix_end(&old), 1)?.is_empty()
+        && kv
+            .range(&keys::state(b"qr/"), &prefix_end(&keys::state(b"qr/")), 1)?
+            .is_empty()
+    {
+        return Ok(());
+    }
+    let mut moved = 0u64;
+    loop {
+        let chunk = kv.range(&old, &prefix_end(&old), LOAD_CHUNK)?;
+        if chunk.is_empty() {
+            break;
+        }
+        let mut batch = WriteBatch::default();
+        for (key, v) in chunk {
+            let (queue, seq) = split_queue(&key[old.len()..])
+                .and_then(|(q, s)| Some((q.to_string(), be_u64(s)?)))
+                .ok_or_else(|| corrupt("v1 message key", "malformed"))?;
+            let meta: MessageMeta = decode(&v).map_err(|e| corrupt("v1 message", e))?;
+            let lkey = seq_key("l", &queue, seq);
+            let lease = match kv.get(&lkey)? {
+                Some(b) => Some(decode::<Lease>(&b).map_err(|e| corrupt("v1 lease", e))?),
+                None => None,
+            };
+            let bkey = seq_key("b", &queue, seq);
+            let body = if meta.body_len as usize <= INLINE_BODY_BYTES {
+                batch.delete(bkey.clone());
+                Some(kv.get(&bkey)?.unwrap_or_default())
+            } else {
+                None
+            };
+            batch.put(
+                seq_key("n", &queue, seq),
+                encode(&Stored { meta, lease, body }),
+            );
+            batch.delete(key);
+            moved += 1;
+        }
+        kv.write(batch)?;
+    }
+    for kind in ["r", "l", "t", "o", "i", "e", "y"] {
+        let from = keys::state(format!("q{kind}/").as_bytes());
+        loop {
+            let chunk = kv.range(&from, &prefix_end(&from), LOAD_CHUNK)?;
+            if chunk.is_empty() {
+                break;
+            }
+            let mut batch = WriteBatch::default();
+            for (key, _) in chunk {
+                batch.delete(key);
+            }
+            kv.write(batch)?;
+        }
+    }
+    let mut batch = WriteBatch::default();
+    batch.delete(keys::state(b"qz"));
+    kv.write(batch)?;
+    kv.flush()?;
+    tracing::info!(
+        messages = moved,
+        "queue state upgraded to one record per message"
+    );
+    Ok(())
+}
+
 // ---------- reads for handlers ----------
 
 pub fn read_queue(kv: &dyn Store, name: &str) -> Result<Option<QueueEntry>, StoreError> {
@@ -584,34 +698,41 @@ pub fn list_queues(
     super::list_named(kv, &k("c", ""), after, limit, "queue config")
 }
 
+/// Under per-key ordering, a message may go out only while it is the oldest live message of
+/// its ordering key (an earlier one in flight or waiting blocks it).
+fn blocked_by_order(ix: &Indexes, queue: &str, ordering: Ordering, meta: &MessageMeta) -> bool {
+    match (ordering, &meta.ordering_key) {
+        (Ordering::PerKey, Some(okey)) => !ix.first_of_key(queue, okey, meta.sequence),
+        _ => false,
+    }
+}
+
 /// True when a receive at `now_ms` would make progress (a visible message, an expired lock, or
 /// something to expire or dead-letter): a cheap local read, so long-polling consumers propose
 /// only when there is work. Under per-key ordering, messages blocked by an older one of their
 /// key do not count.
 pub fn has_visible(
     kv: &dyn Store,
+    ix: &SharedIndex,
     queue: &str,
     cfg: &QueueConfig,
     now_ms: u64,
 ) -> Result<bool, StoreError> {
-    let from = qk("r", queue, &[]);
-    let to = ready_key(queue, now_ms.saturating_add(1), 0);
     let limit = match cfg.ordering {
         Ordering::None => 1,
         Ordering::PerKey => RECEIVE_SCAN_LIMIT,
     };
+    let candidates = ix.read().visible(queue, now_ms, limit);
+    if cfg.ordering == Ordering::None {
+        return Ok(!candidates.is_empty());
+    }
     let b = WriteBatch::default();
-    for (key, _) in kv.range(&from, &to, limit)? {
-        if cfg.ordering == Ordering::None {
-            return Ok(true);
-        }
-        let Some(seq) = key.len().checked_sub(8).and_then(|i| be_u64(&key[i..])) else {
-            continue;
-        };
-        let Some(meta) = get::<MessageMeta>(kv, &b, &seq_key("m", queue, seq), "message")? else {
+    for (_, seq) in candidates {
+        // Not stored yet (apply is mid-batch) or just removed: let a receive find out.
+        let Some(s) = get_stored(kv, &b, queue, seq)? else {
             return Ok(true);
         };
-        if !blocked_by_order(kv, &b, queue, cfg.ordering, &meta)? {
+        if !blocked_by_order(&ix.read(), queue, cfg.ordering, &s.meta) {
             return Ok(true);
         }
     }
@@ -621,8 +742,10 @@ pub fn has_visible(
 /// Up to `limit` messages of `queue` visible at `now_ms` that a dispatcher may lease, oldest
 /// first, skipping those `skip` names (already being dispatched) and, under per-key ordering,
 /// those an older message of their key blocks. Inspects at most `4 * limit` index entries.
+#[allow(clippy::too_many_arguments)]
 pub fn visible_candidates(
     kv: &dyn Store,
+    ix: &SharedIndex,
     queue: &str,
     cfg: &QueueConfig,
     now_ms: u64,
@@ -630,24 +753,20 @@ pub fn visible_candidates(
     skipped: usize,
     skip: impl Fn(u64) -> bool,
 ) -> Result<Vec<MessageMeta>, StoreError> {
-    let from = qk("r", queue, &[]);
-    let to = ready_key(queue, now_ms.saturating_add(1), 0);
-    let b = WriteBatch::default();
-    let mut out = Vec::new();
     // `skipped` (how many `skip` may refuse) widens the scan past them.
     let scan = limit.saturating_mul(4).saturating_add(skipped);
-    for (key, _) in kv.range(&from, &to, scan)? {
-        let Some(seq) = key.len().checked_sub(8).and_then(|i| be_u64(&key[i..])) else {
-            continue;
-        };
+    let candidates = ix.read().visible(queue, now_ms, scan);
+    let b = WriteBatch::default();
+    let mut out = Vec::new();
+    for (_, seq) in candidates {
         if skip(seq) {
             continue;
         }
-        let Some(meta) = get::<MessageMeta>(kv, &b, &seq_key("m", queue, seq), "message")? else {
+        let Some(s) = get_stored(kv, &b, queue, seq)? else {
             continue;
         };
-        if !blocked_by_order(kv, &b, queue, cfg.ordering, &meta)? {
-            out.push(meta);
+        if !blocked_by_order(&ix.read(), queue, cfg.ordering, &s.meta) {
+            out.push(s.meta);
             if out.len() >= limit {
                 break;
             }
@@ -676,6 +795,7 @@ pub enum Whereabouts {
 /// `max_queues` queues.
 pub fn find_message(
     kv: &dyn Store,
+    ix: &SharedIndex,
     id: &str,
     max_queues: usize,
 ) -> Result<Option<Whereabouts>, StoreError> {
@@ -684,12 +804,15 @@ pub fn find_message(
         return Ok(Some(Whereabouts::Finished(t)));
     }
     for (queue, _) in list_queues(kv, None, max_queues)? {
-        let Some(seq) = read_id(kv, &b, &queue, id)? else {
+        let Some(seq) = ix.read().seq_of(&queue, id) else {
             continue;
         };
-        if let Some(meta) = get::<MessageMeta>(kv, &b, &seq_key("m", &queue, seq), "message")? {
-            let lease = get::<Lease>(kv, &b, &seq_key("l", &queue, seq), "lease")?;
-            return Ok(Some(Whereabouts::Live { queue, meta, lease }));
+        if let Some(s) = get_stored(kv, &b, &queue, seq)? {
+            return Ok(Some(Whereabouts::Live {
+                queue,
+                meta: s.meta,
+                lease: s.lease,
+            }));
         }
         if let Some(meta) = get::<MessageMeta>(kv, &b, &seq_key("x", &queue, seq), "dead")? {
             return Ok(Some(Whereabouts::Dead { queue, meta }));
@@ -700,19 +823,12 @@ pub fn find_message(
 
 /// True when some dedup entry, lease or retained trace has expired by `now_ms`, or more than
 /// [`MAX_RETAINED_TRACES`] traces are kept (the leader then sweeps).
-pub fn sweep_due(kv: &dyn Store, now_ms: u64) -> Result<bool, StoreError> {
-    if trace_count(kv, &WriteBatch::default())? > MAX_RETAINED_TRACES {
-        return Ok(true);
-    }
-    for kind in ["e", "t", "y"] {
-        let from = keys::state(format!("q{kind}/").as_bytes());
-        let mut to = from.clone();
-        to.extend_from_slice(&now_ms.to_be_bytes());
-        if !kv.range(&from, &to, 1)?.is_empty() {
-            return Ok(true);
-        }
-    }
-    Ok(false)
+pub fn sweep_due(ix: &SharedIndex, now_ms: u64) -> bool {
+    let ix = ix.read();
+    ix.trace_expiry.len() as u64 > MAX_RETAINED_TRACES
+        || ix.dedup_expiry.first().is_some_and(|e| e.0 < now_ms)
+        || ix.lease_expiry.first().is_some_and(|e| e.0 < now_ms)
+        || ix.trace_expiry.first().is_some_and(|e| e.0 < now_ms)
 }
 
 /// Dead letters of `queue` by sequence, after `after`, at most `limit`.
@@ -736,11 +852,12 @@ pub fn list_dead_letters(
 /// One dead letter by id, with its body.
 pub fn peek_dead_letter(
     kv: &dyn Store,
+    ix: &SharedIndex,
     queue: &str,
     id: &str,
 ) -> Result<Option<(MessageMeta, Vec<u8>)>, StoreError> {
     let b = WriteBatch::default();
-    let Some(seq) = read_id(kv, &b, queue, id)? else {
+    let Some(seq) = ix.read().seq_of(queue, id) else {
         return Ok(None);
     };
     let Some(meta) = get::<MessageMeta>(kv, &b, &seq_key("x", queue, seq), "dead letter")? else {
@@ -756,32 +873,23 @@ pub fn peek_dead_letter(
 pub fn is_live(
     kv: &dyn Store,
     batch: &WriteBatch,
+    ix: &Indexes,
     queue: &str,
     id: &str,
 ) -> Result<bool, StoreError> {
-    let Some(seq) = read_id(kv, batch, queue, id)? else {
+    let Some(seq) = ix.seq_of(queue, id) else {
         return Ok(false);
     };
-    Ok(batch.read_through(kv, &seq_key("m", queue, seq))?.is_some())
-}
-
-fn read_id(
-    kv: &dyn Store,
-    batch: &WriteBatch,
-    queue: &str,
-    id: &str,
-) -> Result<Option<u64>, StoreError> {
-    Ok(batch
-        .read_through(kv, &qk("i", queue, id.as_bytes()))?
-        .and_then(|b| be_u64(&b)))
+    Ok(batch.read_through(kv, &seq_key("n", queue, seq))?.is_some())
 }
 
 // ---------- apply ----------
 
-/// Applies queue commands against `kv` as seen through `batch`.
+/// Applies queue commands against `kv` as seen through `batch`, keeping `ix` in step.
 pub struct Apply<'a> {
     pub kv: &'a dyn Store,
     pub batch: &'a mut WriteBatch,
+    pub ix: &'a mut Indexes,
 }
 
 enum Live {
@@ -805,6 +913,32 @@ impl Apply<'_> {
 
     fn put_stats(&mut self, queue: &str, s: &QueueStats) {
         self.batch.put(k("s", queue), encode(s));
+    }
+
+    fn stored(&self, queue: &str, seq: u64) -> Result<Option<Stored>, StoreError> {
+        get_stored(self.kv, self.batch, queue, seq)
+    }
+
+    fn put_stored(&mut self, queue: &str, s: &Stored) {
+        self.batch
+            .put(seq_key("n", queue, s.meta.sequence), encode(s));
+    }
+
+    fn body_of(&self, queue: &str, s: &Stored) -> Result<Vec<u8>, StoreError> {
+        match &s.body {
+            Some(b) => Ok(b.clone()),
+            None => Ok(self
+                .batch
+                .read_through(self.kv, &seq_key("b", queue, s.meta.sequence))?
+                .unwrap_or_default()),
+        }
+    }
+
+    /// Moves the message's ready entry (and its visibility) to `at_ms`.
+    fn set_visible(&mut self, queue: &str, s: &mut Stored, at_ms: u64) {
+        self.ix
+            .move_ready(queue, s.meta.sequence, s.meta.visible_at_ms, at_ms);
+        s.meta.visible_at_ms = at_ms;
     }
 
     pub fn put_queue(
@@ -833,7 +967,8 @@ impl Apply<'_> {
     }
 
     /// Marks the queue deleting and removes up to [`CHUNK_LIMIT`] keys per range; the
-    /// configuration goes last, when nothing else remains.
+    /// configuration goes last, when nothing else remains. The queue's indexes go at once: a
+    /// deleting queue takes no command that would read them.
     pub fn delete_queue(&mut self, name: &str) -> Result<QueueResponse, StoreError> {
         let Some(mut entry) = get::<QueueEntry>(self.kv, self.batch, &k("c", name), "queue")?
         else {
@@ -842,17 +977,27 @@ impl Apply<'_> {
                 done: true,
             });
         };
+        if !entry.deleting {
+            self.forget_queue(name);
+        }
         let mut done = true;
-        // Bodies are never read here (up to 16 MiB each): they go by the sequence of the
-        // message or dead letter that owns them.
-        for kind in ["m", "x", "i", "r", "l", "d", "o"] {
+        for kind in ["n", "x", "d"] {
             let from = qk(kind, name, &[]);
             let found = scan_through(self.kv, self.batch, &from, &prefix_end(&from), CHUNK_LIMIT)?;
             if found.len() == CHUNK_LIMIT {
                 done = false;
             }
-            for (key, _) in found {
-                if kind == "m" || kind == "x" {
+            for (key, v) in found {
+                // Bodies (up to 16 MiB) are never read: they go by their owner's sequence.
+                let big_body = match kind {
+                    "n" => decode::<Stored>(&v)
+                        .map_err(|e| corrupt("message", e))?
+                        .body
+                        .is_none(),
+                    "x" => true,
+                    _ => false,
+                };
+                if big_body {
                     if let Some(seq) = key.len().checked_sub(8).and_then(|i| be_u64(&key[i..])) {
                         self.batch.delete(seq_key("b", name, seq));
                     }
@@ -871,6 +1016,13 @@ impl Apply<'_> {
             existed: true,
             done,
         })
+    }
+
+    /// Drops every index entry of queue `name` (once, when its delete starts).
+    fn forget_queue(&mut self, name: &str) {
+        self.ix.queues.remove(name);
+        self.ix.dedup_expiry.retain(|(_, q, _)| q != name);
+        self.ix.lease_expiry.retain(|(_, q, _)| q != name);
     }
 
     /// Enqueues all of `messages` or none: duplicates answer with the original, caps are
@@ -970,174 +1122,211 @@ impl Apply<'_> {
                 Ok(()) => {
                     stats.next_seq += 1;
                     let seq = stats.next_seq;
-                    if let Some(dk) = &m.dedup_key {
-                        if cfg.dedup_window_ms > 0 {
-                            let dkey = qk("d", queue, dk.as_bytes());
-                            if let Some(old) =
-                                get::<DedupEntry>(self.kv, self.batch, &dkey, "dedup entry")?
-                            {
-                                self.batch.delete(exp_key(
-                                    "e",
-                                    old.expires_at_ms,
-                                    queue,
-                                    dk.as_bytes(),
-                                ));
-                            }
-                            let expires_at_ms = now_ms.saturating_add(cfg.dedup_window_ms);
-                            let d = DedupEntry {
-                                id: m.id.clone(),
-                                sequence: seq,
-                                expires_at_ms,
-                            };
-                            self.batch.put(dkey, encode(&d));
-                            self.batch
-                                .put(exp_key("e", expires_at_ms, queue, dk.as_bytes()), vec![]);
-                        }
+                    if let (Some(dk), true) = (&m.dedup_key, cfg.dedup_window_ms > 0) {
+                        self.put_dedup(
+                            queue,
+                            dk,
+                            &m.id,
+                            seq,
+                            now_ms.saturating_add(cfg.dedup_window_ms),
+                        )?;
                     }
-                    let meta = MessageMeta {
-                        id: m.id.clone(),
-                        sequence: seq,
-                        enqueued_ms: now_ms,
-                        expires_at_ms: cfg.ttl_ms.map(|t| now_ms.saturating_add(t)),
-                        visible_at_ms: now_ms,
-                        delivery_count: 0,
-                        dedup_key: m.dedup_key,
-                        ordering_key: m.ordering_key,
-                        content_type: m.content_type,
-                        headers: m.headers,
-                        body_len: m.body.len() as u64,
-                        dead_reason: None,
-                        dead_excerpt: None,
-                        attempts: Vec::new(),
-                        attempts_total: 0,
-                        last_tenant: None,
-                        uncertain: false,
-                        last_status: None,
-                    };
-                    self.batch.put(seq_key("m", queue, seq), encode(&meta));
-                    self.batch.put(seq_key("b", queue, seq), m.body);
-                    self.batch
-                        .put(qk("i", queue, m.id.as_bytes()), seq.to_be_bytes().to_vec());
-                    self.batch.put(ready_key(queue, now_ms, seq), vec![]);
-                    if let Some(okey) = &meta.ordering_key {
-                        self.batch.put(order_key(queue, okey, Some(seq)), vec![]);
-                    }
-                    stats.depth += 1;
-                    stats.bytes += meta.body_len;
-                    stats.enqueued_total += 1;
                     results.push(Enqueued {
-                        id: m.id,
+                        id: m.id.clone(),
                         sequence: seq,
                         duplicate: false,
                     });
+                    self.add_message(queue, cfg, seq, now_ms, m);
+                    stats.depth += 1;
+                    stats.enqueued_total += 1;
                 }
             }
         }
+        stats.bytes += new_bytes;
         self.put_stats(queue, &stats);
         Ok(QueueResponse::Enqueued { results })
     }
 
-    /// Removes a live message and everything pointing at it (not its dedup entry: that
-    /// outlives the message for the window).
-    fn remove_live(
+    /// Records dedup key `dk` of `queue` as taken by message `id` until `expires_at_ms`.
+    fn put_dedup(
         &mut self,
         queue: &str,
-        meta: &MessageMeta,
-        stats: &mut QueueStats,
-        keep_body: bool,
+        dk: &str,
+        id: &str,
+        seq: u64,
+        expires_at_ms: u64,
     ) -> Result<(), StoreError> {
-        let seq = meta.sequence;
-        self.batch.delete(seq_key("m", queue, seq));
-        self.batch.delete(ready_key(queue, meta.visible_at_ms, seq));
-        if let Some(okey) = &meta.ordering_key {
-            self.batch.delete(order_key(queue, okey, Some(seq)));
+        let dkey = qk("d", queue, dk.as_bytes());
+        if let Some(old) = get::<DedupEntry>(self.kv, self.batch, &dkey, "dedup entry")? {
+            self.ix
+                .dedup_expiry
+                .remove(&(old.expires_at_ms, queue.to_string(), dk.to_string()));
         }
-        if !keep_body {
-            self.batch.delete(seq_key("b", queue, seq));
-            self.batch.delete(qk("i", queue, meta.id.as_bytes()));
-        }
-        self.drop_lease(queue, seq, stats)?;
-        stats.depth = stats.depth.saturating_sub(1);
-        stats.bytes = stats.bytes.saturating_sub(meta.body_len);
+        let d = DedupEntry {
+            id: id.to_string(),
+            sequence: seq,
+            expires_at_ms,
+        };
+        self.batch.put(dkey, encode(&d));
+        self.ix
+            .dedup_expiry
+            .insert((expires_at_ms, queue.to_string(), dk.to_string()));
         Ok(())
     }
 
-    fn drop_lease(
+    /// Stores a new live message `seq`, visible at once.
+    fn add_message(
         &mut self,
         queue: &str,
+        cfg: &QueueConfig,
         seq: u64,
+        now_ms: u64,
+        m: NewMessage,
+    ) {
+        let body_len = m.body.len() as u64;
+        let body = if m.body.len() <= INLINE_BODY_BYTES {
+            Some(m.body)
+        } else {
+            self.batch.put(seq_key("b", queue, seq), m.body);
+            None
+        };
+        self.ix.add_live(queue, now_ms, seq, &m.id);
+        if let Some(okey) = &m.ordering_key {
+            self.ix.add_order(queue, okey, seq);
+        }
+        let meta = MessageMeta {
+            id: m.id,
+            sequence: seq,
+            enqueued_ms: now_ms,
+            expires_at_ms: cfg.ttl_ms.map(|t| now_ms.saturating_add(t)),
+            visible_at_ms: now_ms,
+            delivery_count: 0,
+            dedup_key: m.dedup_key,
+            ordering_key: m.ordering_key,
+            content_type: m.content_type,
+            headers: m.headers,
+            body_len,
+            dead_reason: None,
+            dead_excerpt: None,
+            attempts: Vec::new(),
+            attempts_total: 0,
+            last_tenant: None,
+            uncertain: false,
+            last_status: None,
+        };
+        self.put_stored(
+            queue,
+            &Stored {
+                meta,
+                lease: None,
+                body,
+            },
+        );
+    }
+
+    /// Removes a live message and everything pointing at it (not its dedup entry: that
+    /// outlives the message for the window). `keep_body`: it becomes a dead letter, which
+    /// keeps its id and (at `qb`) its body.
+    fn remove_live(
+        &mut self,
+        queue: &str,
+        s: &mut Stored,
         stats: &mut QueueStats,
-    ) -> Result<(), StoreError> {
-        let lkey = seq_key("l", queue, seq);
-        if let Some(l) = get::<Lease>(self.kv, self.batch, &lkey, "lease")? {
-            self.batch.delete(lkey);
-            self.batch
-                .delete(exp_key("t", l.deadline_ms, queue, &seq.to_be_bytes()));
+        keep_body: bool,
+    ) {
+        let seq = s.meta.sequence;
+        self.batch.delete(seq_key("n", queue, seq));
+        self.ix
+            .queue_mut(queue)
+            .ready
+            .remove(&(s.meta.visible_at_ms, seq));
+        if let Some(okey) = &s.meta.ordering_key {
+            self.ix.remove_order(queue, okey, seq);
+        }
+        if !keep_body {
+            if s.body.is_none() {
+                self.batch.delete(seq_key("b", queue, seq));
+            }
+            self.ix.queue_mut(queue).ids.remove(&s.meta.id);
+        }
+        self.drop_lease(queue, s, stats);
+        stats.depth = stats.depth.saturating_sub(1);
+        stats.bytes = stats.bytes.saturating_sub(s.meta.body_len);
+    }
+
+    /// Takes the lease (if any) off the record, out of the expiry index and `in_flight`.
+    fn drop_lease(&mut self, queue: &str, s: &mut Stored, stats: &mut QueueStats) {
+        if let Some(l) = s.lease.take() {
+            self.ix
+                .lease_expiry
+                .remove(&(l.deadline_ms, queue.to_string(), s.meta.sequence));
             stats.in_flight = stats.in_flight.saturating_sub(1);
         }
-        Ok(())
     }
 
     fn dead_letter(
         &mut self,
         queue: &str,
-        mut meta: MessageMeta,
+        mut s: Stored,
         reason: String,
         stats: &mut QueueStats,
     ) -> Result<(), StoreError> {
-        self.remove_live(queue, &meta, stats, true)?;
-        let body = self
-            .batch
-            .read_through(self.kv, &seq_key("b", queue, meta.sequence))?
-            .unwrap_or_default();
+        self.remove_live(queue, &mut s, stats, true);
+        let seq = s.meta.sequence;
+        let body = match s.body.take() {
+            Some(b) => {
+                self.batch.put(seq_key("b", queue, seq), b.clone());
+                b
+            }
+            None => self
+                .batch
+                .read_through(self.kv, &seq_key("b", queue, seq))?
+                .unwrap_or_default(),
+        };
         let end = body.len().min(DEAD_EXCERPT_BYTES);
+        let mut meta = s.meta;
         meta.dead_excerpt = Some(String::from_utf8_lossy(&body[..end]).into_owned());
         meta.dead_reason = Some(reason);
         stats.dead_letters += 1;
         stats.dead_lettered_total += 1;
         stats.dead_bytes += meta.body_len;
-        self.batch
-            .put(seq_key("x", queue, meta.sequence), encode(&meta));
+        self.batch.put(seq_key("x", queue, seq), encode(&meta));
         Ok(())
     }
 
-    /// Leases `meta` (found at ready-index `key`): any expired lease is replaced, the ready
-    /// entry moves to the lock deadline, and the attempt is recorded for the trace.
+    /// Leases message `s`: any expired lease is replaced, its ready entry moves to the lock
+    /// deadline, and the attempt is recorded for the trace.
     fn lease(
         &mut self,
         queue: &str,
-        mut meta: MessageMeta,
+        mut s: Stored,
         grant: Grant,
         attempt: Attempt,
         stats: &mut QueueStats,
     ) -> Result<Received, StoreError> {
-        let seq = meta.sequence;
-        self.drop_lease(queue, seq, stats)?;
-        self.batch.delete(grant.key);
+        let seq = s.meta.sequence;
+        self.drop_lease(queue, &mut s, stats);
         let deadline = grant.deadline_ms;
+        self.set_visible(queue, &mut s, deadline);
+        let meta = &mut s.meta;
         meta.delivery_count += 1;
         meta.attempts_total = meta.attempts_total.saturating_add(1);
-        meta.visible_at_ms = deadline;
         meta.last_tenant = Some(attempt.tenant.clone());
         meta.uncertain = true;
-        push_attempt(&mut meta, attempt);
-        self.batch.put(ready_key(queue, deadline, seq), vec![]);
-        self.batch.put(seq_key("m", queue, seq), encode(&meta));
-        let lease = Lease {
+        push_attempt(meta, attempt);
+        s.lease = Some(Lease {
             lock_token: grant.lock_token.clone(),
             deadline_ms: deadline,
             consumer: grant.holder,
-        };
-        self.batch.put(seq_key("l", queue, seq), encode(&lease));
-        self.batch
-            .put(exp_key("t", deadline, queue, &seq.to_be_bytes()), vec![]);
+        });
+        self.ix
+            .lease_expiry
+            .insert((deadline, queue.to_string(), seq));
         stats.in_flight += 1;
-        let body = self
-            .batch
-            .read_through(self.kv, &seq_key("b", queue, seq))?
-            .unwrap_or_default();
+        let body = self.body_of(queue, &s)?;
+        self.put_stored(queue, &s);
         Ok(Received {
-            meta,
+            meta: s.meta,
             body,
             lock_token: grant.lock_token,
             locked_until_ms: deadline,
@@ -1150,22 +1339,23 @@ impl Apply<'_> {
         &mut self,
         queue: &str,
         cfg: &QueueConfig,
-        meta: &MessageMeta,
+        s: &Stored,
         now_ms: u64,
         stats: &mut QueueStats,
     ) -> Result<bool, StoreError> {
-        if meta.expires_at_ms.is_some_and(|t| t <= now_ms) {
-            self.remove_live(queue, meta, stats, false)?;
+        if s.meta.expires_at_ms.is_some_and(|t| t <= now_ms) {
+            let mut s = s.clone();
+            self.remove_live(queue, &mut s, stats, false);
             stats.expired_total += 1;
-            self.keep_trace(queue, meta.clone(), Final::Expired, now_ms)?;
+            self.keep_trace(queue, s.meta, Final::Expired, now_ms)?;
             return Ok(true);
         }
-        if meta.delivery_count >= cfg.max_deliveries {
+        if s.meta.delivery_count >= cfg.max_deliveries {
             let reason = format!(
                 "delivered {} times (max_deliveries {})",
-                meta.delivery_count, cfg.max_deliveries
+                s.meta.delivery_count, cfg.max_deliveries
             );
-            self.dead_letter(queue, meta.clone(), reason, stats)?;
+            self.dead_letter(queue, s.clone(), reason, stats)?;
             return Ok(true);
         }
         Ok(false)
@@ -1181,11 +1371,11 @@ impl Apply<'_> {
         now_ms: u64,
     ) -> Result<(), StoreError> {
         let hkey = trace_key(&meta.id);
-        if get::<FinishedTrace>(self.kv, self.batch, &hkey, "trace")?.is_some() {
+        if self.batch.read_through(self.kv, &hkey)?.is_some() {
             return Ok(());
         }
         let until = now_ms.saturating_add(TRACE_RETENTION_MS);
-        self.batch.put(trace_exp_key(until, &meta.id), vec![]);
+        self.ix.trace_expiry.insert((until, meta.id.clone()));
         let t = FinishedTrace {
             queue: queue.to_string(),
             meta,
@@ -1193,9 +1383,6 @@ impl Apply<'_> {
             finished_ms: now_ms,
         };
         self.batch.put(hkey, encode(&t));
-        let n = trace_count(self.kv, self.batch)?;
-        self.batch
-            .put(trace_count_key(), (n + 1).to_be_bytes().to_vec());
         Ok(())
     }
 
@@ -1214,25 +1401,43 @@ impl Apply<'_> {
             Live::Deleting => return Ok(QueueResponse::Deleting),
             Live::Ok(e, s) => (e, s),
         };
-        let from = qk("r", queue, &[]);
-        let to = ready_key(queue, now_ms.saturating_add(1), 0);
-        let candidates = scan_through(self.kv, self.batch, &from, &to, RECEIVE_SCAN_LIMIT)?;
-        let mut found = None;
-        for (key, _) in candidates {
-            let Some(seq) = key.len().checked_sub(8).and_then(|i| be_u64(&key[i..])) else {
-                continue;
-            };
-            let Some(meta) =
-                get::<MessageMeta>(self.kv, self.batch, &seq_key("m", queue, seq), "message")?
-            else {
+        let found = self.lease_head(
+            queue,
+            &entry.config,
+            now_ms,
+            lock_ms,
+            lock_token,
+            consumer,
+            &mut stats,
+        )?;
+        self.put_stats(queue, &stats);
+        Ok(QueueResponse::Received {
+            message: found.map(Box::new),
+        })
+    }
+
+    /// The receive step: leases the first deliverable message at the head, if any.
+    #[allow(clippy::too_many_arguments)]
+    fn lease_head(
+        &mut self,
+        queue: &str,
+        cfg: &QueueConfig,
+        now_ms: u64,
+        lock_ms: u64,
+        lock_token: String,
+        consumer: String,
+        stats: &mut QueueStats,
+    ) -> Result<Option<Received>, StoreError> {
+        for (visible_at, seq) in self.ix.visible(queue, now_ms, RECEIVE_SCAN_LIMIT) {
+            let Some(s) = self.stored(queue, seq)? else {
                 // An index entry without its message: drop it.
-                self.batch.delete(key);
+                self.ix.queue_mut(queue).ready.remove(&(visible_at, seq));
                 continue;
             };
-            if self.retire_if_due(queue, &entry.config, &meta, now_ms, &mut stats)? {
+            if self.retire_if_due(queue, cfg, &s, now_ms, stats)? {
                 continue;
             }
-            if blocked_by_order(self.kv, self.batch, queue, entry.config.ordering, &meta)? {
+            if blocked_by_order(self.ix, queue, cfg.ordering, &s.meta) {
                 continue;
             }
             let attempt = Attempt {
@@ -1245,18 +1450,13 @@ impl Apply<'_> {
                 note: None,
             };
             let grant = Grant {
-                key,
-                lock_token: lock_token.clone(),
+                lock_token,
                 deadline_ms: now_ms.saturating_add(lock_ms),
-                holder: consumer.clone(),
+                holder: consumer,
             };
-            found = Some(Box::new(
-                self.lease(queue, meta, grant, attempt, &mut stats)?,
-            ));
-            break;
+            return self.lease(queue, s, grant, attempt, stats).map(Some);
         }
-        self.put_stats(queue, &stats);
-        Ok(QueueResponse::Received { message: found })
+        Ok(None)
     }
 
     /// Leases up to one message per token, each as [`Apply::receive`] would, in one batch:
@@ -1269,14 +1469,28 @@ impl Apply<'_> {
         lock_tokens: Vec<String>,
         consumer: String,
     ) -> Result<QueueResponse, StoreError> {
+        let (entry, mut stats) = match self.load(queue)? {
+            Live::Gone => return Ok(QueueResponse::NotFound),
+            Live::Deleting => return Ok(QueueResponse::Deleting),
+            Live::Ok(e, s) => (e, s),
+        };
         let mut messages = Vec::with_capacity(lock_tokens.len());
         for token in lock_tokens.into_iter().take(MAX_RECEIVE_MESSAGES) {
-            match self.receive(queue, now_ms, lock_ms, token, consumer.clone())? {
-                QueueResponse::Received { message: Some(m) } => messages.push(*m),
-                QueueResponse::Received { message: None } => break,
-                other => return Ok(other),
+            let cfg = &entry.config;
+            match self.lease_head(
+                queue,
+                cfg,
+                now_ms,
+                lock_ms,
+                token,
+                consumer.clone(),
+                &mut stats,
+            )? {
+                Some(m) => messages.push(m),
+                None => break,
             }
         }
+        self.put_stats(queue, &stats);
         Ok(QueueResponse::ReceivedMany { messages })
     }
 
@@ -1313,121 +1527,108 @@ impl Apply<'_> {
             Live::Deleting => return Ok(QueueResponse::Deleting),
             Live::Ok(e, s) => (e, s),
         };
-        let Some(seq) = read_id(self.kv, self.batch, queue, id)? else {
+        let Some(seq) = self.ix.seq_of(queue, id) else {
             return Ok(QueueResponse::MessageNotFound);
         };
-        let Some(mut meta) =
-            get::<MessageMeta>(self.kv, self.batch, &seq_key("m", queue, seq), "message")?
-        else {
+        let Some(mut s) = self.stored(queue, seq)? else {
             // Dead-lettered or gone: whoever held it no longer does.
             return Ok(QueueResponse::LockLost);
         };
-        let lease: Option<Lease> = get(self.kv, self.batch, &seq_key("l", queue, seq), "lease")?;
-        let consumer = match lease {
-            Some(l) if l.lock_token == lock_token && l.deadline_ms > now_ms => l.consumer,
+        let consumer = match &s.lease {
+            Some(l) if l.lock_token == lock_token && l.deadline_ms > now_ms => l.consumer.clone(),
             _ => return Ok(QueueResponse::LockLost),
         };
-        let answer = match action {
+        let mut locked_until_ms = None;
+        match action {
             Settle::Complete => {
-                self.remove_live(queue, &meta, &mut stats, false)?;
+                self.remove_live(queue, &mut s, &mut stats, false);
                 stats.completed_total += 1;
-                meta.uncertain = false;
-                self.keep_trace(queue, meta, Final::Completed, now_ms)?;
-                QueueResponse::Settled {
-                    locked_until_ms: None,
-                }
+                s.meta.uncertain = false;
+                self.keep_trace(queue, s.meta, Final::Completed, now_ms)?;
             }
             Settle::Abandon => {
-                self.drop_lease(queue, seq, &mut stats)?;
-                if meta.delivery_count >= entry.config.max_deliveries {
+                self.drop_lease(queue, &mut s, &mut stats);
+                if s.meta.delivery_count >= entry.config.max_deliveries {
                     let reason = format!(
                         "abandoned after {} deliveries (max_deliveries {})",
-                        meta.delivery_count, entry.config.max_deliveries
+                        s.meta.delivery_count, entry.config.max_deliveries
                     );
-                    self.dead_letter(queue, meta, reason, &mut stats)?;
+                    self.dead_letter(queue, s, reason, &mut stats)?;
                 } else {
-                    self.batch.delete(ready_key(queue, meta.visible_at_ms, seq));
-                    meta.visible_at_ms = now_ms;
-                    self.batch.put(ready_key(queue, now_ms, seq), vec![]);
-                    self.batch.put(seq_key("m", queue, seq), encode(&meta));
-                }
-                QueueResponse::Settled {
-                    locked_until_ms: None,
+                    self.set_visible(queue, &mut s, now_ms);
+                    self.put_stored(queue, &s);
                 }
             }
             Settle::DeadLetter { reason } => {
-                self.dead_letter(queue, meta, reason, &mut stats)?;
-                QueueResponse::Settled {
-                    locked_until_ms: None,
-                }
+                self.dead_letter(queue, s, reason, &mut stats)?;
             }
             Settle::Renew { lock_ms } => {
                 let deadline = now_ms.saturating_add(lock_ms);
-                self.drop_lease(queue, seq, &mut stats)?;
-                self.batch.delete(ready_key(queue, meta.visible_at_ms, seq));
-                meta.visible_at_ms = deadline;
-                self.batch.put(ready_key(queue, deadline, seq), vec![]);
-                self.batch.put(seq_key("m", queue, seq), encode(&meta));
-                let lease = Lease {
+                self.drop_lease(queue, &mut s, &mut stats);
+                self.set_visible(queue, &mut s, deadline);
+                s.lease = Some(Lease {
                     lock_token: lock_token.to_string(),
                     deadline_ms: deadline,
                     consumer,
-                };
-                self.batch.put(seq_key("l", queue, seq), encode(&lease));
-                self.batch
-                    .put(exp_key("t", deadline, queue, &seq.to_be_bytes()), vec![]);
+                });
+                self.ix
+                    .lease_expiry
+                    .insert((deadline, queue.to_string(), seq));
                 stats.in_flight += 1;
-                QueueResponse::Settled {
-                    locked_until_ms: Some(deadline),
-                }
-            }
-        };
-        self.put_stats(queue, &stats);
-        Ok(answer)
-    }
-
-    /// Removes expired dedup entries and expired lease records, at most [`SWEEP_LIMIT`]
-    /// index keys of each kind.
-    pub fn sweep(&mut self, now_ms: u64) -> Result<QueueResponse, StoreError> {
-        let mut out = (0u64, 0u64);
-        for kind in ["e", "t"] {
-            let from = keys::state(format!("q{kind}/").as_bytes());
-            let mut to = from.clone();
-            to.extend_from_slice(&now_ms.to_be_bytes());
-            for (key, _) in scan_through(self.kv, self.batch, &from, &to, SWEEP_LIMIT)? {
-                self.batch.delete(key.clone());
-                let rest = &key[from.len() + 8..];
-                let Some(nul) = rest.iter().position(|b| *b == 0) else {
-                    continue;
-                };
-                let Ok(queue) = std::str::from_utf8(&rest[..nul]) else {
-                    continue;
-                };
-                let tail = &rest[nul + 1..];
-                let at = be_u64(&key[from.len()..from.len() + 8]).unwrap_or(0);
-                if kind == "e" {
-                    let dkey = qk("d", queue, tail);
-                    let d: Option<DedupEntry> = get(self.kv, self.batch, &dkey, "dedup")?;
-                    if d.is_some_and(|d| d.expires_at_ms == at) {
-                        self.batch.delete(dkey);
-                        out.0 += 1;
-                    }
-                } else if let Some(seq) = be_u64(tail) {
-                    let lkey = seq_key("l", queue, seq);
-                    let l: Option<Lease> = get(self.kv, self.batch, &lkey, "lease")?;
-                    if l.is_some_and(|l| l.deadline_ms == at) {
-                        self.batch.delete(lkey);
-                        let skey = k("s", queue);
-                        if let Some(mut s) = get::<QueueStats>(self.kv, self.batch, &skey, "s")? {
-                            s.in_flight = s.in_flight.saturating_sub(1);
-                            self.batch.put(skey, encode(&s));
-                        }
-                        out.1 += 1;
-                    }
-                }
+                self.put_stored(queue, &s);
+                locked_until_ms = Some(deadline);
             }
         }
-        self.sweep_traces(now_ms)?;
+        self.put_stats(queue, &stats);
+        Ok(QueueResponse::Settled { locked_until_ms })
+    }
+
+    /// Removes expired dedup entries and clears expired leases (so `in_flight` counts live
+    /// locks only), at most [`SWEEP_LIMIT`] of each kind, then expired retained traces.
+    pub fn sweep(&mut self, now_ms: u64) -> Result<QueueResponse, StoreError> {
+        let mut out = (0u64, 0u64);
+        let due: Vec<_> = self
+            .ix
+            .dedup_expiry
+            .range(..(now_ms, String::new(), String::new()))
+            .take(SWEEP_LIMIT)
+            .cloned()
+            .collect();
+        for e in due {
+            self.ix.dedup_expiry.remove(&e);
+            let (at, queue, dk) = e;
+            let dkey = qk("d", &queue, dk.as_bytes());
+            let d: Option<DedupEntry> = get(self.kv, self.batch, &dkey, "dedup")?;
+            if d.is_some_and(|d| d.expires_at_ms == at) {
+                self.batch.delete(dkey);
+                out.0 += 1;
+            }
+        }
+        let due: Vec<_> = self
+            .ix
+            .lease_expiry
+            .range(..(now_ms, String::new(), 0))
+            .take(SWEEP_LIMIT)
+            .cloned()
+            .collect();
+        for e in due {
+            self.ix.lease_expiry.remove(&e);
+            let (at, queue, seq) = e;
+            let Some(mut s) = self.stored(&queue, seq)? else {
+                continue;
+            };
+            if s.lease.as_ref().is_some_and(|l| l.deadline_ms == at) {
+                s.lease = None;
+                self.put_stored(&queue, &s);
+                let skey = k("s", &queue);
+                if let Some(mut st) = get::<QueueStats>(self.kv, self.batch, &skey, "stats")? {
+                    st.in_flight = st.in_flight.saturating_sub(1);
+                    self.batch.put(skey, encode(&st));
+                }
+                out.1 += 1;
+            }
+        }
+        self.sweep_traces(now_ms);
         Ok(QueueResponse::Swept {
             dedup_expired: out.0,
             leases_expired: out.1,
@@ -1436,31 +1637,21 @@ impl Apply<'_> {
 
     /// Removes retained traces that expired, and the oldest beyond [`MAX_RETAINED_TRACES`]
     /// (at most [`SWEEP_LIMIT`] per sweep).
-    fn sweep_traces(&mut self, now_ms: u64) -> Result<(), StoreError> {
-        let mut count = trace_count(self.kv, self.batch)?;
-        let from = keys::state(b"qy/");
-        let over = count.saturating_sub(MAX_RETAINED_TRACES) as usize;
-        let found = scan_through(self.kv, self.batch, &from, &prefix_end(&from), SWEEP_LIMIT)?;
-        let mut removed = 0usize;
-        for (key, _) in found {
-            let at = be_u64(&key[from.len()..from.len() + 8]).unwrap_or(0);
-            if at > now_ms && removed >= over {
-                break;
-            }
-            let id = String::from_utf8_lossy(&key[from.len() + 8..]).into_owned();
-            self.batch.delete(key);
-            self.batch.delete(trace_key(&id));
-            count = count.saturating_sub(1);
-            removed += 1;
-            if removed >= SWEEP_LIMIT {
-                break;
-            }
+    fn sweep_traces(&mut self, now_ms: u64) {
+        let over = (self.ix.trace_expiry.len() as u64).saturating_sub(MAX_RETAINED_TRACES) as usize;
+        let due: Vec<_> = self
+            .ix
+            .trace_expiry
+            .iter()
+            .enumerate()
+            .take_while(|(i, (until, _))| *until <= now_ms || *i < over)
+            .take(SWEEP_LIMIT)
+            .map(|(_, e)| e.clone())
+            .collect();
+        for e in due {
+            self.batch.delete(trace_key(&e.1));
+            self.ix.trace_expiry.remove(&e);
         }
-        if removed > 0 {
-            self.batch
-                .put(trace_count_key(), count.to_be_bytes().to_vec());
-        }
-        Ok(())
     }
 
     /// Leases messages to the tenants the leader's dispatcher chose, and defers those whose
@@ -1481,17 +1672,16 @@ impl Apply<'_> {
         };
         let mut leased = Vec::with_capacity(leases.len());
         for l in leases {
-            let Some(meta) = self.visible(queue, l.seq, now_ms)? else {
+            let Some(s) = self.visible(queue, l.seq, now_ms)? else {
                 continue;
             };
-            if self.retire_if_due(queue, &entry.config, &meta, now_ms, &mut stats)? {
+            if self.retire_if_due(queue, &entry.config, &s, now_ms, &mut stats)? {
                 continue;
             }
-            if blocked_by_order(self.kv, self.batch, queue, entry.config.ordering, &meta)? {
+            if blocked_by_order(self.ix, queue, entry.config.ordering, &s.meta) {
                 continue;
             }
             let grant = Grant {
-                key: ready_key(queue, meta.visible_at_ms, l.seq),
                 lock_token: l.lock_token,
                 deadline_ms: now_ms.saturating_add(lock_ms),
                 holder: l.tenant.clone(),
@@ -1505,19 +1695,15 @@ impl Apply<'_> {
                 counted: true,
                 note: l.note,
             };
-            leased.push(self.lease(queue, meta, grant, attempt, &mut stats)?);
+            leased.push(self.lease(queue, s, grant, attempt, &mut stats)?);
         }
         let mut deferred = 0u32;
         for d in defers {
-            let Some(mut meta) = self.visible(queue, d.seq, now_ms)? else {
+            let Some(mut s) = self.visible(queue, d.seq, now_ms)? else {
                 continue;
             };
-            self.batch
-                .delete(ready_key(queue, meta.visible_at_ms, d.seq));
-            meta.visible_at_ms = d.until_ms.max(now_ms);
-            self.batch
-                .put(ready_key(queue, meta.visible_at_ms, d.seq), vec![]);
-            self.batch.put(seq_key("m", queue, d.seq), encode(&meta));
+            self.set_visible(queue, &mut s, d.until_ms.max(now_ms));
+            self.put_stored(queue, &s);
             deferred += 1;
         }
         self.put_stats(queue, &stats);
@@ -1525,15 +1711,10 @@ impl Apply<'_> {
     }
 
     /// The live message `seq` if it is visible at `now_ms` (not leased, not backing off).
-    fn visible(
-        &self,
-        queue: &str,
-        seq: u64,
-        now_ms: u64,
-    ) -> Result<Option<MessageMeta>, StoreError> {
-        let meta: Option<MessageMeta> =
-            get(self.kv, self.batch, &seq_key("m", queue, seq), "message")?;
-        Ok(meta.filter(|m| m.visible_at_ms <= now_ms))
+    fn visible(&self, queue: &str, seq: u64, now_ms: u64) -> Result<Option<Stored>, StoreError> {
+        Ok(self
+            .stored(queue, seq)?
+            .filter(|s| s.meta.visible_at_ms <= now_ms))
     }
 
     /// Records push outcomes. A 2xx completes the message even when its lease moved on (the
@@ -1552,15 +1733,14 @@ impl Apply<'_> {
         };
         let (mut completed, mut retried, mut dead, mut lost) = (0u32, 0u32, 0u32, 0u32);
         for r in results {
-            let Some(mut meta) =
-                get::<MessageMeta>(self.kv, self.batch, &seq_key("m", queue, r.seq), "message")?
-            else {
+            let Some(mut s) = self.stored(queue, r.seq)? else {
                 lost += 1;
                 continue;
             };
-            let lease: Option<Lease> =
-                get(self.kv, self.batch, &seq_key("l", queue, r.seq), "lease")?;
-            let holds = lease.is_some_and(|l| l.lock_token == r.lock_token);
+            let holds = s
+                .lease
+                .as_ref()
+                .is_some_and(|l| l.lock_token == r.lock_token);
             let counted = matches!(r.verdict, Verdict::Retry { counted: true, .. });
             let outcome = Attempt {
                 at_ms: now_ms.saturating_sub(r.latency_ms),
@@ -1571,20 +1751,20 @@ impl Apply<'_> {
                 counted: counted || r.verdict == Verdict::Completed,
                 note: None,
             };
-            match (holds, meta.attempts.last_mut()) {
+            match (holds, s.meta.attempts.last_mut()) {
                 (true, Some(last)) if last.tenant == r.tenant => {
                     let note = last.note.take();
                     *last = Attempt { note, ..outcome };
                 }
-                _ => push_attempt(&mut meta, outcome),
+                _ => push_attempt(&mut s.meta, outcome),
             }
-            meta.last_status = r.status.or(meta.last_status);
+            s.meta.last_status = r.status.or(s.meta.last_status);
             match r.verdict {
                 Verdict::Completed => {
-                    self.remove_live(queue, &meta, &mut stats, false)?;
+                    self.remove_live(queue, &mut s, &mut stats, false);
                     stats.completed_total += 1;
-                    meta.uncertain = false;
-                    self.keep_trace(queue, meta, Final::Completed, now_ms)?;
+                    s.meta.uncertain = false;
+                    self.keep_trace(queue, s.meta, Final::Completed, now_ms)?;
                     completed += 1;
                 }
                 Verdict::Retry { .. } if !holds => lost += 1,
@@ -1593,12 +1773,12 @@ impl Apply<'_> {
                     counted,
                     uncertain,
                 } => {
-                    self.drop_lease(queue, r.seq, &mut stats)?;
+                    self.drop_lease(queue, &mut s, &mut stats);
                     if !counted {
-                        meta.delivery_count = meta.delivery_count.saturating_sub(1);
+                        s.meta.delivery_count = s.meta.delivery_count.saturating_sub(1);
                     }
-                    meta.uncertain = uncertain;
-                    if counted && meta.delivery_count >= entry.config.max_deliveries {
+                    s.meta.uncertain = uncertain;
+                    if counted && s.meta.delivery_count >= entry.config.max_deliveries {
                         let status = r
                             .status
                             .map(|s| format!("status {s}"))
@@ -1606,18 +1786,14 @@ impl Apply<'_> {
                             .unwrap_or_default();
                         let reason = format!(
                             "failed {} deliveries (max_deliveries {}); last: {status}",
-                            meta.delivery_count, entry.config.max_deliveries
+                            s.meta.delivery_count, entry.config.max_deliveries
                         );
-                        self.dead_letter(queue, meta, reason, &mut stats)?;
+                        self.dead_letter(queue, s, reason, &mut stats)?;
                         dead += 1;
                         continue;
                     }
-                    self.batch
-                        .delete(ready_key(queue, meta.visible_at_ms, r.seq));
-                    meta.visible_at_ms = visible_at_ms.max(now_ms);
-                    self.batch
-                        .put(ready_key(queue, meta.visible_at_ms, r.seq), vec![]);
-                    self.batch.put(seq_key("m", queue, r.seq), encode(&meta));
+                    self.set_visible(queue, &mut s, visible_at_ms.max(now_ms));
+                    self.put_stored(queue, &s);
                     retried += 1;
                 }
             }
@@ -1658,13 +1834,29 @@ impl Apply<'_> {
             meta.dead_excerpt = None;
             meta.delivery_count = 0;
             meta.visible_at_ms = now_ms;
-            self.batch.put(seq_key("m", queue, seq), encode(&meta));
-            self.batch.put(ready_key(queue, now_ms, seq), vec![]);
+            // A small body moves back into the record, as it was before it died.
+            let body = if meta.body_len as usize <= INLINE_BODY_BYTES {
+                let bkey = seq_key("b", queue, seq);
+                let b = self.batch.read_through(self.kv, &bkey)?.unwrap_or_default();
+                self.batch.delete(bkey);
+                Some(b)
+            } else {
+                None
+            };
+            self.ix.add_live(queue, now_ms, seq, &meta.id);
             if let Some(okey) = &meta.ordering_key {
-                self.batch.put(order_key(queue, okey, Some(seq)), vec![]);
+                self.ix.add_order(queue, okey, seq);
             }
             stats.depth += 1;
             stats.bytes += meta.body_len;
+            self.put_stored(
+                queue,
+                &Stored {
+                    meta,
+                    lease: None,
+                    body,
+                },
+            );
         }
         self.put_stats(queue, &stats);
         Ok(QueueResponse::DeadLetters { count, done })
@@ -1690,7 +1882,7 @@ impl Apply<'_> {
             let seq = meta.sequence;
             self.batch.delete(seq_key("x", queue, seq));
             self.batch.delete(seq_key("b", queue, seq));
-            self.batch.delete(qk("i", queue, meta.id.as_bytes()));
+            self.ix.queue_mut(queue).ids.remove(&meta.id);
             stats.dead_letters = stats.dead_letters.saturating_sub(1);
             stats.dead_bytes = stats.dead_bytes.saturating_sub(meta.body_len);
         }
@@ -1707,7 +1899,7 @@ impl Apply<'_> {
     ) -> Result<(Option<Vec<MessageMeta>>, bool), StoreError> {
         match id {
             Some(id) => {
-                let Some(seq) = read_id(self.kv, self.batch, queue, id)? else {
+                let Some(seq) = self.ix.seq_of(queue, id) else {
                     return Ok((None, true));
                 };
                 let m: Option<MessageMeta> = get(

@@ -347,13 +347,14 @@ pub fn list_schedules(
 pub fn run_in_flight(
     kv: &dyn Store,
     batch: &WriteBatch,
+    ix: &queue::Indexes,
     spec: &ScheduleSpec,
     run: &Firing,
     now_ms: u64,
 ) -> Result<bool, StoreError> {
     match (&run.outcome, &spec.target) {
         (Outcome::Enqueued { .. }, Target::Queue { queue, .. }) => {
-            queue::is_live(kv, batch, queue, &run.message_id)
+            queue::is_live(kv, batch, ix, queue, &run.message_id)
         }
         (Outcome::CallStarted { timeout_ms }, _) => {
             Ok(now_ms < run.fired_ms.saturating_add(*timeout_ms))
@@ -378,6 +379,8 @@ pub fn message_headers(name: &str, f: &Fire, base: &[(String, String)]) -> Vec<(
 pub struct Apply<'a> {
     pub kv: &'a dyn Store,
     pub batch: &'a mut WriteBatch,
+    /// The queue indexes (a firing enqueues; the overlap policy asks whether a run is live).
+    pub ix: &'a mut queue::Indexes,
 }
 
 impl Apply<'_> {
@@ -472,7 +475,7 @@ impl Apply<'_> {
         }
         let busy = match &e.last_run {
             Some(run) if !f.manual && !f.skip_only => {
-                run_in_flight(self.kv, self.batch, &e.spec, run, f.now_ms)?
+                run_in_flight(self.kv, self.batch, self.ix, &e.spec, run, f.now_ms)?
             }
             _ => false,
         };
@@ -544,6 +547,7 @@ impl Apply<'_> {
         let mut q = queue::Apply {
             kv: self.kv,
             batch: self.batch,
+            ix: self.ix,
         };
         Ok(match q.enqueue(queue, f.now_ms, vec![msg])? {
             QueueResponse::Enqueued { results } => match results.first() {

@@ -1,0 +1,128 @@
+//! The queue state's derived indexes, kept in memory: which messages are visible when, which
+//! id is which sequence, which messages share an ordering key, and when dedup entries, leases
+//! and retained traces expire.
+//!
+//! Why in memory: each of these used to be a key of its own in the store, so a message's life
+//! cost about twenty store writes, and the store's write path was most of the node's CPU. They
+//! are pure functions of the stored records (`qn`, `qx`, `qd`, `qh`), so they need no
+//! durability of their own: [`Indexes::load`] rebuilds them from the store when the node opens
+//! and after a snapshot replaced the state, and apply keeps them in step with every batch it
+//! writes. Apply updates them before its batch reaches the store (the node stops if that write
+//! fails), so a reader on another thread may see an index entry whose record is not stored
+//! yet: readers treat a missing record as "not there yet".
+//!
+//! One owner writes: the state machine, on the Raft driver thread, under the write lock.
+//! Handlers (long-poll receive, the push dispatcher, traces) take the read lock briefly.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+/// The indexes of one queue.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(crate) struct QueueIdx {
+    /// `(visible_at_ms, seq)` of every live message: leasing moves a message to its lock
+    /// deadline, so an expired lock makes it visible again with no extra work.
+    pub ready: BTreeSet<(u64, u64)>,
+    /// Message id -> sequence, for live messages and dead letters.
+    pub ids: HashMap<String, u64>,
+    /// Ordering key -> live sequences of that key (per-key ordering).
+    pub order: HashMap<String, BTreeSet<u64>>,
+}
+
+/// The derived indexes of every queue, plus the cluster-wide expiry indexes the sweep walks.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Indexes {
+    pub(crate) queues: HashMap<String, QueueIdx>,
+    /// `(expires_at_ms, queue, dedup key)` of every dedup entry.
+    pub(crate) dedup_expiry: BTreeSet<(u64, String, String)>,
+    /// `(deadline_ms, queue, seq)` of every held lease (the sweep clears expired ones so
+    /// `in_flight` counts only live locks).
+    pub(crate) lease_expiry: BTreeSet<(u64, String, u64)>,
+    /// `(until_ms, id)` of every retained trace; its size is the retained-trace count.
+    pub(crate) trace_expiry: BTreeSet<(u64, String)>,
+}
+
+impl Indexes {
+    pub(crate) fn queue(&self, name: &str) -> Option<&QueueIdx> {
+        self.queues.get(name)
+    }
+
+    pub(crate) fn queue_mut(&mut self, name: &str) -> &mut QueueIdx {
+        self.queues.entry(name.to_string()).or_default()
+    }
+
+    pub(crate) fn seq_of(&self, queue: &str, id: &str) -> Option<u64> {
+        self.queue(queue).and_then(|q| q.ids.get(id).copied())
+    }
+
+    /// True while `seq` is the oldest live message of ordering key `okey` (or the key has none).
+    pub(crate) fn first_of_key(&self, queue: &str, okey: &str, seq: u64) -> bool {
+        self.queue(queue)
+            .and_then(|q| q.order.get(okey))
+            .and_then(|s| s.first())
+            .is_none_or(|first| *first == seq)
+    }
+
+    /// Up to `limit` ready entries of `queue` visible at `now_ms`, oldest first.
+    pub(crate) fn visible(&self, queue: &str, now_ms: u64, limit: usize) -> Vec<(u64, u64)> {
+        self.queue(queue)
+            .map(|q| {
+                q.ready
+                    .range(..(now_ms.saturating_add(1), 0))
+                    .take(limit)
+                    .copied()
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    pub(crate) fn add_live(&mut self, queue: &str, visible_at_ms: u64, seq: u64, id: &str) {
+        let q = self.queue_mut(queue);
+        q.ready.insert((visible_at_ms, seq));
+        q.ids.insert(id.to_string(), seq);
+    }
+
+    pub(crate) fn add_order(&mut self, queue: &str, okey: &str, seq: u64) {
+        self.queue_mut(queue)
+            .order
+            .entry(okey.to_string())
+            .or_default()
+            .insert(seq);
+    }
+
+    pub(crate) fn remove_order(&mut self, queue: &str, okey: &str, seq: u64) {
+        let q = self.queue_mut(queue);
+        if let Some(s) = q.order.get_mut(okey) {
+            s.remove(&seq);
+            if s.is_empty() {
+                q.order.remove(okey);
+            }
+        }
+    }
+
+    pub(crate) fn move_ready(&mut self, queue: &str, seq: u64, from_ms: u64, to_ms: u64) {
+        let q = self.queue_mut(queue);
+        q.ready.remove(&(from_ms, seq));
+        q.ready.insert((to_ms, seq));
+    }
+}
+
+/// The indexes as shared between the state machine (writer) and the handlers (readers).
+#[derive(Debug, Clone, Default)]
+pub struct SharedIndex(Arc<RwLock<Indexes>>);
+
+impl SharedIndex {
+    pub fn new(ix: Indexes) -> SharedIndex {
+        SharedIndex(Arc::new(RwLock::new(ix)))
+    }
+
+    /// A poisoned lock means a panic mid-update on the driver thread, which stops the node;
+    /// readers still get the data rather than a second panic.
+    pub fn read(&self) -> RwLockReadGuard<'_, Indexes> {
+        self.0.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn write(&self) -> RwLockWriteGuard<'_, Indexes> {
+        self.0.write().unwrap_or_else(|e| e.into_inner())
+    }
+}
