@@ -462,6 +462,11 @@ fn split_queue(rest: &[u8]) -> Option<(&str, &[u8])> {
     Some((std::str::from_utf8(&rest[..nul]).ok()?, &rest[nul + 1..]))
 }
 
+/// Splits the `<queue>\0<seq>` after a kind prefix.
+fn split_seq(rest: &[u8]) -> Option<(&str, u64)> {
+    split_queue(rest).and_then(|(q, s)| Some((q, be_u64(s)?)))
+}
+
 /// Appends `a` to the message's trace, keeping the newest [`MAX_TRACE_ATTEMPTS`].
 fn push_attempt(meta: &mut MessageMeta, a: Attempt) {
     if meta.attempts.len() >= MAX_TRACE_ATTEMPTS {
@@ -570,9 +575,7 @@ pub fn load_indexes(kv: &dyn Store) -> Result<Indexes, StoreError> {
     migrate_v1(kv)?;
     let mut ix = Indexes::default();
     scan_prefix(kv, &keys::state(b"qn/"), |rest, v| {
-        let (queue, seq) = split_queue(rest)
-            .and_then(|(q, s)| Some((q, be_u64(s)?)))
-            .ok_or_else(|| corrupt("message key", "malformed"))?;
+        let (queue, seq) = split_seq(rest).ok_or_else(|| corrupt("message key", "malformed"))?;
         let s: Stored = decode(v).map_err(|e| corrupt("message", e))?;
         ix.add_live(queue, s.meta.visible_at_ms, seq, &s.meta.id);
         if let Some(okey) = &s.meta.ordering_key {
@@ -623,51 +626,32 @@ fn migrate_v1(kv: &dyn Store) -> Result<(), StoreError> {
         return Ok(());
     }
     let mut moved = 0u64;
-    loop {
-        let chunk = kv.range(&old, &prefix_end(&old), LOAD_CHUNK)?;
-        if chunk.is_empty() {
-            break;
-        }
-        let mut batch = WriteBatch::default();
-        for (key, v) in chunk {
-            let (queue, seq) = split_queue(&key[old.len()..])
-                .and_then(|(q, s)| Some((q.to_string(), be_u64(s)?)))
-                .ok_or_else(|| corrupt("v1 message key", "malformed"))?;
-            let meta: MessageMeta = decode(&v).map_err(|e| corrupt("v1 message", e))?;
-            let lkey = seq_key("l", &queue, seq);
-            let lease = match kv.get(&lkey)? {
-                Some(b) => Some(decode::<Lease>(&b).map_err(|e| corrupt("v1 lease", e))?),
-                None => None,
-            };
-            let bkey = seq_key("b", &queue, seq);
-            let body = if meta.body_len as usize <= INLINE_BODY_BYTES {
-                batch.delete(bkey.clone());
-                Some(kv.get(&bkey)?.unwrap_or_default())
-            } else {
-                None
-            };
-            batch.put(
-                seq_key("n", &queue, seq),
-                encode(&Stored { meta, lease, body }),
-            );
-            batch.delete(key);
-            moved += 1;
-        }
-        kv.write(batch)?;
-    }
+    drain_prefix(kv, &old, |batch, key, v| {
+        let (queue, seq) =
+            split_seq(&key[old.len()..]).ok_or_else(|| corrupt("v1 message key", "malformed"))?;
+        let meta: MessageMeta = decode(v).map_err(|e| corrupt("v1 message", e))?;
+        let lease = match kv.get(&seq_key("l", queue, seq))? {
+            Some(b) => Some(decode::<Lease>(&b).map_err(|e| corrupt("v1 lease", e))?),
+            None => None,
+        };
+        let bkey = seq_key("b", queue, seq);
+        let body = if meta.body_len as usize <= INLINE_BODY_BYTES {
+            let b = kv.get(&bkey)?.unwrap_or_default();
+            batch.delete(bkey);
+            Some(b)
+        } else {
+            None
+        };
+        batch.put(
+            seq_key("n", queue, seq),
+            encode(&Stored { meta, lease, body }),
+        );
+        moved += 1;
+        Ok(())
+    })?;
     for kind in ["r", "l", "t", "o", "i", "e", "y"] {
         let from = keys::state(format!("q{kind}/").as_bytes());
-        loop {
-            let chunk = kv.range(&from, &prefix_end(&from), LOAD_CHUNK)?;
-            if chunk.is_empty() {
-                break;
-            }
-            let mut batch = WriteBatch::default();
-            for (key, _) in chunk {
-                batch.delete(key);
-            }
-            kv.write(batch)?;
-        }
+        drain_prefix(kv, &from, |_, _, _| Ok(()))?;
     }
     let mut batch = WriteBatch::default();
     batch.delete(keys::state(b"qz"));
@@ -678,6 +662,27 @@ fn migrate_v1(kv: &dyn Store) -> Result<(), StoreError> {
         "queue state upgraded to one record per message"
     );
     Ok(())
+}
+
+/// Removes every key under `prefix`, [`LOAD_CHUNK`] at a time, each chunk one atomic batch to
+/// which `f` may add writes derived from the removed pair.
+fn drain_prefix(
+    kv: &dyn Store,
+    prefix: &[u8],
+    mut f: impl FnMut(&mut WriteBatch, &[u8], &[u8]) -> Result<(), StoreError>,
+) -> Result<(), StoreError> {
+    loop {
+        let chunk = kv.range(prefix, &prefix_end(prefix), LOAD_CHUNK)?;
+        if chunk.is_empty() {
+            return Ok(());
+        }
+        let mut batch = WriteBatch::default();
+        for (key, v) in chunk {
+            f(&mut batch, &key, &v)?;
+            batch.delete(key);
+        }
+        kv.write(batch)?;
+    }
 }
 
 // ---------- reads for handlers ----------
