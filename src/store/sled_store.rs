@@ -11,6 +11,7 @@
 //! cache flush and the metadata, which is what "fsync before acknowledging" means.
 
 use std::path::Path;
+use std::time::{Duration, Instant};
 
 use super::{KvPair, Store, StoreError, WriteBatch};
 
@@ -31,15 +32,39 @@ fn engine(e: sled::Error) -> StoreError {
     StoreError::Engine(e.to_string())
 }
 
-impl SledStore {
-    pub fn open(dir: &Path) -> Result<SledStore, StoreError> {
-        let db = sled::Config::new()
+/// How long `open` waits for a just-closed store of the same directory to let go of its file
+/// lock: sled's I/O threads can hold the closed database a moment after its last handle is
+/// dropped (seen when a node restarts in the same process under load). Past it, open fails.
+const LOCK_WAIT: Duration = Duration::from_secs(5);
+/// How often `open` tries the lock again while waiting.
+const LOCK_RETRY: Duration = Duration::from_millis(20);
+
+/// Opens sled, waiting up to [`LOCK_WAIT`] while another handle still holds its lock.
+fn open_db(dir: &Path) -> Result<sled::Db, StoreError> {
+    let deadline = Instant::now() + LOCK_WAIT;
+    loop {
+        let r = sled::Config::new()
             .path(dir)
             .cache_capacity(SLED_CACHE_BYTES)
             .flush_every_ms(None)
             .mode(sled::Mode::HighThroughput)
-            .open()
-            .map_err(engine)?;
+            .open();
+        match r {
+            // sled reports a held lock only in its message (kind `Other`).
+            Err(sled::Error::Io(e))
+                if e.to_string().contains("could not acquire lock")
+                    && Instant::now() < deadline =>
+            {
+                std::thread::sleep(LOCK_RETRY)
+            }
+            r => return r.map_err(engine),
+        }
+    }
+}
+
+impl SledStore {
+    pub fn open(dir: &Path) -> Result<SledStore, StoreError> {
+        let db = open_db(dir)?;
         let tree = db.open_tree("corral").map_err(engine)?;
         let data_file = std::fs::File::open(dir.join(SLED_DATA_FILE)).map_err(|e| {
             StoreError::Engine(format!("opening sled's data file to fdatasync it: {e}"))
