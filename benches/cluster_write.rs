@@ -154,6 +154,7 @@ async fn cluster_rows(seconds: u64) -> Vec<Row> {
 }
 
 fn main() {
+    corral::disable_transparent_huge_pages();
     let seconds = arg_seconds();
     let baseline = sled_baseline(seconds);
     let rt = tokio::runtime::Builder::new_multi_thread()

@@ -86,6 +86,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 }
 
 fn main() -> ExitCode {
+    corral::disable_transparent_huge_pages();
     let cli = Cli::parse();
     init_logging(&cli.log_format);
     match run(cli) {
