@@ -8,7 +8,10 @@
 //!   (1 KiB `ConfigPut` through the Raft client, no HTTP) with 64 writers.
 //!
 //! Run: `cargo bench --bench queue` (options: `-- --seconds N --backlog N --clients
-//! 1,16,64,256`). Prints a table and writes `target/bench-results/queue.json`.
+//! 1,16,64,256`). Prints a table and writes `target/bench-results/queue.json`. Each row also
+//! prints, on stderr, where its time went inside the nodes (proposal latency, fsyncs, entries
+//! per Ready, messages per coalesced command). Like the node binary, the bench turns
+//! transparent huge pages off for itself; `BENCH_KEEP_THP=1` leaves them on, to compare.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -51,6 +54,7 @@ where
 {
     let deadline = Instant::now() + Duration::from_secs(seconds);
     let started = Instant::now();
+    let before = Internals::now();
     let tasks: Vec<_> = (0..clients)
         .map(|c| {
             let op = op.clone();
@@ -76,6 +80,7 @@ where
         errors += e;
     }
     let elapsed = started.elapsed().as_secs_f64();
+    Internals::now().since(&before).print(what, clients);
     all.sort_by(|a, b| a.total_cmp(b));
     Row {
         what: what.into(),
@@ -84,6 +89,53 @@ where
         p50_ms: pct(&all, 0.50),
         p99_ms: pct(&all, 0.99),
         errors,
+    }
+}
+
+/// Sums of the nodes' shared histograms, to say where a row's time went: Raft proposal
+/// latency on the leader, log write + fdatasync per Ready, entries per Ready, and messages
+/// per coalesced enqueue command.
+#[derive(Clone, Copy)]
+struct Internals {
+    proposals: (f64, u64),
+    fsyncs: (f64, u64),
+    entries: (f64, u64),
+    coalesced: (f64, u64),
+}
+
+impl Internals {
+    fn now() -> Internals {
+        let m = &corral::metrics::M;
+        let h = |h: &prometheus::Histogram| (h.get_sample_sum(), h.get_sample_count());
+        Internals {
+            proposals: h(&m.proposal_seconds),
+            fsyncs: h(&m.fsync_seconds),
+            entries: h(&m.ready_entries),
+            coalesced: h(&m.enqueue_coalesced),
+        }
+    }
+
+    fn since(&self, b: &Internals) -> Internals {
+        let d = |a: (f64, u64), b: (f64, u64)| (a.0 - b.0, a.1 - b.1);
+        Internals {
+            proposals: d(self.proposals, b.proposals),
+            fsyncs: d(self.fsyncs, b.fsyncs),
+            entries: d(self.entries, b.entries),
+            coalesced: d(self.coalesced, b.coalesced),
+        }
+    }
+
+    fn print(&self, what: &str, clients: usize) {
+        let mean = |v: (f64, u64)| v.0 / v.1.max(1) as f64;
+        eprintln!(
+            "  {what} ({clients} clients): proposal {:.2} ms mean over {}; fsync {:.2} ms over {}; {:.1} entries/Ready; {:.1} msgs/command",
+            mean(self.proposals) * 1000.0,
+            self.proposals.1,
+            mean(self.fsyncs) * 1000.0,
+            self.fsyncs.1,
+            mean(self.entries),
+            mean(self.coalesced),
+        );
     }
 }
 
@@ -403,6 +455,9 @@ async fn delivery_row(b: &Bench, backlog: u64) -> (Row, u64) {
 }
 
 fn main() {
+    if std::env::var_os("BENCH_KEEP_THP").is_none() {
+        corral::disable_transparent_huge_pages();
+    }
     let seconds = arg("--seconds", 5);
     let backlog = arg("--backlog", 50_000);
     let rt = tokio::runtime::Builder::new_multi_thread()
