@@ -22,9 +22,10 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 ///
 /// mimalloc asks for huge pages on its arenas and returns freed memory to the kernel after a
 /// short delay, so under load the kernel zeroed a fresh 2 MiB page again and again: 10.6% of
-/// all CPU in a profile of the queue bench went to `clear_page_erms`. With THP off the same
-/// bench's baseline rose from 8,076 to 11,328 writes/s and its p99 fell from 26 to 10 ms
-/// (`MIMALLOC_ALLOW_THP=0`, which does the same as this call).
+/// all CPU in a profile of the queue bench went to `clear_page_erms`. In alternating runs
+/// with THP off the bench's Raft baseline did 9,587 and 9,851 writes/s against 8,245 and
+/// 6,775 with it on (p99 13 ms against 24-31), enqueues were unchanged, and peak RSS was
+/// lower (benches/README.md).
 pub fn disable_transparent_huge_pages() {
     // SAFETY: prctl with PR_SET_THP_DISABLE takes plain integers and touches no memory of ours.
     let r = unsafe { libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0) };

@@ -27,8 +27,8 @@ use crate::state::queue::{Enqueued, NewMessage};
 /// they are in flight are what gets coalesced; Raft still group-commits the few commands.
 /// On the 2-core bench box the nodes are bound by CPU per command, so fewer, fuller commands
 /// win: at 64 clients, 2 in flight carried 6.1 messages per command against 3.5 with 4, and
-/// enqueued 1.3-1.8x as many messages per second in runs side by side (p99 18-25 ms against
-/// 38-43). 1 in flight measured the same as 2 within noise; 2 keeps one command overlapping
+/// enqueued 1.0-1.8x as many messages per second in three pairs of runs side by side (1.3x
+/// on average). 1 in flight measured the same as 2 within noise; 2 keeps one command overlapping
 /// the round trip of the other, which matters where the network, not the CPU, is the bound.
 pub const MAX_WRITES_PER_QUEUE: usize = 2;
 /// Messages in one coalesced command.
