@@ -26,12 +26,12 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 /// with THP off the bench's Raft baseline did 9,587 and 9,851 writes/s against 8,245 and
 /// 6,775 with it on (p99 13 ms against 24-31), enqueues were unchanged, and peak RSS was
 /// lower (benches/README.md).
+///
+/// Best effort: it runs before logging starts, and where the kernel refuses, the process
+/// keeps the system's THP setting, which is only slower.
 pub fn disable_transparent_huge_pages() {
     // SAFETY: prctl with PR_SET_THP_DISABLE takes plain integers and touches no memory of ours.
-    let r = unsafe { libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0) };
-    if r != 0 {
-        tracing::debug!("could not turn transparent huge pages off for this process");
-    }
+    let _ = unsafe { libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0) };
 }
 
 pub mod api;
