@@ -42,6 +42,9 @@ pub struct Metrics {
     /// Snapshot transfers reported failed to raft (they are retried).
     pub snapshot_transfer_failures: IntCounter,
     pub log_compactions: IntCounter,
+    /// Bytes written to the Raft log's segment files (records, hard states, resets): beside
+    /// the disk's own write counters it tells the log's share of them.
+    pub log_written_bytes: IntCounter,
     pub state_flush_seconds: Histogram,
     /// Durable queue messages handled by this node's ingress, by operation and outcome.
     pub queue_messages: IntCounterVec,
@@ -183,6 +186,12 @@ pub static M: LazyLock<Metrics> = LazyLock::new(|| {
         log_compactions: register_int_counter_with_registry!(
             "raft_log_compactions_total",
             "log compactions",
+            r
+        )
+        .expect("m"),
+        log_written_bytes: register_int_counter_with_registry!(
+            "raft_log_written_bytes_total",
+            "bytes written to the raft log's segment files",
             r
         )
         .expect("m"),

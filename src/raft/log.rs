@@ -402,6 +402,9 @@ impl SegmentLog {
             .write_all_at(&pending, active.bytes)
             .map_err(|e| io_err("writing", &segment_path(&dir, active.seq), e))?;
         active.bytes += pending.len() as u64;
+        crate::metrics::M
+            .log_written_bytes
+            .inc_by(pending.len() as u64);
         self.pending = pending;
         self.pending.clear();
         Ok(())
