@@ -45,6 +45,10 @@ pub struct Metrics {
     /// Bytes written to the Raft log's segment files (records, hard states, resets): beside
     /// the disk's own write counters it tells the log's share of them.
     pub log_written_bytes: IntCounter,
+    /// Bytes written to the state store's value log (message bodies, once each).
+    pub value_log_written_bytes: IntCounter,
+    /// Value-log segments deleted once no stored pointer named them.
+    pub value_log_reclaimed_segments: IntCounter,
     pub state_flush_seconds: Histogram,
     /// Durable queue messages handled by this node's ingress, by operation and outcome.
     pub queue_messages: IntCounterVec,
@@ -192,6 +196,18 @@ pub static M: LazyLock<Metrics> = LazyLock::new(|| {
         log_written_bytes: register_int_counter_with_registry!(
             "raft_log_written_bytes_total",
             "bytes written to the raft log's segment files",
+            r
+        )
+        .expect("m"),
+        value_log_written_bytes: register_int_counter_with_registry!(
+            "store_value_log_written_bytes_total",
+            "bytes written to the state store's value log (message bodies)",
+            r
+        )
+        .expect("m"),
+        value_log_reclaimed_segments: register_int_counter_with_registry!(
+            "store_value_log_reclaimed_segments_total",
+            "value-log segments deleted once no stored pointer named them",
             r
         )
         .expect("m"),

@@ -7,9 +7,10 @@
 //!
 //! Layout (after the store's `s` prefix; queue names never contain NUL):
 //! - `qc/<queue>` -> [`QueueEntry`] (configuration), `qs/<queue>` -> [`QueueStats`];
-//! - `qn/<queue>\0<seq>` -> one record per live message: its [`MessageMeta`], its [`Lease`]
-//!   while a consumer holds it, and its body when at most [`INLINE_BODY_BYTES`];
-//! - `qb/<queue>\0<seq>` -> a larger body (stored once), and the body of every dead letter;
+//! - `qn/<queue>\0<seq>` -> one record per live message: its [`MessageMeta`] and its [`Lease`]
+//!   while a consumer holds it (records written before the value log may hold a small body);
+//! - `qb/<queue>\0<seq>` -> the body, live or dead, written once: the store keeps these values
+//!   in its value log (`store::vlog`), so leases and settles rewrite only the small record;
 //! - `qx/<queue>\0<seq>` -> [`MessageMeta`] of a dead letter;
 //! - `qd/<queue>\0<dedup key>` -> [`DedupEntry`];
 //! - `qh/<id>` -> [`FinishedTrace`], the retained trace of a finished message.
@@ -416,10 +417,11 @@ pub enum QueueResponse {
     },
 }
 
-/// A live message as stored at `qn/<queue>\0<seq>`: its metadata, its lease while a tenant or
-/// consumer holds it, and its body when that is at most [`INLINE_BODY_BYTES`] (a larger body
-/// lives at `qb`, so a lease never rewrites it). One record per message, so a message's life
-/// is a handful of store writes.
+/// A live message as stored at `qn/<queue>\0<seq>`: its metadata and its lease while a tenant
+/// or consumer holds it. Its body lives at `qb` (in the store's value log), so a lease never
+/// rewrites it; `body` is `Some` only in records written before that, which kept bodies of up
+/// to [`INLINE_BODY_BYTES`] inline. One record per message, so a message's life is a handful
+/// of store writes.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 struct Stored {
     meta: MessageMeta,
@@ -428,8 +430,8 @@ struct Stored {
     body: Option<Vec<u8>>,
 }
 
-/// Bodies up to this size live inside the message record (rewritten with it on every lease);
-/// larger ones are stored once at `qb`.
+/// Bodies up to this size lived inside the message record in the first two layouts; new
+/// messages keep every body at `qb`. Still read, to upgrade old records.
 pub const INLINE_BODY_BYTES: usize = 8 * 1024;
 /// Keys read per step while rebuilding the indexes or migrating an old layout.
 const LOAD_CHUNK: usize = 4_096;
@@ -1189,12 +1191,7 @@ impl Apply<'_> {
         m: NewMessage,
     ) {
         let body_len = m.body.len() as u64;
-        let body = if m.body.len() <= INLINE_BODY_BYTES {
-            Some(m.body)
-        } else {
-            self.batch.put(seq_key("b", queue, seq), m.body);
-            None
-        };
+        self.batch.put(seq_key("b", queue, seq), m.body);
         self.ix.add_live(queue, now_ms, seq, &m.id);
         if let Some(okey) = &m.ordering_key {
             self.ix.add_order(queue, okey, seq);
@@ -1224,7 +1221,7 @@ impl Apply<'_> {
             &Stored {
                 meta,
                 lease: None,
-                body,
+                body: None,
             },
         );
     }
@@ -1839,15 +1836,7 @@ impl Apply<'_> {
             meta.dead_excerpt = None;
             meta.delivery_count = 0;
             meta.visible_at_ms = now_ms;
-            // A small body moves back into the record, as it was before it died.
-            let body = if meta.body_len as usize <= INLINE_BODY_BYTES {
-                let bkey = seq_key("b", queue, seq);
-                let b = self.batch.read_through(self.kv, &bkey)?.unwrap_or_default();
-                self.batch.delete(bkey);
-                Some(b)
-            } else {
-                None
-            };
+            // The body stays at `qb`, where it was while the message was dead.
             self.ix.add_live(queue, now_ms, seq, &meta.id);
             if let Some(okey) = &meta.ordering_key {
                 self.ix.add_order(queue, okey, seq);
@@ -1859,7 +1848,7 @@ impl Apply<'_> {
                 &Stored {
                     meta,
                     lease: None,
-                    body,
+                    body: None,
                 },
             );
         }

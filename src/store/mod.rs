@@ -9,6 +9,7 @@
 //! another engine means implementing this trait only.
 
 mod sled_store;
+pub mod vlog;
 
 pub use sled_store::SledStore;
 
@@ -34,6 +35,14 @@ pub mod keys {
         k.push(META);
         k.extend_from_slice(name.as_bytes());
         k
+    }
+
+    /// Keys whose values live in the value log ([`super::vlog`]), not in sled's pages: the
+    /// durable queue's message bodies (`state::queue`'s `qb/`), large and written once.
+    pub const VALUE_LOG_PREFIX: &[u8] = b"sqb/";
+
+    pub fn is_value_log_key(key: &[u8]) -> bool {
+        key.starts_with(VALUE_LOG_PREFIX)
     }
 
     pub fn state(key: &[u8]) -> Vec<u8> {
