@@ -49,6 +49,8 @@ pub struct Metrics {
     pub value_log_written_bytes: IntCounter,
     /// Value-log segments deleted once no stored pointer named them.
     pub value_log_reclaimed_segments: IntCounter,
+    /// State writes that waited because the write-behind buffer was full.
+    pub state_write_backpressure: IntCounter,
     pub state_flush_seconds: Histogram,
     /// Durable queue messages handled by this node's ingress, by operation and outcome.
     pub queue_messages: IntCounterVec,
@@ -208,6 +210,12 @@ pub static M: LazyLock<Metrics> = LazyLock::new(|| {
         value_log_reclaimed_segments: register_int_counter_with_registry!(
             "store_value_log_reclaimed_segments_total",
             "value-log segments deleted once no stored pointer named them",
+            r
+        )
+        .expect("m"),
+        state_write_backpressure: register_int_counter_with_registry!(
+            "store_write_backpressure_total",
+            "state writes that waited for the write-behind buffer to drain into sled",
             r
         )
         .expect("m"),

@@ -23,7 +23,7 @@ use crate::raft::{DriverConfig, DriverHandle, Outbox};
 use crate::seal::{SealError, Sealer};
 use crate::snapshot::Snapshots;
 use crate::state::CorralState;
-use crate::store::{keys, SledStore, Store, StoreError, WriteBatch};
+use crate::store::{keys, Buffered, SledStore, Store, StoreError, WriteBatch};
 use crate::transport::{tls, Inbound, Transport, TransportConfig, TransportError};
 
 /// Inbound peer messages buffered between the transport and the driver.
@@ -302,7 +302,8 @@ pub async fn start(cfg: NodeConfig) -> Result<RunningNode, NodeError> {
         None => None,
     };
     check_identity(&cfg.data_dir, &cfg)?;
-    let store: Arc<dyn Store> = Arc::new(SledStore::open(&cfg.data_dir.join("store"))?);
+    let sled: Arc<dyn Store> = Arc::new(SledStore::open(&cfg.data_dir.join("store"))?);
+    let store: Arc<dyn Store> = Arc::new(Buffered::new(sled)?);
     check_master_key(&*store, &Sealer::from_master_key(&master, "canary"))?;
     if let Err((tenant, source)) = crate::pool::verify_stored_credentials(&*store, &master)? {
         return Err(NodeError::TenantCredentials { tenant, source });

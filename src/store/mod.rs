@@ -8,9 +8,11 @@
 //! which the Raft driver's flusher thread calls ahead of each log compaction. Swapping sled for
 //! another engine means implementing this trait only.
 
+mod buffered;
 mod sled_store;
 pub mod vlog;
 
+pub use buffered::Buffered;
 pub use sled_store::SledStore;
 
 /// Key prefixes of the single key space. One byte each, so ranges never interleave.
