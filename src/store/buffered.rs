@@ -27,9 +27,9 @@ use std::time::{Duration, Instant};
 use super::{KvPair, Store, StoreError, WriteBatch};
 
 /// Buffered batches are written out once they hold this many bytes...
-pub const WRITE_OUT_BYTES: usize = 8 * 1024 * 1024;
+pub const WRITE_OUT_BYTES: usize = 2 * 1024 * 1024;
 /// ...or once the oldest has waited this long.
-pub const WRITE_OUT_MS: u64 = 50;
+pub const WRITE_OUT_MS: u64 = 20;
 /// A `write` past this many buffered bytes waits for the writer (backpressure).
 pub const MAX_BUFFERED_BYTES: usize = 64 * 1024 * 1024;
 
