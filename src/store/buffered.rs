@@ -10,7 +10,7 @@
 //! is enqueued, leased and completed in the window) reaches sled once, or never.
 //!
 //! Contract kept: a write is visible to every reader as soon as `write` returns (readers look
-//! at the buffer first, newest batch first, then at sled); batches reach sled in order, each
+//! at the buffer first, then at sled); batches reach sled in order, each
 //! write-out atomically, so a crash leaves a prefix of them; nothing is durable before
 //! [`Store::flush`], which writes the buffer out first. The Raft log stays the durable truth:
 //! after a crash the node replays it from the applied index sled kept, as before.
@@ -19,7 +19,7 @@
 //! thread has caught up (backpressure on the Raft driver, which then stops applying). Streamed
 //! scans (snapshot checkpoints and installs, rare) write the buffer out before reading sled.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::BTreeMap;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -33,22 +33,20 @@ pub const WRITE_OUT_MS: u64 = 20;
 /// A `write` past this many buffered bytes waits for the writer (backpressure).
 pub const MAX_BUFFERED_BYTES: usize = 64 * 1024 * 1024;
 
-/// One applied batch, latest write per key (`None`: deleted).
+/// Buffered writes, latest per key (`None`: deleted).
 type Ops = BTreeMap<Vec<u8>, Option<Vec<u8>>>;
-
-struct Pending {
-    seq: u64,
-    ops: Arc<Ops>,
-    bytes: usize,
-    at: Instant,
-}
 
 #[derive(Default)]
 struct State {
-    /// Oldest first.
-    batches: VecDeque<Pending>,
-    bytes: usize,
-    /// Sequence of the last batch pushed / written to sled.
+    /// Batches applied since the last write-out began, merged (later writes win).
+    active: Ops,
+    /// Key and value bytes written into `active` (overwrites counted again).
+    active_bytes: usize,
+    /// When the first batch in `active` arrived.
+    active_since: Option<Instant>,
+    /// The batches a write-out is putting into sled right now; read until it is done.
+    writing: Option<Arc<Ops>>,
+    /// Sequence of the last batch written into `active` / known to be in sled.
     pushed: u64,
     written: u64,
     /// Highest sequence a caller is waiting to see written (flush, scans, backpressure).
@@ -56,6 +54,34 @@ struct State {
     /// A write-out failed: the store is unusable (the node stops on the error).
     failed: Option<String>,
     stop: bool,
+}
+
+impl State {
+    fn check(&self) -> Result<(), StoreError> {
+        match &self.failed {
+            Some(e) => Err(StoreError::Engine(e.clone())),
+            None => Ok(()),
+        }
+    }
+
+    /// The buffered write to `key`: `Some(None)` deleted, `None` not buffered.
+    fn lookup(&self, key: &[u8]) -> Option<Option<Vec<u8>>> {
+        if let Some(v) = self.active.get(key) {
+            return Some(v.clone());
+        }
+        self.writing.as_ref()?.get(key).cloned()
+    }
+
+    fn due(&self) -> Option<Duration> {
+        let since = self.active_since?;
+        let age = since.elapsed();
+        let window = Duration::from_millis(WRITE_OUT_MS);
+        if self.active_bytes >= WRITE_OUT_BYTES || self.wanted > self.written || age >= window {
+            Some(Duration::ZERO)
+        } else {
+            Some(window - age)
+        }
+    }
 }
 
 struct Shared {
@@ -75,23 +101,13 @@ impl Shared {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn snapshot(&self) -> Result<Vec<Arc<Ops>>, StoreError> {
-        let st = self.lock();
-        if let Some(e) = &st.failed {
-            return Err(StoreError::Engine(e.clone()));
-        }
-        Ok(st.batches.iter().map(|p| p.ops.clone()).collect())
-    }
-
     /// Blocks until every batch up to `seq` is in sled.
     fn wait_written(&self, seq: u64) -> Result<(), StoreError> {
         let mut st = self.lock();
         st.wanted = st.wanted.max(seq);
         self.cv.notify_all();
         loop {
-            if let Some(e) = &st.failed {
-                return Err(StoreError::Engine(e.clone()));
-            }
+            st.check()?;
             if st.written >= seq {
                 return Ok(());
             }
@@ -99,70 +115,50 @@ impl Shared {
         }
     }
 
-    /// The writer thread: waits for a reason to write, merges the waiting batches into one
-    /// and writes it to sled, then drops them from the buffer (readers find them in sled).
-    fn run_writer(&self) {
+    /// Waits for a reason to write, then moves `active` to `writing`; `None` when stopping.
+    fn next_write_out(&self) -> Option<(u64, Arc<Ops>)> {
+        let mut st = self.lock();
         loop {
-            let taken: Vec<(u64, Arc<Ops>)> = {
-                let mut st = self.lock();
-                loop {
-                    if st.stop || st.failed.is_some() {
-                        return;
-                    }
-                    let due = st.batches.front().map(|p| {
-                        st.bytes >= WRITE_OUT_BYTES
-                            || st.wanted > st.written
-                            || p.at.elapsed() >= Duration::from_millis(WRITE_OUT_MS)
-                    });
-                    match due {
-                        Some(true) => break,
-                        Some(false) => {
-                            let wait = Duration::from_millis(WRITE_OUT_MS).saturating_sub(
-                                st.batches
-                                    .front()
-                                    .map(|p| p.at.elapsed())
-                                    .unwrap_or_default(),
-                            );
-                            st = self
-                                .cv
-                                .wait_timeout(st, wait.max(Duration::from_millis(1)))
-                                .unwrap_or_else(|p| p.into_inner())
-                                .0;
-                        }
-                        None => st = self.cv.wait(st).unwrap_or_else(|p| p.into_inner()),
-                    }
-                }
-                st.batches.iter().map(|p| (p.seq, p.ops.clone())).collect()
-            };
-            let Some(&(upto, _)) = taken.last() else {
-                continue;
-            };
-            let mut merged: Ops = BTreeMap::new();
-            for (_, ops) in &taken {
-                for (k, v) in ops.iter() {
-                    merged.insert(k.clone(), v.clone());
-                }
+            if st.stop || st.failed.is_some() {
+                return None;
             }
+            match st.due() {
+                Some(wait) if wait.is_zero() => break,
+                Some(wait) => {
+                    st = self
+                        .cv
+                        .wait_timeout(st, wait)
+                        .unwrap_or_else(|p| p.into_inner())
+                        .0
+                }
+                None => st = self.cv.wait(st).unwrap_or_else(|p| p.into_inner()),
+            }
+        }
+        let ops = Arc::new(std::mem::take(&mut st.active));
+        st.active_bytes = 0;
+        st.active_since = None;
+        st.writing = Some(ops.clone());
+        Some((st.pushed, ops))
+    }
+
+    /// The writer thread: each write-out is one sled batch; readers find its keys in
+    /// `writing` until sled has them.
+    fn run_writer(&self) {
+        while let Some((upto, ops)) = self.next_write_out() {
             let mut batch = WriteBatch::default();
-            for (k, v) in merged {
+            for (k, v) in ops.iter() {
                 match v {
-                    Some(v) => batch.put(k, v),
-                    None => batch.delete(k),
+                    Some(v) => batch.put(k.clone(), v.clone()),
+                    None => batch.delete(k.clone()),
                 }
             }
             let r = self.inner.write(batch);
             let mut st = self.lock();
             match r {
-                Ok(()) => {
-                    while st.batches.front().is_some_and(|p| p.seq <= upto) {
-                        if let Some(p) = st.batches.pop_front() {
-                            st.bytes -= p.bytes;
-                        }
-                    }
-                    st.written = upto;
-                }
+                Ok(()) => st.written = upto,
                 Err(e) => st.failed = Some(format!("writing buffered state out: {e}")),
             }
+            st.writing = None;
             self.cv.notify_all();
         }
     }
@@ -203,19 +199,15 @@ impl Drop for Buffered {
     }
 }
 
-/// The buffered write to `key`, newest batch first: `Some(None)` deleted, `None` not buffered.
-fn lookup<'a>(batches: &'a [Arc<Ops>], key: &[u8]) -> Option<Option<&'a Vec<u8>>> {
-    batches
-        .iter()
-        .rev()
-        .find_map(|ops| ops.get(key).map(|v| v.as_ref()))
-}
-
 impl Store for Buffered {
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
-        let batches = self.shared.snapshot()?;
-        match lookup(&batches, key) {
-            Some(v) => Ok(v.cloned()),
+        let buffered = {
+            let st = self.shared.lock();
+            st.check()?;
+            st.lookup(key)
+        };
+        match buffered {
+            Some(v) => Ok(v),
             None => self.shared.inner.get(key),
         }
     }
@@ -224,11 +216,15 @@ impl Store for Buffered {
         if from >= to {
             return Ok(Vec::new());
         }
-        let batches = self.shared.snapshot()?;
         let mut overlay: Ops = BTreeMap::new();
-        for ops in &batches {
-            for (k, v) in ops.range(from.to_vec()..to.to_vec()) {
-                overlay.insert(k.clone(), v.clone());
+        {
+            let st = self.shared.lock();
+            st.check()?;
+            let bounds = from.to_vec()..to.to_vec();
+            for ops in st.writing.iter().map(|w| &**w).chain([&st.active]) {
+                for (k, v) in ops.range(bounds.clone()) {
+                    overlay.insert(k.clone(), v.clone());
+                }
             }
         }
         let mut merged: BTreeMap<Vec<u8>, Vec<u8>> = BTreeMap::new();
@@ -270,32 +266,24 @@ impl Store for Buffered {
         if batch.is_empty() {
             return Ok(());
         }
-        let bytes = batch.bytes;
-        let mut ops: Ops = BTreeMap::new();
-        for (k, v) in batch.ops {
-            ops.insert(k, v);
-        }
         let mut st = self.shared.lock();
-        if let Some(e) = &st.failed {
-            return Err(StoreError::Engine(e.clone()));
+        st.check()?;
+        st.active_bytes += batch.bytes;
+        for (k, v) in batch.ops {
+            st.active.insert(k, v);
         }
         st.pushed += 1;
         let seq = st.pushed;
-        st.bytes += bytes;
-        st.batches.push_back(Pending {
-            seq,
-            ops: Arc::new(ops),
-            bytes,
-            at: Instant::now(),
-        });
-        let over = st.bytes > MAX_BUFFERED_BYTES;
-        if st.bytes >= WRITE_OUT_BYTES || st.batches.len() == 1 {
+        let first = st.active_since.is_none();
+        st.active_since.get_or_insert_with(Instant::now);
+        let over = st.active_bytes > MAX_BUFFERED_BYTES;
+        if first || st.active_bytes >= WRITE_OUT_BYTES {
             self.shared.cv.notify_all();
         }
         drop(st);
         if over {
             crate::metrics::M.state_write_backpressure.inc();
-            self.shared.wait_written(seq.saturating_sub(1))?;
+            self.shared.wait_written(seq)?;
         }
         Ok(())
     }
@@ -399,7 +387,7 @@ mod tests {
             assert!(Instant::now() < deadline, "never written out");
             std::thread::sleep(Duration::from_millis(5));
         }
-        assert!(s.shared.lock().batches.is_empty());
+        assert!(s.shared.lock().active.is_empty());
         assert_eq!(s.get(b"a").unwrap().unwrap(), b"1");
     }
 }
