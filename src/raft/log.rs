@@ -34,7 +34,7 @@ use std::path::{Path, PathBuf};
 use protobuf::Message as _;
 use raft::prelude::{Entry, HardState};
 
-use crate::store::StoreError;
+use crate::store::{sync_dir, StoreError};
 
 /// A segment is closed and a new one opened once it holds this many bytes.
 pub const SEGMENT_BYTES: u64 = 64 * 1024 * 1024;
@@ -102,12 +102,6 @@ fn corrupt(path: &Path, offset: u64, why: &str) -> StoreError {
 
 fn segment_path(dir: &Path, seq: u64) -> PathBuf {
     dir.join(format!("{seq:020}.{SEGMENT_EXT}"))
-}
-
-fn sync_dir(dir: &Path) -> Result<(), StoreError> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| io_err("fsync of directory", dir, e))
 }
 
 /// Appends one record to `buf`; `payload` writes its bytes. Returns the payload length.

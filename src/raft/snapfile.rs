@@ -24,6 +24,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::store::sync_dir;
 use crate::store::{keys, KvPair, Store, StoreError, WriteBatch};
 
 /// Version of the record format and descriptor; a node refuses a snapshot of another format.
@@ -105,12 +106,6 @@ fn io(what: &str, path: &Path, e: std::io::Error) -> StoreError {
 }
 
 /// Makes a rename or unlink in `dir` durable.
-pub fn sync_dir(dir: &Path) -> Result<(), StoreError> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| io("syncing directory", dir, e))
-}
-
 /// Removes snapshot files in `dir` for which `drop(index, term)` is true, and with `parts`
 /// any partial file (only safe when nothing is writing one).
 pub fn remove_files(dir: &Path, parts: bool, drop: impl Fn(u64, u64) -> bool) {

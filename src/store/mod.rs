@@ -115,6 +115,14 @@ impl WriteBatch {
 
 pub type KvPair = (Vec<u8>, Vec<u8>);
 
+/// Makes `dir`'s entries durable (a created, renamed or deleted file), for every file-based
+/// part of a node's storage: the Raft log, snapshot files, the value log.
+pub fn sync_dir(dir: &std::path::Path) -> Result<(), StoreError> {
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| StoreError::Engine(format!("fsync of directory {}: {e}", dir.display())))
+}
+
 /// The ordered, batch-atomic, explicitly flushed key-value store a node runs on.
 pub trait Store: Send + Sync + 'static {
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError>;

@@ -32,7 +32,7 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use super::StoreError;
+use super::{sync_dir, StoreError};
 
 /// A segment is sealed (and a new one started) once it holds this many bytes.
 pub const SEGMENT_BYTES: u64 = 32 * 1024 * 1024;
@@ -89,12 +89,6 @@ fn io(what: &str, path: &Path, e: std::io::Error) -> StoreError {
 
 fn segment_path(dir: &Path, seq: u64) -> PathBuf {
     dir.join(format!("{seq:020}.{SEGMENT_EXT}"))
-}
-
-fn sync_dir(dir: &Path) -> Result<(), StoreError> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| io("syncing directory", dir, e))
 }
 
 /// The segment being appended to.
