@@ -24,8 +24,8 @@ use crate::api::{now_ms, parse_json, ApiError};
 use crate::client::Client;
 use crate::raft::Role;
 use crate::state::queue::{
-    self, DedupKey, NewMessage, QueueConfig, QueueResponse, Settle, MAX_DEDUP_KEY_BYTES,
-    MAX_HEADERS, MAX_HEADER_BYTES, MAX_ORDERING_KEY_BYTES,
+    self, DedupKey, NewMessage, QueueConfig, QueueEntry, QueueResponse, Settle,
+    MAX_DEDUP_KEY_BYTES, MAX_HEADERS, MAX_HEADER_BYTES, MAX_ORDERING_KEY_BYTES,
 };
 use crate::state::Command;
 use crate::store::Store;
@@ -96,18 +96,19 @@ fn body_or_413(body: Result<Bytes, BytesRejection>, limit: usize) -> Result<Byte
     })
 }
 
-/// The queue's configuration from this node's state; on a miss, once more after a read
-/// barrier (the queue may have just been created through another node).
-async fn config(st: &IngressState, name: &str) -> Result<QueueConfig, ApiError> {
+/// The queue's configuration as of this node's last applied command (the state machine's
+/// in-memory copy: no store read, no decode); on a miss, once more after a read barrier (the
+/// queue may have just been created through another node).
+async fn config(st: &IngressState, name: &str) -> Result<Arc<QueueEntry>, ApiError> {
     validate_name(name).map_err(|_| not_found(name))?;
-    if let Some(e) = queue::read_queue(&*st.store, name)? {
-        return Ok(e.config);
+    if let Some(e) = st.queues.read().queue_entry(name) {
+        return Ok(e);
     }
     st.client.read_barrier().await?;
-    match queue::read_queue(&*st.store, name)? {
-        Some(e) => Ok(e.config),
-        None => Err(not_found(name)),
-    }
+    st.queues
+        .read()
+        .queue_entry(name)
+        .ok_or_else(|| not_found(name))
 }
 
 /// Pulls a dedup key out of a body: a JSON pointer, or a slash-separated element path into
@@ -284,7 +285,8 @@ pub async fn enqueue_one(
     headers: &HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let cfg = config(st, name).await?;
+    let entry = config(st, name).await?;
+    let cfg = &entry.config;
     let mut pairs = Vec::new();
     for (k, v) in headers.iter() {
         let v = v
@@ -296,7 +298,7 @@ pub async fn enqueue_one(
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .map(String::from);
-    let m = build(&cfg, pairs, content_type, body.to_vec(), "")?;
+    let m = build(cfg, pairs, content_type, body.to_vec(), "")?;
     let r = super::coalesce::Coalescer::enqueue(st, name, m).await?;
     Ok((StatusCode::ACCEPTED, Json(enqueued_json(&r))).into_response())
 }
@@ -319,7 +321,8 @@ pub async fn enqueue_batch(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let body = body_or_413(body, MAX_BATCH_REQUEST_BYTES)?;
-    let cfg = config(&st, &name).await?;
+    let entry = config(&st, &name).await?;
+    let cfg = &entry.config;
     let items: Vec<BatchItem> = parse_json(&body)?;
     if items.is_empty() || items.len() > queue::MAX_BATCH_MESSAGES {
         return Err(ApiError::invalid(
@@ -352,7 +355,7 @@ pub async fn enqueue_batch(
         }
         let headers = item.headers.into_iter().collect();
         messages.push(build(
-            &cfg,
+            cfg,
             headers,
             item.content_type,
             bytes,
@@ -442,7 +445,8 @@ pub async fn receive(
     }
     // The barrier makes the first local look linearizable; later looks are cheap local reads.
     st.client.read_barrier().await?;
-    let cfg = config(&st, &name).await?;
+    let entry = config(&st, &name).await?;
+    let cfg = &entry.config;
     if let queue::Delivery::Push { path } = &cfg.delivery {
         return Err(ApiError::Conflict(format!(
             "queue `{name}` delivers by push to `{path}`; only pull queues can be received from"
@@ -461,7 +465,7 @@ pub async fn receive(
     }
     let deadline = Instant::now() + Duration::from_millis(wait_ms);
     loop {
-        if queue::has_visible(&*st.store, &st.queues, &name, &cfg, now_ms())? {
+        if queue::has_visible(&*st.store, &st.queues, &name, cfg, now_ms())? {
             let cmd = receive_command(&name, lock_ms, &consumer, input.max_messages);
             match answer(st.client.write(&cmd).await?)? {
                 QueueResponse::Received { message: Some(m) } => {
@@ -508,7 +512,8 @@ pub async fn settle(
         });
     };
     let input: SettleInput = parse_json(&body)?;
-    let cfg = config(&st, &name).await?;
+    let entry = config(&st, &name).await?;
+    let cfg = &entry.config;
     let action = match verb {
         "renew-lock" => {
             let lock_ms = input.lock_ms.unwrap_or(cfg.lock_ms);

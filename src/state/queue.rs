@@ -26,6 +26,7 @@
 //! All integers in keys are big-endian so key order is numeric order.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -589,6 +590,12 @@ pub fn load_indexes(kv: &dyn Store) -> Result<Indexes, StoreError> {
         }
         Ok(())
     })?;
+    scan_prefix(kv, &keys::state(b"qc/"), |rest, v| {
+        let e: QueueEntry = decode(v).map_err(|e| corrupt("queue config", e))?;
+        let name = String::from_utf8_lossy(rest).into_owned();
+        ix.configs.insert(name, Arc::new(e));
+        Ok(())
+    })?;
     scan_prefix(kv, &keys::state(b"qx/"), |rest, v| {
         let (queue, _) = split_queue(rest).ok_or_else(|| corrupt("dead key", "malformed"))?;
         let m: MessageMeta = decode(v).map_err(|e| corrupt("dead letter", e))?;
@@ -907,13 +914,14 @@ enum Live {
 
 impl Apply<'_> {
     fn load(&self, queue: &str) -> Result<Live, StoreError> {
-        match get::<QueueEntry>(self.kv, self.batch, &k("c", queue), "queue config")? {
+        match self.ix.configs.get(queue) {
             None => Ok(Live::Gone),
             Some(e) if e.deleting => Ok(Live::Deleting),
             Some(e) => {
+                let e = Box::new(QueueEntry::clone(e));
                 let stats =
                     get(self.kv, self.batch, &k("s", queue), "queue stats")?.unwrap_or_default();
-                Ok(Live::Ok(Box::new(e), stats))
+                Ok(Live::Ok(e, stats))
             }
         }
     }
@@ -967,6 +975,7 @@ impl Apply<'_> {
             deleting: false,
         };
         self.batch.put(k("c", name), encode(&entry));
+        self.ix.configs.insert(name.to_string(), Arc::new(entry));
         Ok(QueueResponse::Put {
             revision: index,
             created: existing.is_none(),
@@ -1015,9 +1024,11 @@ impl Apply<'_> {
         if done {
             self.batch.delete(k("c", name));
             self.batch.delete(k("s", name));
+            self.ix.configs.remove(name);
         } else if !entry.deleting {
             entry.deleting = true;
             self.batch.put(k("c", name), encode(&entry));
+            self.ix.configs.insert(name.to_string(), Arc::new(entry));
         }
         Ok(QueueResponse::Deleted {
             existed: true,

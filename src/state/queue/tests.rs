@@ -422,6 +422,10 @@ fn delete_removes_everything_in_chunks() {
             done: false
         }
     );
+    // The in-memory copy of the configuration (what ingress and apply read) says deleting,
+    // exactly as a rebuild from the store would.
+    assert!(t.ix.read().queue_entry("q").is_some_and(|e| e.deleting));
+    assert_eq!(t.ix.read().configs, load_indexes(&*t.kv).unwrap().configs);
     // While deleting, the queue takes nothing.
     assert_eq!(
         t.run(enqueue("q", 2, vec![msg("late", None, b"x")])),
@@ -435,6 +439,7 @@ fn delete_removes_everything_in_chunks() {
         }
     );
     assert!(read_queue(&*t.kv, "q").unwrap().is_none());
+    assert!(t.ix.read().queue_entry("q").is_none());
     // Only global expiry index keys remain, and the sweep clears them.
     t.run(Command::QueueSweep {
         now_ms: u64::MAX - 1,
