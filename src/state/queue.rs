@@ -613,6 +613,7 @@ pub fn load_indexes(kv: &dyn Store) -> Result<Indexes, StoreError> {
     scan_prefix(kv, &keys::state(b"qh/"), |rest, v| {
         let t: FinishedTrace = decode(v).map_err(|e| corrupt("trace", e))?;
         let id = String::from_utf8_lossy(rest).into_owned();
+        ix.traced.insert(id.clone());
         ix.trace_expiry
             .insert((t.finished_ms.saturating_add(TRACE_RETENTION_MS), id));
         Ok(())
@@ -1383,12 +1384,13 @@ impl Apply<'_> {
         outcome: Final,
         now_ms: u64,
     ) -> Result<(), StoreError> {
-        let hkey = trace_key(&meta.id);
-        if self.batch.read_through(self.kv, &hkey)?.is_some() {
+        if self.ix.traced.contains(&meta.id) {
             return Ok(());
         }
+        let hkey = trace_key(&meta.id);
         let until = now_ms.saturating_add(TRACE_RETENTION_MS);
         self.ix.trace_expiry.insert((until, meta.id.clone()));
+        self.ix.traced.insert(meta.id.clone());
         let t = FinishedTrace {
             queue: queue.to_string(),
             meta,
@@ -1663,6 +1665,7 @@ impl Apply<'_> {
             .collect();
         for e in due {
             self.batch.delete(trace_key(&e.1));
+            self.ix.traced.remove(&e.1);
             self.ix.trace_expiry.remove(&e);
         }
     }
