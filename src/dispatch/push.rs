@@ -219,7 +219,13 @@ async fn round(
     cfg: &QueueConfig,
     path: &str,
 ) -> bool {
-    let free = sh.permits.available_permits().min(MAX_LEASES_PER_COMMAND);
+    // No more candidates than the tenants can take: reading records nobody can take was a
+    // few percent of the leader's CPU while the pool was full.
+    let free = sh
+        .permits
+        .available_permits()
+        .min(MAX_LEASES_PER_COMMAND)
+        .min(sh.pool.headroom());
     if free == 0 {
         return false;
     }

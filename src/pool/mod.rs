@@ -1061,6 +1061,19 @@ impl Pool {
         self.get(name).map(|t| t.stats())
     }
 
+    /// Calls the selectable tenants could take now: the sum of their adaptive limits minus
+    /// what is in flight. A dispatcher asks before reading candidates from the store, so a
+    /// full pool costs it nothing.
+    pub fn headroom(&self) -> usize {
+        let now = Instant::now();
+        self.all()
+            .iter()
+            .map(|t| t.candidate(now, self.opts.slow_start))
+            .filter(|c| c.excluded.is_none())
+            .map(|c| c.limit.saturating_sub(c.in_flight) as usize)
+            .sum()
+    }
+
     /// Names of the tenants this node knows.
     pub fn names(&self) -> Vec<String> {
         self.all().iter().map(|t| t.name.clone()).collect()
