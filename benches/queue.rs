@@ -240,6 +240,31 @@ impl Bench {
     }
 }
 
+/// Each tenant's in-flight count, adaptive limit and latency estimate, as the busiest node
+/// sees them (the leader dispatches; followers send nothing).
+fn pool_view(tenants: &Value) -> String {
+    let items = tenants["items"].as_array().cloned().unwrap_or_default();
+    items
+        .iter()
+        .map(|t| {
+            let views = t["health_by_node"].as_object().cloned().unwrap_or_default();
+            let busiest = views
+                .values()
+                .max_by_key(|h| h["in_flight"].as_u64().unwrap_or(0))
+                .cloned()
+                .unwrap_or(Value::Null);
+            format!(
+                "{} in flight {} of limit {}, latency {} ms",
+                t["name"].as_str().unwrap_or("?"),
+                busiest["in_flight"],
+                busiest["limit"],
+                busiest["latency_ms"]
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
 /// The disk's own floor, measured in the same run: `fdatasync` after appending 1 KiB to a
 /// file in `target/` (what any fsync-per-commit system pays at least once per commit).
 fn disk_fdatasync(samples: usize) -> Row {
@@ -436,6 +461,7 @@ async fn delivery_row(b: &Bench, backlog: u64) -> (Row, u64) {
     let started = Instant::now();
     b.put("/admin/queues/bench-out", &push).await;
     let mut last = 0;
+    let mut next_sample = Duration::from_secs(2);
     loop {
         let s = b.get("/admin/queues/bench-out?consistency=local").await;
         let depth = s["stats"]["depth"].as_u64().unwrap_or(u64::MAX);
@@ -448,6 +474,14 @@ async fn delivery_row(b: &Bench, backlog: u64) -> (Row, u64) {
         if started.elapsed() > Duration::from_secs(limit_s) {
             eprintln!("delivery did not finish in {limit_s} s; depth {depth}");
             break;
+        }
+        if started.elapsed() >= next_sample {
+            next_sample += Duration::from_secs(2);
+            eprintln!(
+                "  drain at {:.0} s: depth {depth}; {}",
+                started.elapsed().as_secs_f64(),
+                pool_view(&b.get("/admin/tenants").await)
+            );
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
