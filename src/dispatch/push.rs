@@ -122,14 +122,7 @@ async fn dispatch_loop(sh: Arc<Shared>, tx: mpsc::Sender<Outcomes>) {
             tokio::time::sleep(FOLLOWER_WAIT).await;
             continue;
         }
-        let queues = match push_queues(&*sh.store) {
-            Ok(q) => q,
-            Err(e) => {
-                tracing::warn!(error = %e, "reading push queues failed");
-                tokio::time::sleep(FOLLOWER_WAIT).await;
-                continue;
-            }
-        };
+        let queues = push_queues(&sh.queues);
         let mut progressed = false;
         for (name, cfg, path) in &queues {
             progressed |= round(&sh, &tx, name, cfg, path).await;
@@ -140,21 +133,21 @@ async fn dispatch_loop(sh: Arc<Shared>, tx: mpsc::Sender<Outcomes>) {
     }
 }
 
-/// The push queues in this node's applied state, with their paths.
-fn push_queues(
-    store: &dyn Store,
-) -> Result<Vec<(String, QueueConfig, String)>, crate::store::StoreError> {
-    Ok(queue::list_queues(store, None, MAX_PUSH_QUEUES)?
-        .into_iter()
+/// The push queues in this node's applied state (the indexes' copy: no store scan per
+/// round), by name, with their paths; at most [`MAX_PUSH_QUEUES`].
+fn push_queues(ix: &queue::SharedIndex) -> Vec<(String, QueueConfig, String)> {
+    let mut out: Vec<(String, QueueConfig, String)> = ix
+        .read()
+        .queue_entries()
         .filter(|(_, e)| !e.deleting)
         .filter_map(|(name, e)| match &e.config.delivery {
-            Delivery::Push { path } => {
-                let path = path.clone();
-                Some((name, e.config, path))
-            }
+            Delivery::Push { path } => Some((name.clone(), e.config.clone(), path.clone())),
             Delivery::Pull => None,
         })
-        .collect())
+        .collect();
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    out.truncate(MAX_PUSH_QUEUES);
+    out
 }
 
 /// What to do with one visible message now.

@@ -60,6 +60,11 @@ impl Indexes {
         self.configs.get(name).cloned()
     }
 
+    /// Every stored queue entry, in no particular order.
+    pub fn queue_entries(&self) -> impl Iterator<Item = (&String, &Arc<QueueEntry>)> {
+        self.configs.iter()
+    }
+
     pub(crate) fn queue(&self, name: &str) -> Option<&QueueIdx> {
         self.queues.get(name)
     }
