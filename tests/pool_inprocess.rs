@@ -356,3 +356,32 @@ async fn csrf_refetch_on_403() {
         assert_eq!(r.status, 200);
     }
 }
+
+/// The pool's headroom (what the push dispatcher reads before choosing candidates) is the sum
+/// of limit minus in flight over the tenants that can take work: held leases lower it, a
+/// draining tenant leaves it, a released lease gives its call back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn headroom_counts_free_calls_of_selectable_tenants() {
+    let pool = pool();
+    let (_h1, d1) = tenant(TenantConfig::new("r1")).await;
+    let (_h2, d2) = tenant(TenantConfig::new("r2")).await;
+    register(&pool, &d1, json!({"max_in_flight": 3}), 1);
+    register(&pool, &d2, json!({"max_in_flight": 3}), 1);
+    wait_for(Duration::from_secs(5), "both healthy", || {
+        status(&pool, "r1") == Status::Healthy && status(&pool, "r2") == Status::Healthy
+    })
+    .await;
+    assert_eq!(pool.headroom(), 6);
+    let first = pool.acquire("r1").expect("r1 has room");
+    let _second = pool.acquire("r1").expect("r1 has room");
+    assert_eq!(pool.headroom(), 4);
+    register(
+        &pool,
+        &d2,
+        json!({"max_in_flight": 3, "state": "draining"}),
+        2,
+    );
+    assert_eq!(pool.headroom(), 1, "a draining tenant takes no new work");
+    drop(first);
+    assert_eq!(pool.headroom(), 2);
+}

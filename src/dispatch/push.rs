@@ -50,6 +50,11 @@ pub const MAX_IN_FLIGHT: usize = 4_096;
 /// `QueueDispatch` commands awaiting commit at once, across queues. Rounds overlap so the
 /// dispatcher is not idle for a whole commit between rounds; past it the loop waits.
 pub const MAX_DISPATCHES_IN_FLIGHT: usize = 4;
+/// Candidates read per call the pool can take now (a candidate held for a busy sticky
+/// tenant takes none of the headroom, so a round reads past it).
+pub const CANDIDATES_PER_FREE_CALL: usize = 4;
+/// Fewest candidates a round with any headroom reads.
+pub const MIN_CANDIDATES: usize = 32;
 /// Outcomes waiting for the settler; delivery tasks wait when it is full.
 pub const RESULTS_CAPACITY: usize = 8_192;
 /// Most outcomes one `QueueRecord` command carries.
@@ -212,13 +217,23 @@ async fn round(
     cfg: &QueueConfig,
     path: &str,
 ) -> bool {
-    // No more candidates than the tenants can take: reading records nobody can take was a
-    // few percent of the leader's CPU while the pool was full.
+    // Nothing to read while no tenant can take work: reading up to 256 records per poll of
+    // a full pool was a few percent of the leader's CPU. Otherwise read a few times the
+    // headroom, since a message waiting for its sticky tenant takes none of it and must not
+    // hide the ones behind it.
+    let headroom = sh.pool.headroom();
+    if headroom == 0 {
+        return false;
+    }
     let free = sh
         .permits
         .available_permits()
         .min(MAX_LEASES_PER_COMMAND)
-        .min(sh.pool.headroom());
+        .min(
+            headroom
+                .saturating_mul(CANDIDATES_PER_FREE_CALL)
+                .max(MIN_CANDIDATES),
+        );
     if free == 0 {
         return false;
     }
