@@ -24,6 +24,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+/// Makes a rename or unlink in a directory durable (shared with the log and the store).
 pub use crate::store::sync_dir;
 use crate::store::{keys, KvPair, Store, StoreError, WriteBatch};
 
@@ -105,7 +106,6 @@ fn io(what: &str, path: &Path, e: std::io::Error) -> StoreError {
     StoreError::Engine(format!("{what} {}: {e}", path.display()))
 }
 
-/// Makes a rename or unlink in `dir` durable.
 /// Removes snapshot files in `dir` for which `drop(index, term)` is true, and with `parts`
 /// any partial file (only safe when nothing is writing one).
 pub fn remove_files(dir: &Path, parts: bool, drop: impl Fn(u64, u64) -> bool) {

@@ -910,7 +910,7 @@ pub struct Apply<'a> {
 enum Live {
     Gone,
     Deleting,
-    Ok(Box<QueueEntry>, QueueStats),
+    Ok(Arc<QueueEntry>, QueueStats),
 }
 
 impl Apply<'_> {
@@ -919,7 +919,7 @@ impl Apply<'_> {
             None => Ok(Live::Gone),
             Some(e) if e.deleting => Ok(Live::Deleting),
             Some(e) => {
-                let e = Box::new(QueueEntry::clone(e));
+                let e = Arc::clone(e);
                 let stats =
                     get(self.kv, self.batch, &k("s", queue), "queue stats")?.unwrap_or_default();
                 Ok(Live::Ok(e, stats))
