@@ -964,7 +964,7 @@ impl Apply<'_> {
         config: QueueConfig,
         now_ms: u64,
     ) -> Result<QueueResponse, StoreError> {
-        let existing: Option<QueueEntry> = get(self.kv, self.batch, &k("c", name), "queue")?;
+        let existing = self.ix.configs.get(name).cloned();
         if existing.as_ref().is_some_and(|e| e.deleting) {
             return Ok(QueueResponse::Deleting);
         }
@@ -987,8 +987,7 @@ impl Apply<'_> {
     /// configuration goes last, when nothing else remains. The queue's indexes go at once: a
     /// deleting queue takes no command that would read them.
     pub fn delete_queue(&mut self, name: &str) -> Result<QueueResponse, StoreError> {
-        let Some(mut entry) = get::<QueueEntry>(self.kv, self.batch, &k("c", name), "queue")?
-        else {
+        let Some(mut entry) = self.ix.configs.get(name).map(|e| QueueEntry::clone(e)) else {
             return Ok(QueueResponse::Deleted {
                 existed: false,
                 done: true,
