@@ -363,6 +363,7 @@ impl CorralState {
             kv: &*self.kv,
             batch,
             ix: &mut ix,
+            index,
         };
         match cmd {
             Command::SchedulePut { name, spec, now_ms } => s.put(index, &name, *spec, now_ms),
@@ -397,12 +398,8 @@ impl CorralState {
         batch: &mut WriteBatch,
     ) -> Result<queue::QueueResponse, StoreError> {
         let mut ix = self.queues.write();
-        let mut q = queue::Apply {
-            kv: &*self.kv,
-            batch,
-            ix: &mut ix,
-        };
-        match cmd {
+        let mut q = queue::Apply::new(&*self.kv, batch, &mut ix, index);
+        let response = match cmd {
             Command::QueuePut {
                 name,
                 config,
@@ -469,7 +466,9 @@ impl CorralState {
             | Command::ScheduleCallLost { .. } => Err(StoreError::Corrupt(
                 "non-queue command routed to the queue".into(),
             )),
-        }
+        };
+        q.finish();
+        response
     }
 }
 

@@ -13,15 +13,20 @@
 //!   in its value log (`store::vlog`), so leases and settles rewrite only the small record;
 //! - `qx/<queue>\0<seq>` -> [`MessageMeta`] of a dead letter;
 //! - `qd/<queue>\0<dedup key>` -> [`DedupEntry`];
-//! - `qh/<id>` -> [`FinishedTrace`], the retained trace of a finished message.
+//! - `qf/<index>` -> [`TraceBatch`], the retained traces of the messages that the command at
+//!   Raft index `index` finished (one record per command, not one per message: a drain
+//!   finishes hundreds per command, and two store writes per message were a quarter of them);
+//! - `qh/<id>` -> [`FinishedTrace`], one retained trace, as written before the batches (read
+//!   and swept, no longer written).
 //!
 //! Everything else a command needs to find its messages (the ready order by visibility time,
 //! ids, per-key ordering, and when dedup entries, leases and traces expire) is derived from
 //! those records and kept in memory ([`index`]): rebuilt when the node opens and after a
 //! snapshot, updated by apply. Leasing a message moves its ready entry to the lease deadline,
 //! so an expired lock makes the message visible again with no extra work, and "head" is the
-//! first entries up to `now`. A message's life costs about five store writes (enqueue, lease,
-//! complete, trace, trace expiry), where one key per index used to cost twenty.
+//! first entries up to `now`. A message's life costs about three store writes (enqueue, lease,
+//! complete) and a share of its command's trace record, where one key per index used to cost
+//! twenty.
 //!
 //! All integers in keys are big-endian so key order is numeric order.
 
@@ -34,6 +39,7 @@ use super::{decode, encode};
 use crate::store::{keys, KvPair, Store, StoreError, WriteBatch};
 
 pub mod index;
+use index::TraceRecord;
 pub use index::{Indexes, SharedIndex};
 
 /// Largest message body (bytes). Ingress answers 413 beyond it.
@@ -198,7 +204,7 @@ pub struct QueueStats {
     pub dead_lettered_total: u64,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MessageMeta {
     pub id: String,
     pub sequence: u64,
@@ -293,13 +299,21 @@ pub enum Final {
     Expired,
 }
 
-/// The retained trace of a finished message (`qh/<id>`).
+/// The retained trace of a finished message (in a [`TraceBatch`], or alone at `qh/<id>`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FinishedTrace {
     pub queue: String,
     pub meta: MessageMeta,
     pub outcome: Final,
     pub finished_ms: u64,
+}
+
+/// The retained traces of the messages one command finished (`qf/<index>`), kept until
+/// `until_ms` and swept whole.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TraceBatch {
+    pub until_ms: u64,
+    pub traces: Vec<FinishedTrace>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -454,9 +468,27 @@ fn seq_key(kind: &str, queue: &str, seq: u64) -> Vec<u8> {
     qk(kind, queue, &seq.to_be_bytes())
 }
 
-/// `qh/<id>`: the retained trace of a finished message (ids are unique across queues).
+/// `qh/<id>`: one retained trace as written before the batches (ids are unique across queues).
 fn trace_key(id: &str) -> Vec<u8> {
     keys::state(format!("qh/{id}").as_bytes())
+}
+
+/// `qf/<index>`: the traces finished by the command at Raft index `index`.
+fn trace_batch_key(index: u64) -> Vec<u8> {
+    qk_raw(b"qf/", &index.to_be_bytes())
+}
+
+fn trace_record_key(r: &TraceRecord) -> Vec<u8> {
+    match r {
+        TraceRecord::Batch(index) => trace_batch_key(*index),
+        TraceRecord::Single(id) => trace_key(id),
+    }
+}
+
+fn qk_raw(prefix: &[u8], rest: &[u8]) -> Vec<u8> {
+    let mut key = keys::state(prefix);
+    key.extend_from_slice(rest);
+    key
 }
 
 /// Splits the `<queue>\0<rest>` after a kind prefix.
@@ -610,12 +642,18 @@ pub fn load_indexes(kv: &dyn Store) -> Result<Indexes, StoreError> {
             .insert((d.expires_at_ms, queue.to_string(), dk));
         Ok(())
     })?;
+    scan_prefix(kv, &keys::state(b"qf/"), |rest, v| {
+        let index = be_u64(rest).ok_or_else(|| corrupt("trace batch key", "malformed"))?;
+        let b: TraceBatch = decode(v).map_err(|e| corrupt("trace batch", e))?;
+        let ids = b.traces.into_iter().map(|t| t.meta.id).collect();
+        ix.add_traces(b.until_ms, TraceRecord::Batch(index), ids);
+        Ok(())
+    })?;
     scan_prefix(kv, &keys::state(b"qh/"), |rest, v| {
         let t: FinishedTrace = decode(v).map_err(|e| corrupt("trace", e))?;
         let id = String::from_utf8_lossy(rest).into_owned();
-        ix.traced.insert(id.clone());
-        ix.trace_expiry
-            .insert((t.finished_ms.saturating_add(TRACE_RETENTION_MS), id));
+        let until = t.finished_ms.saturating_add(TRACE_RETENTION_MS);
+        ix.add_traces(until, TraceRecord::Single(id.clone()), vec![id]);
         Ok(())
     })?;
     Ok(ix)
@@ -815,7 +853,7 @@ pub fn find_message(
     max_queues: usize,
 ) -> Result<Option<Whereabouts>, StoreError> {
     let b = WriteBatch::default();
-    if let Some(t) = get::<FinishedTrace>(kv, &b, &trace_key(id), "trace")? {
+    if let Some(t) = find_trace(kv, ix, id)? {
         return Ok(Some(Whereabouts::Finished(t)));
     }
     for (queue, _) in list_queues(kv, None, max_queues)? {
@@ -836,14 +874,35 @@ pub fn find_message(
     Ok(None)
 }
 
+/// The retained trace of message `id`, from the record the index names.
+fn find_trace(
+    kv: &dyn Store,
+    ix: &SharedIndex,
+    id: &str,
+) -> Result<Option<FinishedTrace>, StoreError> {
+    let Some(record) = ix.read().traced.get(id).cloned() else {
+        return Ok(None);
+    };
+    let b = WriteBatch::default();
+    let key = trace_record_key(&record);
+    Ok(match record {
+        TraceRecord::Single(_) => get::<FinishedTrace>(kv, &b, &key, "trace")?,
+        TraceRecord::Batch(_) => get::<TraceBatch>(kv, &b, &key, "trace batch")?
+            .and_then(|b| b.traces.into_iter().find(|t| t.meta.id == id)),
+    })
+}
+
 /// True when some dedup entry, lease or retained trace has expired by `now_ms`, or more than
 /// [`MAX_RETAINED_TRACES`] traces are kept (the leader then sweeps).
 pub fn sweep_due(ix: &SharedIndex, now_ms: u64) -> bool {
     let ix = ix.read();
-    ix.trace_expiry.len() as u64 > MAX_RETAINED_TRACES
+    ix.traced.len() as u64 > MAX_RETAINED_TRACES
         || ix.dedup_expiry.first().is_some_and(|e| e.0 < now_ms)
         || ix.lease_expiry.first().is_some_and(|e| e.0 < now_ms)
-        || ix.trace_expiry.first().is_some_and(|e| e.0 < now_ms)
+        || ix
+            .trace_expiry
+            .first_key_value()
+            .is_some_and(|e| e.0 .0 < now_ms)
 }
 
 /// Dead letters of `queue` by sequence, after `after`, at most `limit`.
@@ -901,10 +960,22 @@ pub fn is_live(
 // ---------- apply ----------
 
 /// Applies queue commands against `kv` as seen through `batch`, keeping `ix` in step.
+/// One command's changes to the queue state: writes go to `batch`, index updates to `ix`.
+/// Traces of the messages the command finishes gather in `traces` and are written as one
+/// record when the command is done ([`Apply::finish`], also on drop).
 pub struct Apply<'a> {
-    pub kv: &'a dyn Store,
-    pub batch: &'a mut WriteBatch,
-    pub ix: &'a mut Indexes,
+    kv: &'a dyn Store,
+    batch: &'a mut WriteBatch,
+    ix: &'a mut Indexes,
+    /// Raft index of the command: names its trace record, unique for the life of the log.
+    index: u64,
+    traces: Option<TraceBatch>,
+}
+
+impl Drop for Apply<'_> {
+    fn drop(&mut self) {
+        self.finish();
+    }
 }
 
 enum Live {
@@ -913,7 +984,29 @@ enum Live {
     Ok(Arc<QueueEntry>, QueueStats),
 }
 
-impl Apply<'_> {
+impl<'a> Apply<'a> {
+    pub fn new(
+        kv: &'a dyn Store,
+        batch: &'a mut WriteBatch,
+        ix: &'a mut Indexes,
+        index: u64,
+    ) -> Self {
+        Apply {
+            kv,
+            batch,
+            ix,
+            index,
+            traces: None,
+        }
+    }
+
+    /// Writes the traces this command finished as one record (nothing if none).
+    pub fn finish(&mut self) {
+        if let Some(b) = self.traces.take() {
+            self.batch.put(trace_batch_key(self.index), encode(&b));
+        }
+    }
+
     fn load(&self, queue: &str) -> Result<Live, StoreError> {
         match self.ix.configs.get(queue) {
             None => Ok(Live::Gone),
@@ -1383,20 +1476,22 @@ impl Apply<'_> {
         outcome: Final,
         now_ms: u64,
     ) -> Result<(), StoreError> {
-        if self.ix.traced.contains(&meta.id) {
+        if self.ix.traced.contains_key(&meta.id) {
             return Ok(());
         }
-        let hkey = trace_key(&meta.id);
-        let until = now_ms.saturating_add(TRACE_RETENTION_MS);
-        self.ix.trace_expiry.insert((until, meta.id.clone()));
-        self.ix.traced.insert(meta.id.clone());
-        let t = FinishedTrace {
+        let batch = self.traces.get_or_insert_with(|| TraceBatch {
+            until_ms: now_ms.saturating_add(TRACE_RETENTION_MS),
+            traces: Vec::new(),
+        });
+        let record = TraceRecord::Batch(self.index);
+        self.ix
+            .add_traces(batch.until_ms, record, vec![meta.id.clone()]);
+        batch.traces.push(FinishedTrace {
             queue: queue.to_string(),
             meta,
             outcome,
             finished_ms: now_ms,
-        };
-        self.batch.put(hkey, encode(&t));
+        });
         Ok(())
     }
 
@@ -1649,23 +1744,21 @@ impl Apply<'_> {
         })
     }
 
-    /// Removes retained traces that expired, and the oldest beyond [`MAX_RETAINED_TRACES`]
-    /// (at most [`SWEEP_LIMIT`] per sweep).
+    /// Removes trace records, oldest first, that expired by `now_ms` or that hold the
+    /// traces beyond [`MAX_RETAINED_TRACES`] (whole records: up to one command's worth more
+    /// may go), at most [`SWEEP_LIMIT`] records.
     fn sweep_traces(&mut self, now_ms: u64) {
-        let over = (self.ix.trace_expiry.len() as u64).saturating_sub(MAX_RETAINED_TRACES) as usize;
-        let due: Vec<_> = self
-            .ix
-            .trace_expiry
-            .iter()
-            .enumerate()
-            .take_while(|(i, (until, _))| *until <= now_ms || *i < over)
-            .take(SWEEP_LIMIT)
-            .map(|(_, e)| e.clone())
-            .collect();
-        for e in due {
-            self.batch.delete(trace_key(&e.1));
-            self.ix.traced.remove(&e.1);
-            self.ix.trace_expiry.remove(&e);
+        for _ in 0..SWEEP_LIMIT {
+            let over = self.ix.traced.len() as u64 > MAX_RETAINED_TRACES;
+            let Some(((until, _), _)) = self.ix.trace_expiry.first_key_value() else {
+                return;
+            };
+            if *until > now_ms && !over {
+                return;
+            }
+            if let Some(record) = self.ix.pop_oldest_traces() {
+                self.batch.delete(trace_record_key(&record));
+            }
         }
     }
 

@@ -381,6 +381,8 @@ pub struct Apply<'a> {
     pub batch: &'a mut WriteBatch,
     /// The queue indexes (a firing enqueues; the overlap policy asks whether a run is live).
     pub ix: &'a mut queue::Indexes,
+    /// Raft index of the command (a firing's enqueue is a queue command of that index).
+    pub index: u64,
 }
 
 impl Apply<'_> {
@@ -544,11 +546,7 @@ impl Apply<'_> {
             headers: message_headers(&f.name, f, headers),
             body: body.clone(),
         };
-        let mut q = queue::Apply {
-            kv: self.kv,
-            batch: self.batch,
-            ix: self.ix,
-        };
+        let mut q = queue::Apply::new(self.kv, self.batch, self.ix, self.index);
         Ok(match q.enqueue(queue, f.now_ms, vec![msg])? {
             QueueResponse::Enqueued { results } => match results.first() {
                 Some(r) => Outcome::Enqueued {

@@ -4,7 +4,7 @@
 //!
 //! Why in memory: each of these used to be a key of its own in the store, so a message's life
 //! cost about twenty store writes, and the store's write path was most of the node's CPU. They
-//! are pure functions of the stored records (`qn`, `qx`, `qd`, `qh`), so they need no
+//! are pure functions of the stored records (`qn`, `qx`, `qd`, `qf`, `qh`), so they need no
 //! durability of their own: [`Indexes::load`] rebuilds them from the store when the node opens
 //! and after a snapshot replaced the state, and apply keeps them in step with every batch it
 //! writes. Apply updates them before its batch reaches the store (the node stops if that write
@@ -18,10 +18,20 @@
 //! One owner writes: the state machine, on the Raft driver thread, under the write lock.
 //! Handlers (long-poll receive, the push dispatcher, traces) take the read lock briefly.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use super::QueueEntry;
+
+/// The stored record a retained trace lives in.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub(crate) enum TraceRecord {
+    /// `qf/<index>`: the traces of every message the command at Raft index `index` finished.
+    Batch(u64),
+    /// `qh/<id>`: one message's trace, as written before 2026-12-03 (read and swept, no
+    /// longer written).
+    Single(String),
+}
 
 /// The indexes of one queue.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -46,12 +56,13 @@ pub struct Indexes {
     /// `(deadline_ms, queue, seq)` of every held lease (the sweep clears expired ones so
     /// `in_flight` counts only live locks).
     pub(crate) lease_expiry: BTreeSet<(u64, String, u64)>,
-    /// `(until_ms, id)` of every retained trace; its size is the retained-trace count.
-    pub(crate) trace_expiry: BTreeSet<(u64, String)>,
-    /// The ids in `trace_expiry`: whether a message already has a trace is asked once per
-    /// finished message, and a store lookup of a key that is not there cost about 7% of a
-    /// draining node's CPU.
-    pub(crate) traced: HashSet<String>,
+    /// `(until_ms, record)` of every stored trace record -> the ids whose traces it holds, so
+    /// the sweep forgets them without reading the record.
+    pub(crate) trace_expiry: BTreeMap<(u64, TraceRecord), Vec<String>>,
+    /// Message id -> the record holding its retained trace; its size is the retained-trace
+    /// count. Whether a message already has a trace is asked once per finished message, and a
+    /// store lookup of a key that is not there cost about 7% of a draining node's CPU.
+    pub(crate) traced: HashMap<String, TraceRecord>,
 }
 
 impl Indexes {
@@ -71,6 +82,29 @@ impl Indexes {
 
     pub(crate) fn queue_mut(&mut self, name: &str) -> &mut QueueIdx {
         self.queues.entry(name.to_string()).or_default()
+    }
+
+    /// Notes that `record`, kept until `until_ms`, holds the traces of `ids`.
+    pub(crate) fn add_traces(&mut self, until_ms: u64, record: TraceRecord, ids: Vec<String>) {
+        for id in &ids {
+            self.traced.insert(id.clone(), record.clone());
+        }
+        self.trace_expiry
+            .entry((until_ms, record))
+            .or_default()
+            .extend(ids);
+    }
+
+    /// Forgets the trace record that expires first and the ids it holds; returns it so the
+    /// caller deletes it.
+    pub(crate) fn pop_oldest_traces(&mut self) -> Option<TraceRecord> {
+        let ((_, record), ids) = self.trace_expiry.pop_first()?;
+        for id in ids {
+            if self.traced.get(&id) == Some(&record) {
+                self.traced.remove(&id);
+            }
+        }
+        Some(record)
     }
 
     pub(crate) fn seq_of(&self, queue: &str, id: &str) -> Option<u64> {

@@ -776,6 +776,107 @@ fn push_defer_and_trace_retention() {
     assert!(!sweep_due(&t.ix, 951 + TRACE_RETENTION_MS));
 }
 
+/// The messages one command finishes share one trace record (`qf/<index>`): each trace is
+/// found by its id, the indexes match a rebuild, and the sweep removes the record, and every
+/// trace in it, once their retention has passed.
+#[test]
+fn traces_of_one_command_share_one_record() {
+    let mut t = T::new();
+    t.put("p", push_cfg(5));
+    enqueue_p(&mut t, 3);
+    let leases = (1..=3).map(|s| lease(s, &format!("t{s}"), "A")).collect();
+    assert_eq!(leased(t.run(dispatch(200, leases, vec![]))).len(), 3);
+    let results = (1..=3)
+        .map(|s| DeliveryResult {
+            seq: s,
+            lock_token: format!("t{s}"),
+            tenant: "A".into(),
+            status: Some(200),
+            error: None,
+            latency_ms: 5,
+            verdict: Verdict::Completed,
+        })
+        .collect();
+    let r = t.run(Command::QueueRecord {
+        queue: "p".into(),
+        now_ms: 300,
+        results,
+    });
+    assert!(
+        matches!(r, QueueResponse::Recorded { completed: 3, .. }),
+        "{r:?}"
+    );
+    assert_eq!(t.state_keys(), 3, "config, stats and one trace record");
+    for id in ["m0", "m1", "m2"] {
+        match find_message(&*t.kv, &t.ix, id, 10).unwrap() {
+            Some(Whereabouts::Finished(tr)) => assert_eq!(tr.meta.id, id),
+            other => panic!("{id}: no finished trace: {other:?}"),
+        }
+    }
+    same_traces_as_a_rebuild(&t);
+    assert!(!sweep_due(&t.ix, 300 + TRACE_RETENTION_MS));
+    t.run(Command::QueueSweep {
+        now_ms: 301 + TRACE_RETENTION_MS,
+    });
+    assert_eq!(t.state_keys(), 2, "config and stats remain");
+    assert!(find_message(&*t.kv, &t.ix, "m1", 10).unwrap().is_none());
+    same_traces_as_a_rebuild(&t);
+}
+
+fn same_traces_as_a_rebuild(t: &T) {
+    let rebuilt = load_indexes(&*t.kv).unwrap();
+    let live = t.ix.read();
+    assert_eq!(
+        (&live.traced, &live.trace_expiry),
+        (&rebuilt.traced, &rebuilt.trace_expiry)
+    );
+}
+
+/// A trace stored alone at `qh/<id>` (the layout before trace records) is still found after
+/// the node reopens, keeps a second trace of the same id from being written, and is swept
+/// after its retention like a record.
+#[test]
+fn single_traces_of_the_old_layout_are_read_and_swept() {
+    let dir = tempfile::tempdir().unwrap();
+    let kv: Arc<dyn Store> = Arc::new(crate::store::SledStore::open(dir.path()).unwrap());
+    let old = FinishedTrace {
+        queue: "p".into(),
+        meta: MessageMeta {
+            id: "old".into(),
+            ..MessageMeta::default()
+        },
+        outcome: Final::Completed,
+        finished_ms: 1_000,
+    };
+    let mut b = WriteBatch::default();
+    b.put(trace_key("old"), encode(&old));
+    kv.write(b).unwrap();
+    let sm = crate::state::CorralState::new(kv.clone()).unwrap();
+    let ix = sm.queue_index();
+    match find_message(&*kv, &ix, "old", 10).unwrap() {
+        Some(Whereabouts::Finished(tr)) => assert_eq!(tr, old),
+        other => panic!("old trace not found: {other:?}"),
+    }
+    let mut batch = WriteBatch::default();
+    {
+        let mut w = ix.write();
+        let mut a = Apply::new(&*kv, &mut batch, &mut w, 7);
+        a.keep_trace("p", old.meta.clone(), Final::Completed, 2_000)
+            .unwrap();
+        a.finish();
+    }
+    assert!(batch.is_empty(), "a retained id gets no second trace");
+    {
+        let mut w = ix.write();
+        let mut a = Apply::new(&*kv, &mut batch, &mut w, 8);
+        a.sweep_traces(1_000 + TRACE_RETENTION_MS);
+    }
+    kv.write(batch).unwrap();
+    assert!(kv.get(&trace_key("old")).unwrap().is_none());
+    assert!(ix.read().traced.is_empty());
+    assert_eq!(*ix.read(), load_indexes(&*kv).unwrap());
+}
+
 /// A batch receive leases distinct messages in queue order in one command, holds per-key
 /// order within the batch, and stops at the end of what is visible; a batch settle judges
 /// each item alone (a wrong token loses only its own item) and leaves nothing behind.
@@ -1071,11 +1172,9 @@ fn first_layout_is_upgraded_on_open() {
         );
     }
     assert_eq!(*ix.read(), load_indexes(&*kv).unwrap());
-    let mut a = Apply {
-        kv: &*kv,
-        batch: &mut WriteBatch::default(),
-        ix: &mut ix.write(),
-    };
+    let mut batch = WriteBatch::default();
+    let mut w = ix.write();
+    let mut a = Apply::new(&*kv, &mut batch, &mut w, 1);
     // The held lock still holds; the other message is at the head, body intact.
     let got = match a
         .receive("q", 1_000, 30_000, "t".into(), "c".into())
