@@ -265,6 +265,22 @@ fn pool_view(tenants: &Value) -> String {
         .join("; ")
 }
 
+/// Calls in flight at all tenants, as the busiest node's pool counts them.
+fn pool_in_flight(tenants: &Value) -> u64 {
+    let items = tenants["items"].as_array().cloned().unwrap_or_default();
+    items
+        .iter()
+        .map(|t| {
+            let views = t["health_by_node"].as_object().cloned().unwrap_or_default();
+            views
+                .values()
+                .map(|h| h["in_flight"].as_u64().unwrap_or(0))
+                .max()
+                .unwrap_or(0)
+        })
+        .sum()
+}
+
 /// The disk's own floor, measured in the same run: `fdatasync` after appending 1 KiB to a
 /// file in `target/` (what any fsync-per-commit system pays at least once per commit).
 fn disk_fdatasync(samples: usize) -> Row {
@@ -462,6 +478,8 @@ async fn delivery_row(b: &Bench, backlog: u64) -> (Row, u64) {
     b.put("/admin/queues/bench-out", &push).await;
     let mut last = 0;
     let mut next_sample = Duration::from_secs(2);
+    // (samples, sum of the pool's in-flight calls, samples with none in flight)
+    let mut samples = (0u64, 0u64, 0u64);
     loop {
         let s = b.get("/admin/queues/bench-out?consistency=local").await;
         let depth = s["stats"]["depth"].as_u64().unwrap_or(u64::MAX);
@@ -475,13 +493,22 @@ async fn delivery_row(b: &Bench, backlog: u64) -> (Row, u64) {
             eprintln!("delivery did not finish in {limit_s} s; depth {depth}");
             break;
         }
+        let pool = b.get("/admin/tenants").await;
+        let in_flight = pool_in_flight(&pool);
+        samples.0 += 1;
+        samples.1 += in_flight;
+        samples.2 += u64::from(in_flight == 0);
         if started.elapsed() >= next_sample {
             next_sample += Duration::from_secs(2);
             eprintln!(
-                "  drain at {:.0} s: depth {depth}; {}",
+                "  drain at {:.0} s: depth {depth}; {}; since the last line: {:.0} in flight on average, none in {:.0}% of {} samples",
                 started.elapsed().as_secs_f64(),
-                pool_view(&b.get("/admin/tenants").await)
+                pool_view(&pool),
+                samples.1 as f64 / samples.0.max(1) as f64,
+                100.0 * samples.2 as f64 / samples.0.max(1) as f64,
+                samples.0
             );
+            samples = (0, 0, 0);
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
