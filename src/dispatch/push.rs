@@ -346,7 +346,9 @@ async fn dispatch(sh: &Arc<Shared>, tx: &mpsc::Sender<Outcomes>, cmd: Command, j
     } = job;
     let name = name.as_str();
     let leased = match sh.client.write(&cmd).await {
-        Ok(Response::Queue(QueueResponse::Dispatched { leased, .. })) => leased,
+        Ok(Response::Queue(QueueResponse::Dispatched { leased, .. })) => {
+            with_bodies(sh, name, leased).await
+        }
         Ok(other) => {
             tracing::debug!(queue = name, answer = ?other, "dispatch not applied");
             Vec::new()
@@ -377,6 +379,31 @@ async fn dispatch(sh: &Arc<Shared>, tx: &mpsc::Sender<Outcomes>, cmd: Command, j
     for s in seqs.iter().filter(|s| !started.contains(s)) {
         busy.remove(&(name.to_string(), *s));
     }
+}
+
+/// Fills in the bodies the dispatch answer leaves out, from this node's store (off the
+/// runtime's worker threads). A message whose body is gone (purged meanwhile) is left out:
+/// not started, its lease is released like any other the dispatch did not grant.
+async fn with_bodies(sh: &Arc<Shared>, queue: &str, leased: Vec<Received>) -> Vec<Received> {
+    let (store, queue) = (sh.store.clone(), queue.to_string());
+    let read =
+        tokio::task::spawn_blocking(move || {
+            leased
+            .into_iter()
+            .filter_map(|mut r| match queue::message_body(&*store, &queue, r.meta.sequence) {
+                Ok(Some(body)) => {
+                    r.body = body;
+                    Some(r)
+                }
+                Ok(None) => None,
+                Err(e) => {
+                    tracing::warn!(queue, error = %e, "reading a leased message's body failed");
+                    None
+                }
+            })
+            .collect()
+        });
+    read.await.unwrap_or_default()
 }
 
 /// One leased message on its way to a tenant.

@@ -408,8 +408,11 @@ pub enum QueueResponse {
         count: u64,
         done: bool,
     },
-    /// The answer to a dispatch: the messages now leased (with bodies) and how many were
-    /// deferred; the rest of the asked-for leases were no longer available.
+    /// The answer to a dispatch: the messages now leased, WITHOUT their bodies, and how many
+    /// were deferred; the rest of the asked-for leases were no longer available. Every node
+    /// applies the dispatch but only the leader's dispatcher reads the answer, so it reads
+    /// the bodies itself ([`message_body`]: a body never changes once written); reading them
+    /// in apply cost each follower a value-log read per delivery for nothing.
     Dispatched {
         leased: Vec<Received>,
         deferred: u32,
@@ -826,6 +829,21 @@ pub fn visible_candidates(
         }
     }
     Ok(out)
+}
+
+/// The body of live message `seq` of `queue`, as this node has applied it (`None` once the
+/// message is gone). For the push dispatcher, which reads the bodies of the messages its
+/// dispatch leased (their records were just written, so the first read is from memory).
+pub fn message_body(kv: &dyn Store, queue: &str, seq: u64) -> Result<Option<Vec<u8>>, StoreError> {
+    let b = WriteBatch::default();
+    let Some(s) = get_stored(kv, &b, queue, seq)? else {
+        return Ok(None);
+    };
+    // Records from before the value log may hold a small body inline.
+    match s.body {
+        Some(body) => Ok(Some(body)),
+        None => Ok(Some(kv.get(&seq_key("b", queue, seq))?.unwrap_or_default())),
+    }
 }
 
 /// Where a message is now, for its trace.
@@ -1409,6 +1427,7 @@ impl<'a> Apply<'a> {
         grant: Grant,
         attempt: Attempt,
         stats: &mut QueueStats,
+        with_body: bool,
     ) -> Result<Received, StoreError> {
         let seq = s.meta.sequence;
         self.drop_lease(queue, &mut s, stats);
@@ -1429,7 +1448,11 @@ impl<'a> Apply<'a> {
             .lease_expiry
             .insert((deadline, queue.to_string(), seq));
         stats.in_flight += 1;
-        let body = self.body_of(queue, &s)?;
+        let body = if with_body {
+            self.body_of(queue, &s)?
+        } else {
+            Vec::new()
+        };
         self.put_stored(queue, &s);
         Ok(Received {
             meta: s.meta,
@@ -1563,7 +1586,7 @@ impl<'a> Apply<'a> {
                 deadline_ms: now_ms.saturating_add(lock_ms),
                 holder: consumer,
             };
-            return self.lease(queue, s, grant, attempt, stats).map(Some);
+            return self.lease(queue, s, grant, attempt, stats, true).map(Some);
         }
         Ok(None)
     }
@@ -1803,7 +1826,7 @@ impl<'a> Apply<'a> {
                 counted: true,
                 note: l.note,
             };
-            leased.push(self.lease(queue, s, grant, attempt, &mut stats)?);
+            leased.push(self.lease(queue, s, grant, attempt, &mut stats, false)?);
         }
         let mut deferred = 0u32;
         for d in defers {

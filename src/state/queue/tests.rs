@@ -614,7 +614,11 @@ fn push_lease_once_complete_and_trace() {
     assert_eq!(got.len(), 2, "seq 1 leased twice");
     assert_eq!(got[0].meta.last_tenant.as_deref(), Some("A"));
     assert!(got[0].meta.uncertain);
-    assert_eq!(got[0].body, b"body 0");
+    assert!(got[0].body.is_empty(), "the dispatcher reads bodies itself");
+    assert_eq!(
+        message_body(&*t.kv, "p", 1).unwrap().as_deref(),
+        Some(&b"body 0"[..])
+    );
     assert!(leased(t.run(dispatch(500, vec![lease(1, "t4", "B")], vec![]))).is_empty());
     assert_eq!(t.stats("p").in_flight, 2);
     let r = t.run(result(300, 1, "t1", "A", Some(200), Verdict::Completed));
