@@ -26,12 +26,11 @@ use crate::state::queue::{Enqueued, NewMessage};
 /// Commands in flight per queue from this node. Small on purpose: requests arriving while
 /// they are in flight are what gets coalesced; Raft still group-commits the commands of the
 /// three nodes' lanes in one Ready. On the 2-core bench box the nodes are bound by CPU per
-/// command (each costs about as much as six messages), so fewer, fuller commands win:
-/// 2026-12-03, with the value log and write-behind buffer, 1 in flight carried 10.7 messages
-/// per command at 64 clients against 6.3 with 2, and enqueued 1.10-1.17x as many messages
-/// per second (1.17-1.20x at 256 clients, the same at 16) in two pairs of runs side by side.
-/// Where the network and not the CPU is the bound, 2 would overlap one command's round trip
-/// with the next; the coalescing still fills the one command while it waits.
+/// command, so fewer, fuller commands win: 2026-12-03, 1 in flight carried 10.7 messages per
+/// command at 64 clients against 6.3 with 2 (40.5 against 23.3 at 256), and enqueued 1.00-1.17x
+/// as many messages per second at 64 clients and 1.02-1.20x at 256, never fewer, in five
+/// pairs of runs side by side (p99 a little lower). Where the network and not the CPU is the
+/// bound, 2 would overlap one command's round trip with the next.
 pub const MAX_WRITES_PER_QUEUE: usize = 1;
 /// Messages in one coalesced command.
 pub const MAX_MESSAGES_PER_WRITE: usize = 512;
