@@ -13,9 +13,10 @@
 //!   in its value log (`store::vlog`), so leases and settles rewrite only the small record;
 //! - `qx/<queue>\0<seq>` -> [`MessageMeta`] of a dead letter;
 //! - `qd/<queue>\0<dedup key>` -> [`DedupEntry`];
-//! - `qf/<index>` -> [`TraceBatch`], the retained traces of the messages that the command at
-//!   Raft index `index` finished (one record per command, not one per message: a drain
-//!   finishes hundreds per command, and two store writes per message were a quarter of them);
+//! - `qf/<index><part>` -> [`TraceBatch`], the retained traces of the messages that the
+//!   command at Raft index `index` finished, up to [`MAX_TRACES_PER_RECORD`] per part (one
+//!   record per command, not one per message: a drain finishes hundreds per command, and two
+//!   store writes per message were a quarter of them);
 //! - `qh/<id>` -> [`FinishedTrace`], one retained trace, as written before the batches (read
 //!   and swept, no longer written).
 //!
@@ -90,6 +91,10 @@ pub const MAX_TRACE_ATTEMPTS: usize = 16;
 pub const TRACE_RETENTION_MS: u64 = 3_600_000;
 /// Most traces of finished messages kept cluster-wide; the sweep removes the oldest beyond it.
 pub const MAX_RETAINED_TRACES: u64 = 100_000;
+/// Traces in one trace record (a command that finishes more writes several): keeps a
+/// record, and the decode a trace lookup does, small (each trace holds up to 16 KiB of
+/// headers and 16 attempts).
+pub const MAX_TRACES_PER_RECORD: usize = 64;
 /// Bytes of the body kept with a dead letter as its excerpt.
 pub const DEAD_EXCERPT_BYTES: usize = 256;
 
@@ -308,7 +313,7 @@ pub struct FinishedTrace {
     pub finished_ms: u64,
 }
 
-/// The retained traces of the messages one command finished (`qf/<index>`), kept until
+/// The retained traces of the messages one command finished (`qf/<index><part>`), kept until
 /// `until_ms` and swept whole.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TraceBatch {
@@ -476,22 +481,19 @@ fn trace_key(id: &str) -> Vec<u8> {
     keys::state(format!("qh/{id}").as_bytes())
 }
 
-/// `qf/<index>`: the traces finished by the command at Raft index `index`.
-fn trace_batch_key(index: u64) -> Vec<u8> {
-    qk_raw(b"qf/", &index.to_be_bytes())
+/// `qf/<index><part>`: part `part` of the traces finished by the command at Raft index `index`.
+fn trace_batch_key(index: u64, part: u32) -> Vec<u8> {
+    let mut key = keys::state(b"qf/");
+    key.extend_from_slice(&index.to_be_bytes());
+    key.extend_from_slice(&part.to_be_bytes());
+    key
 }
 
 fn trace_record_key(r: &TraceRecord) -> Vec<u8> {
     match r {
-        TraceRecord::Batch(index) => trace_batch_key(*index),
+        TraceRecord::Batch { index, part } => trace_batch_key(*index, *part),
         TraceRecord::Single(id) => trace_key(id),
     }
-}
-
-fn qk_raw(prefix: &[u8], rest: &[u8]) -> Vec<u8> {
-    let mut key = keys::state(prefix);
-    key.extend_from_slice(rest);
-    key
 }
 
 /// Splits the `<queue>\0<rest>` after a kind prefix.
@@ -646,10 +648,16 @@ pub fn load_indexes(kv: &dyn Store) -> Result<Indexes, StoreError> {
         Ok(())
     })?;
     scan_prefix(kv, &keys::state(b"qf/"), |rest, v| {
-        let index = be_u64(rest).ok_or_else(|| corrupt("trace batch key", "malformed"))?;
+        let (index, part) = match rest.split_at_checked(8) {
+            Some((i, p)) => (be_u64(i), p.try_into().ok().map(u32::from_be_bytes)),
+            None => (None, None),
+        };
+        let (Some(index), Some(part)) = (index, part) else {
+            return Err(corrupt("trace record key", "malformed"));
+        };
         let b: TraceBatch = decode(v).map_err(|e| corrupt("trace batch", e))?;
         let ids = b.traces.into_iter().map(|t| t.meta.id).collect();
-        ix.add_traces(b.until_ms, TraceRecord::Batch(index), ids);
+        ix.add_traces(b.until_ms, TraceRecord::Batch { index, part }, ids);
         Ok(())
     })?;
     scan_prefix(kv, &keys::state(b"qh/"), |rest, v| {
@@ -905,7 +913,7 @@ fn find_trace(
     let key = trace_record_key(&record);
     Ok(match record {
         TraceRecord::Single(_) => get::<FinishedTrace>(kv, &b, &key, "trace")?,
-        TraceRecord::Batch(_) => get::<TraceBatch>(kv, &b, &key, "trace batch")?
+        TraceRecord::Batch { .. } => get::<TraceBatch>(kv, &b, &key, "trace batch")?
             .and_then(|b| b.traces.into_iter().find(|t| t.meta.id == id)),
     })
 }
@@ -985,9 +993,11 @@ pub struct Apply<'a> {
     kv: &'a dyn Store,
     batch: &'a mut WriteBatch,
     ix: &'a mut Indexes,
-    /// Raft index of the command: names its trace record, unique for the life of the log.
+    /// Raft index of the command: names its trace records, unique for the life of the log.
     index: u64,
+    /// The trace record being filled, and how many this command wrote before it.
     traces: Option<TraceBatch>,
+    trace_parts: u32,
 }
 
 impl Drop for Apply<'_> {
@@ -1015,13 +1025,16 @@ impl<'a> Apply<'a> {
             ix,
             index,
             traces: None,
+            trace_parts: 0,
         }
     }
 
-    /// Writes the traces this command finished as one record (nothing if none).
+    /// Writes the trace record being filled, if any.
     pub fn finish(&mut self) {
         if let Some(b) = self.traces.take() {
-            self.batch.put(trace_batch_key(self.index), encode(&b));
+            let key = trace_batch_key(self.index, self.trace_parts);
+            self.batch.put(key, encode(&b));
+            self.trace_parts += 1;
         }
     }
 
@@ -1502,11 +1515,21 @@ impl<'a> Apply<'a> {
         if self.ix.traced.contains_key(&meta.id) {
             return Ok(());
         }
+        if self
+            .traces
+            .as_ref()
+            .is_some_and(|b| b.traces.len() >= MAX_TRACES_PER_RECORD)
+        {
+            self.finish();
+        }
         let batch = self.traces.get_or_insert_with(|| TraceBatch {
             until_ms: now_ms.saturating_add(TRACE_RETENTION_MS),
             traces: Vec::new(),
         });
-        let record = TraceRecord::Batch(self.index);
+        let record = TraceRecord::Batch {
+            index: self.index,
+            part: self.trace_parts,
+        };
         self.ix
             .add_traces(batch.until_ms, record, vec![meta.id.clone()]);
         batch.traces.push(FinishedTrace {

@@ -26,8 +26,9 @@ use super::QueueEntry;
 /// The stored record a retained trace lives in.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub(crate) enum TraceRecord {
-    /// `qf/<index>`: the traces of every message the command at Raft index `index` finished.
-    Batch(u64),
+    /// `qf/<index><part>`: traces of messages the command at Raft index `index` finished
+    /// (a command finishing more than `MAX_TRACES_PER_RECORD` writes several parts).
+    Batch { index: u64, part: u32 },
     /// `qh/<id>`: one message's trace, as written before 2026-12-03 (read and swept, no
     /// longer written).
     Single(String),

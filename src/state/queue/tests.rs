@@ -780,7 +780,7 @@ fn push_defer_and_trace_retention() {
     assert!(!sweep_due(&t.ix, 951 + TRACE_RETENTION_MS));
 }
 
-/// The messages one command finishes share one trace record (`qf/<index>`): each trace is
+/// The messages one command finishes share one trace record (`qf/<index><part>`): each trace is
 /// found by its id, the indexes match a rebuild, and the sweep removes the record, and every
 /// trace in it, once their retention has passed.
 #[test]
@@ -825,6 +825,52 @@ fn traces_of_one_command_share_one_record() {
     assert_eq!(t.state_keys(), 2, "config and stats remain");
     assert!(find_message(&*t.kv, &t.ix, "m1", 10).unwrap().is_none());
     same_traces_as_a_rebuild(&t);
+}
+
+/// A command that finishes more than `MAX_TRACES_PER_RECORD` messages writes its traces in
+/// several parts, each found by id and swept.
+#[test]
+fn many_traces_of_one_command_are_split_into_parts() {
+    let mut t = T::new();
+    t.put("p", push_cfg(5));
+    let n = MAX_TRACES_PER_RECORD as u64 + 6;
+    enqueue_p(&mut t, n);
+    let leases = (1..=n).map(|s| lease(s, &format!("t{s}"), "A")).collect();
+    assert_eq!(
+        leased(t.run(dispatch(200, leases, vec![]))).len(),
+        n as usize
+    );
+    let results = (1..=n)
+        .map(|s| DeliveryResult {
+            seq: s,
+            lock_token: format!("t{s}"),
+            tenant: "A".into(),
+            status: Some(200),
+            error: None,
+            latency_ms: 5,
+            verdict: Verdict::Completed,
+        })
+        .collect();
+    t.run(Command::QueueRecord {
+        queue: "p".into(),
+        now_ms: 300,
+        results,
+    });
+    assert_eq!(t.state_keys(), 4, "config, stats and two trace records");
+    for id in ["m0", &format!("m{}", n - 1)] {
+        assert!(
+            matches!(
+                find_message(&*t.kv, &t.ix, id, 10).unwrap(),
+                Some(Whereabouts::Finished(_))
+            ),
+            "{id}"
+        );
+    }
+    same_traces_as_a_rebuild(&t);
+    t.run(Command::QueueSweep {
+        now_ms: 301 + TRACE_RETENTION_MS,
+    });
+    assert_eq!(t.state_keys(), 2, "config and stats remain");
 }
 
 fn same_traces_as_a_rebuild(t: &T) {
