@@ -91,10 +91,11 @@ pub const MAX_TRACE_ATTEMPTS: usize = 16;
 pub const TRACE_RETENTION_MS: u64 = 3_600_000;
 /// Most traces of finished messages kept cluster-wide; the sweep removes the oldest beyond it.
 pub const MAX_RETAINED_TRACES: u64 = 100_000;
-/// Traces in one trace record (a command that finishes more writes several): keeps a
-/// record, and the decode a trace lookup does, small (each trace holds up to 16 KiB of
-/// headers and 16 attempts).
-pub const MAX_TRACES_PER_RECORD: usize = 64;
+/// Traces in one trace record (a command that finishes more writes several): bounds a
+/// record, and the decode a trace lookup does, at about 4.5 MiB even when every trace holds
+/// 16 KiB of headers and 16 attempts; typical traces (~400 bytes) make ~100 KiB. A drain's
+/// commands record tens to hundreds of outcomes, so most write one record.
+pub const MAX_TRACES_PER_RECORD: usize = 256;
 /// Bytes of the body kept with a dead letter as its excerpt.
 pub const DEAD_EXCERPT_BYTES: usize = 256;
 
