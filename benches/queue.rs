@@ -240,9 +240,9 @@ impl Bench {
     }
 }
 
-/// Each tenant's in-flight count, adaptive limit and latency estimate, as the busiest node
-/// sees them (the leader dispatches; followers send nothing).
-fn pool_view(tenants: &Value) -> String {
+/// Each tenant's name and health as the busiest node sees it (the leader dispatches;
+/// followers send nothing).
+fn busiest_views(tenants: &Value) -> Vec<(String, Value)> {
     let items = tenants["items"].as_array().cloned().unwrap_or_default();
     items
         .iter()
@@ -253,12 +253,19 @@ fn pool_view(tenants: &Value) -> String {
                 .max_by_key(|h| h["in_flight"].as_u64().unwrap_or(0))
                 .cloned()
                 .unwrap_or(Value::Null);
+            (t["name"].as_str().unwrap_or("?").to_string(), busiest)
+        })
+        .collect()
+}
+
+/// Each tenant's in-flight count, adaptive limit and latency estimate.
+fn pool_view(tenants: &Value) -> String {
+    busiest_views(tenants)
+        .iter()
+        .map(|(name, h)| {
             format!(
-                "{} in flight {} of limit {}, latency {} ms",
-                t["name"].as_str().unwrap_or("?"),
-                busiest["in_flight"],
-                busiest["limit"],
-                busiest["latency_ms"]
+                "{name} in flight {} of limit {}, latency {} ms",
+                h["in_flight"], h["limit"], h["latency_ms"]
             )
         })
         .collect::<Vec<_>>()
@@ -267,17 +274,9 @@ fn pool_view(tenants: &Value) -> String {
 
 /// Calls in flight at all tenants, as the busiest node's pool counts them.
 fn pool_in_flight(tenants: &Value) -> u64 {
-    let items = tenants["items"].as_array().cloned().unwrap_or_default();
-    items
+    busiest_views(tenants)
         .iter()
-        .map(|t| {
-            let views = t["health_by_node"].as_object().cloned().unwrap_or_default();
-            views
-                .values()
-                .map(|h| h["in_flight"].as_u64().unwrap_or(0))
-                .max()
-                .unwrap_or(0)
-        })
+        .map(|(_, h)| h["in_flight"].as_u64().unwrap_or(0))
         .sum()
 }
 

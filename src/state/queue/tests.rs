@@ -780,17 +780,16 @@ fn push_defer_and_trace_retention() {
     assert!(!sweep_due(&t.ix, 951 + TRACE_RETENTION_MS));
 }
 
-/// The messages one command finishes share one trace record (`qf/<index><part>`): each trace is
-/// found by its id, the indexes match a rebuild, and the sweep removes the record, and every
-/// trace in it, once their retention has passed.
-#[test]
-fn traces_of_one_command_share_one_record() {
-    let mut t = T::new();
-    t.put("p", push_cfg(5));
-    enqueue_p(&mut t, 3);
-    let leases = (1..=3).map(|s| lease(s, &format!("t{s}"), "A")).collect();
-    assert_eq!(leased(t.run(dispatch(200, leases, vec![]))).len(), 3);
-    let results = (1..=3)
+/// Enqueues `n` messages to `p`, leases them all in one dispatch and completes them all in
+/// one record command at 300 ms.
+fn complete_in_one_command(t: &mut T, n: u64) -> QueueResponse {
+    enqueue_p(t, n);
+    let leases = (1..=n).map(|s| lease(s, &format!("t{s}"), "A")).collect();
+    assert_eq!(
+        leased(t.run(dispatch(200, leases, vec![]))).len(),
+        n as usize
+    );
+    let results = (1..=n)
         .map(|s| DeliveryResult {
             seq: s,
             lock_token: format!("t{s}"),
@@ -801,11 +800,21 @@ fn traces_of_one_command_share_one_record() {
             verdict: Verdict::Completed,
         })
         .collect();
-    let r = t.run(Command::QueueRecord {
+    t.run(Command::QueueRecord {
         queue: "p".into(),
         now_ms: 300,
         results,
-    });
+    })
+}
+
+/// The messages one command finishes share one trace record (`qf/<index><part>`): each trace is
+/// found by its id, the indexes match a rebuild, and the sweep removes the record, and every
+/// trace in it, once their retention has passed.
+#[test]
+fn traces_of_one_command_share_one_record() {
+    let mut t = T::new();
+    t.put("p", push_cfg(5));
+    let r = complete_in_one_command(&mut t, 3);
     assert!(
         matches!(r, QueueResponse::Recorded { completed: 3, .. }),
         "{r:?}"
@@ -834,28 +843,7 @@ fn many_traces_of_one_command_are_split_into_parts() {
     let mut t = T::new();
     t.put("p", push_cfg(5));
     let n = MAX_TRACES_PER_RECORD as u64 + 6;
-    enqueue_p(&mut t, n);
-    let leases = (1..=n).map(|s| lease(s, &format!("t{s}"), "A")).collect();
-    assert_eq!(
-        leased(t.run(dispatch(200, leases, vec![]))).len(),
-        n as usize
-    );
-    let results = (1..=n)
-        .map(|s| DeliveryResult {
-            seq: s,
-            lock_token: format!("t{s}"),
-            tenant: "A".into(),
-            status: Some(200),
-            error: None,
-            latency_ms: 5,
-            verdict: Verdict::Completed,
-        })
-        .collect();
-    t.run(Command::QueueRecord {
-        queue: "p".into(),
-        now_ms: 300,
-        results,
-    });
+    complete_in_one_command(&mut t, n);
     assert_eq!(t.state_keys(), 4, "config, stats and two trace records");
     for id in ["m0", &format!("m{}", n - 1)] {
         assert!(
