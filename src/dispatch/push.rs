@@ -386,24 +386,24 @@ async fn dispatch(sh: &Arc<Shared>, tx: &mpsc::Sender<Outcomes>, cmd: Command, j
 /// not started, its lease is released like any other the dispatch did not grant.
 async fn with_bodies(sh: &Arc<Shared>, queue: &str, leased: Vec<Received>) -> Vec<Received> {
     let (store, queue) = (sh.store.clone(), queue.to_string());
-    let read =
-        tokio::task::spawn_blocking(move || {
-            leased
-            .into_iter()
-            .filter_map(|mut r| match queue::message_body(&*store, &queue, r.meta.sequence) {
-                Ok(Some(body)) => {
-                    r.body = body;
-                    Some(r)
-                }
-                Ok(None) => None,
-                Err(e) => {
-                    tracing::warn!(queue, error = %e, "reading a leased message's body failed");
-                    None
-                }
-            })
-            .collect()
-        });
-    read.await.unwrap_or_default()
+    tokio::task::spawn_blocking(move || read_bodies(&*store, &queue, leased))
+        .await
+        .unwrap_or_default()
+}
+
+fn read_bodies(store: &dyn Store, queue: &str, leased: Vec<Received>) -> Vec<Received> {
+    let mut out = Vec::with_capacity(leased.len());
+    for mut r in leased {
+        match queue::message_body(store, queue, r.meta.sequence) {
+            Ok(Some(body)) => {
+                r.body = body;
+                out.push(r);
+            }
+            Ok(None) => {}
+            Err(e) => tracing::warn!(queue, error = %e, "reading a leased message's body failed"),
+        }
+    }
+    out
 }
 
 /// One leased message on its way to a tenant.
