@@ -398,8 +398,9 @@ impl CorralState {
         batch: &mut WriteBatch,
     ) -> Result<queue::QueueResponse, StoreError> {
         let mut ix = self.queues.write();
+        // Dropping `q` at the end writes the command's trace record.
         let mut q = queue::Apply::new(&*self.kv, batch, &mut ix, index);
-        let response = match cmd {
+        match cmd {
             Command::QueuePut {
                 name,
                 config,
@@ -466,9 +467,7 @@ impl CorralState {
             | Command::ScheduleCallLost { .. } => Err(StoreError::Corrupt(
                 "non-queue command routed to the queue".into(),
             )),
-        };
-        q.finish();
-        response
+        }
     }
 }
 

@@ -989,7 +989,7 @@ pub fn is_live(
 /// Applies queue commands against `kv` as seen through `batch`, keeping `ix` in step.
 /// One command's changes to the queue state: writes go to `batch`, index updates to `ix`.
 /// Traces of the messages the command finishes gather in `traces` and are written as one
-/// record when the command is done ([`Apply::finish`], also on drop).
+/// record when the command is done (on drop).
 pub struct Apply<'a> {
     kv: &'a dyn Store,
     batch: &'a mut WriteBatch,
@@ -1030,8 +1030,9 @@ impl<'a> Apply<'a> {
         }
     }
 
-    /// Writes the trace record being filled, if any.
-    pub fn finish(&mut self) {
+    /// Writes the trace record being filled, if any: when it is full, and on drop (the end
+    /// of the command), so no caller can forget it.
+    fn finish(&mut self) {
         if let Some(b) = self.traces.take() {
             let key = trace_batch_key(self.index, self.trace_parts);
             self.batch.put(key, encode(&b));
