@@ -108,12 +108,46 @@ impl WriteBatch {
         }
     }
 
+    /// [`Store::get_range`] as it will read once this batch is written.
+    pub fn read_range_through(
+        &self,
+        store: &dyn Store,
+        key: &[u8],
+        offset: usize,
+        len: usize,
+    ) -> Result<Option<Vec<u8>>, StoreError> {
+        match self.get(key) {
+            Some(Some(v)) => slice_of(key, v, offset, len).map(Some),
+            Some(None) => Ok(None),
+            None => store.get_range(key, offset, len),
+        }
+    }
+
     pub fn is_empty(&self) -> bool {
         self.ops.is_empty()
     }
 }
 
 pub type KvPair = (Vec<u8>, Vec<u8>);
+
+/// `value[offset..offset + len]`, or a corruption error naming `key` when it is shorter.
+pub fn slice_of(
+    key: &[u8],
+    value: &[u8],
+    offset: usize,
+    len: usize,
+) -> Result<Vec<u8>, StoreError> {
+    offset
+        .checked_add(len)
+        .and_then(|end| value.get(offset..end))
+        .map(<[u8]>::to_vec)
+        .ok_or_else(|| {
+            StoreError::Corrupt(format!(
+                "value of {key:?} has {} bytes; bytes {offset}..+{len} were asked for",
+                value.len()
+            ))
+        })
+}
 
 /// Makes `dir`'s entries durable (a created, renamed or deleted file), for every file-based
 /// part of a node's storage: the Raft log, snapshot files, the value log.
@@ -126,6 +160,20 @@ pub fn sync_dir(dir: &std::path::Path) -> Result<(), StoreError> {
 /// The ordered, batch-atomic, explicitly flushed key-value store a node runs on.
 pub trait Store: Send + Sync + 'static {
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError>;
+    /// Bytes `offset..offset + len` of the value at `key` (`None`: no such key; an error when
+    /// the value is shorter). A reader takes one message's body out of a blob holding many
+    /// without copying the rest; a value-log engine reads only those bytes from disk.
+    fn get_range(
+        &self,
+        key: &[u8],
+        offset: usize,
+        len: usize,
+    ) -> Result<Option<Vec<u8>>, StoreError> {
+        match self.get(key)? {
+            Some(v) => slice_of(key, &v, offset, len).map(Some),
+            None => Ok(None),
+        }
+    }
     /// Pairs with `from <= key < to`, in key order, at most `limit`.
     fn range(&self, from: &[u8], to: &[u8], limit: usize) -> Result<Vec<KvPair>, StoreError>;
     /// Every pair whose key starts with `prefix`, in key order, streamed.

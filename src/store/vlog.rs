@@ -223,6 +223,34 @@ impl ValueLog {
         Ok(Some(v))
     }
 
+    /// Bytes `offset..offset + len` of the value `p` points at (`None`: its segment was
+    /// reclaimed). The value's checksum covers all of it, so a part is not checked here: the
+    /// caller checks what it stored about that part (the queue keeps each body's CRC).
+    pub fn read_range(
+        &self,
+        p: &Pointer,
+        offset: usize,
+        len: usize,
+    ) -> Result<Option<Vec<u8>>, StoreError> {
+        let end = offset
+            .checked_add(len)
+            .filter(|&e| e as u64 <= u64::from(p.len));
+        if end.is_none() {
+            return Err(StoreError::Corrupt(format!(
+                "value-log record of {} bytes read at {offset}..+{len}",
+                p.len
+            )));
+        }
+        let Some(file) = self.lock().files.get(&p.segment).cloned() else {
+            return Ok(None);
+        };
+        let mut v = vec![0u8; len];
+        let path = segment_path(&self.dir, p.segment);
+        file.read_exact_at(&mut v, p.offset + offset as u64)
+            .map_err(|e| io("reading", &path, e))?;
+        Ok(Some(v))
+    }
+
     /// Counts pointers the store now holds (`added`) and no longer holds (`removed`).
     pub fn adjust(&self, added: &[Pointer], removed: &[Pointer]) {
         let mut inner = self.lock();
