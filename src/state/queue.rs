@@ -442,8 +442,8 @@ pub enum QueueResponse {
 }
 
 /// A live message as stored at `qn/<queue>\0<seq>`: its metadata and its lease while a tenant
-/// or consumer holds it. Its body lives at `qb` (in the store's value log), so a lease never
-/// rewrites it; `body` is `Some` only in records written before that, which kept bodies of up
+/// or consumer holds it. Its body lives at `qb` (in the store's value log: in its command's
+/// blob, or at its own key), so a lease never rewrites it; `body` is `Some` only in records written before that, which kept bodies of up
 /// to [`INLINE_BODY_BYTES`] inline. One record per message, so a message's life is a handful
 /// of store writes.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -452,6 +452,48 @@ struct Stored {
     lease: Option<Lease>,
     #[serde(with = "serde_bytes")]
     body: Option<Vec<u8>>,
+    /// Set when the body sits in its enqueue command's blob rather than at its own `qb` key.
+    blob: Option<BlobRef>,
+}
+
+/// A record as written before blobs (2026-12-04): the same fields without `blob`.
+#[derive(Deserialize)]
+struct StoredBeforeBlobs {
+    meta: MessageMeta,
+    lease: Option<Lease>,
+    #[serde(with = "serde_bytes")]
+    body: Option<Vec<u8>>,
+}
+
+impl Stored {
+    /// Decodes a record of this layout or of the one before blobs. An older record ends where
+    /// `blob` would start, so it never decodes as the new layout by mistake.
+    fn decode(v: &[u8]) -> Result<Stored, crate::state::CodecError> {
+        decode::<Stored>(v).or_else(|e| {
+            let old: StoredBeforeBlobs = decode(v).map_err(|_| e)?;
+            Ok(Stored {
+                meta: old.meta,
+                lease: old.lease,
+                body: old.body,
+                blob: None,
+            })
+        })
+    }
+}
+
+/// Where a body sits in a blob: `qb/<queue>\0<seq>+` holds the bodies of the new messages of
+/// one enqueue command, concatenated, and is deleted with the last of them. One store write
+/// then carries a whole command's bodies: each key written to sled costs about as much as
+/// the message around it (a 16-entry leaf splits every eight appends), and separate body
+/// keys were half of a message's sled writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+struct BlobRef {
+    /// The blob's key: the sequence of the command's first new message.
+    seq: u64,
+    /// Where this body starts in the blob (it runs for the message's `body_len`).
+    offset: u64,
+    /// CRC-32 of this body: the value log checks whole values, and a body is read alone.
+    crc: u32,
 }
 
 /// Bodies up to this size lived inside the message record in the first two layouts; new
@@ -475,6 +517,47 @@ fn qk(kind: &str, queue: &str, rest: &[u8]) -> Vec<u8> {
 
 fn seq_key(kind: &str, queue: &str, seq: u64) -> Vec<u8> {
     qk(kind, queue, &seq.to_be_bytes())
+}
+
+/// `qb/<queue>\0<seq>+`: the blob of the command whose first new message is `seq`. It lives
+/// beside the single bodies (so the store keeps it in its value log) and never collides with
+/// one: a single body's key ends at the sequence.
+fn blob_key(queue: &str, seq: u64) -> Vec<u8> {
+    let mut key = seq_key("b", queue, seq);
+    key.push(b'+');
+    key
+}
+
+/// The body of record `s`, read through `batch`: kept inline (old records), in its command's
+/// blob, or at its own key.
+fn read_body(
+    kv: &dyn Store,
+    batch: &WriteBatch,
+    queue: &str,
+    s: &Stored,
+) -> Result<Vec<u8>, StoreError> {
+    if let Some(b) = &s.body {
+        return Ok(b.clone());
+    }
+    let Some(r) = s.blob else {
+        return Ok(batch
+            .read_through(kv, &seq_key("b", queue, s.meta.sequence))?
+            .unwrap_or_default());
+    };
+    let (offset, len) = (r.offset as usize, s.meta.body_len as usize);
+    let body = batch
+        .read_range_through(kv, &blob_key(queue, r.seq), offset, len)?
+        .ok_or_else(|| corrupt("message body", format!("blob {} is missing", r.seq)))?;
+    if crc32fast::hash(&body) != r.crc {
+        return Err(corrupt(
+            "message body",
+            format!(
+                "body of {} in blob {} fails its checksum",
+                s.meta.sequence, r.seq
+            ),
+        ));
+    }
+    Ok(body)
 }
 
 /// `qh/<id>`: one retained trace as written before the batches (ids are unique across queues).
@@ -555,7 +638,12 @@ fn get_stored(
     queue: &str,
     seq: u64,
 ) -> Result<Option<Stored>, StoreError> {
-    get(kv, batch, &seq_key("n", queue, seq), "message")
+    match batch.read_through(kv, &seq_key("n", queue, seq))? {
+        Some(b) => Stored::decode(&b)
+            .map(Some)
+            .map_err(|e| corrupt("message", e)),
+        None => Ok(None),
+    }
 }
 
 /// Pairs with `from <= key < to` as they will be once `batch` is written, at most `limit`.
@@ -617,8 +705,11 @@ pub fn load_indexes(kv: &dyn Store) -> Result<Indexes, StoreError> {
     let mut ix = Indexes::default();
     scan_prefix(kv, &keys::state(b"qn/"), |rest, v| {
         let (queue, seq) = split_seq(rest).ok_or_else(|| corrupt("message key", "malformed"))?;
-        let s: Stored = decode(v).map_err(|e| corrupt("message", e))?;
+        let s = Stored::decode(v).map_err(|e| corrupt("message", e))?;
         ix.add_live(queue, s.meta.visible_at_ms, seq, &s.meta.id);
+        if let Some(b) = &s.blob {
+            ix.add_blob_refs(queue, b.seq, 1);
+        }
         if let Some(okey) = &s.meta.ordering_key {
             ix.add_order(queue, okey, seq);
         }
@@ -704,7 +795,12 @@ fn migrate_v1(kv: &dyn Store) -> Result<(), StoreError> {
         };
         batch.put(
             seq_key("n", queue, seq),
-            encode(&Stored { meta, lease, body }),
+            encode(&Stored {
+                meta,
+                lease,
+                body,
+                blob: None,
+            }),
         );
         moved += 1;
         Ok(())
@@ -848,11 +944,7 @@ pub fn message_body(kv: &dyn Store, queue: &str, seq: u64) -> Result<Option<Vec<
     let Some(s) = get_stored(kv, &b, queue, seq)? else {
         return Ok(None);
     };
-    // Records from before the value log may hold a small body inline.
-    match s.body {
-        Some(body) => Ok(Some(body)),
-        None => Ok(Some(kv.get(&seq_key("b", queue, seq))?.unwrap_or_default())),
-    }
+    read_body(kv, &b, queue, &s).map(Some)
 }
 
 /// Where a message is now, for its trace.
@@ -1067,13 +1159,7 @@ impl<'a> Apply<'a> {
     }
 
     fn body_of(&self, queue: &str, s: &Stored) -> Result<Vec<u8>, StoreError> {
-        match &s.body {
-            Some(b) => Ok(b.clone()),
-            None => Ok(self
-                .batch
-                .read_through(self.kv, &seq_key("b", queue, s.meta.sequence))?
-                .unwrap_or_default()),
-        }
+        read_body(self.kv, self.batch, queue, s)
     }
 
     /// Moves the message's ready entry (and its visibility) to `at_ms`.
@@ -1132,10 +1218,15 @@ impl<'a> Apply<'a> {
             for (key, v) in found {
                 // Bodies (up to 16 MiB) are never read: they go by their owner's sequence.
                 let big_body = match kind {
-                    "n" => decode::<Stored>(&v)
-                        .map_err(|e| corrupt("message", e))?
-                        .body
-                        .is_none(),
+                    "n" => {
+                        let s = Stored::decode(&v).map_err(|e| corrupt("message", e))?;
+                        // A blob goes with the first of its messages seen; later ones delete
+                        // it again, harmlessly (the queue's indexes are already gone).
+                        if let Some(b) = s.blob {
+                            self.batch.delete(blob_key(name, b.seq));
+                        }
+                        s.body.is_none() && s.blob.is_none()
+                    }
                     "x" => true,
                     _ => false,
                 };
@@ -1247,9 +1338,11 @@ impl<'a> Apply<'a> {
                 ),
             });
         }
-        // Pass 2: write.
+        // Pass 2: write. Two or more new bodies share one blob (see [`BlobRef`]).
+        let mut blob = (new_count >= 2).then(|| Vec::with_capacity(new_bytes as usize));
+        let first_seq = stats.next_seq + 1;
         let mut results: Vec<Enqueued> = Vec::with_capacity(messages.len());
-        for (m, p) in messages.into_iter().zip(plan) {
+        for (mut m, p) in messages.into_iter().zip(plan) {
             match p {
                 Err(mut e) => {
                     if e.id.is_empty() {
@@ -1280,11 +1373,29 @@ impl<'a> Apply<'a> {
                         sequence: seq,
                         duplicate: false,
                     });
-                    self.add_message(queue, cfg, seq, now_ms, m);
+                    let at = blob.as_mut().map(|b| {
+                        let r = BlobRef {
+                            seq: first_seq,
+                            offset: b.len() as u64,
+                            crc: crc32fast::hash(&m.body),
+                        };
+                        b.extend_from_slice(&m.body);
+                        r
+                    });
+                    let body_len = m.body.len() as u64;
+                    if at.is_none() {
+                        self.batch
+                            .put(seq_key("b", queue, seq), std::mem::take(&mut m.body));
+                    }
+                    self.add_message(queue, cfg, seq, now_ms, m, body_len, at);
                     stats.depth += 1;
                     stats.enqueued_total += 1;
                 }
             }
+        }
+        if let Some(b) = blob {
+            self.batch.put(blob_key(queue, first_seq), b);
+            self.ix.add_blob_refs(queue, first_seq, new_count as u32);
         }
         stats.bytes += new_bytes;
         self.put_stats(queue, &stats);
@@ -1319,6 +1430,9 @@ impl<'a> Apply<'a> {
     }
 
     /// Stores a new live message `seq`, visible at once.
+    /// Stores the record of a new message whose body (`body_len` bytes) the caller has put at
+    /// its own key or, with `blob`, into its command's blob.
+    #[allow(clippy::too_many_arguments)]
     fn add_message(
         &mut self,
         queue: &str,
@@ -1326,9 +1440,9 @@ impl<'a> Apply<'a> {
         seq: u64,
         now_ms: u64,
         m: NewMessage,
+        body_len: u64,
+        blob: Option<BlobRef>,
     ) {
-        let body_len = m.body.len() as u64;
-        self.batch.put(seq_key("b", queue, seq), m.body);
         self.ix.add_live(queue, now_ms, seq, &m.id);
         if let Some(okey) = &m.ordering_key {
             self.ix.add_order(queue, okey, seq);
@@ -1359,8 +1473,16 @@ impl<'a> Apply<'a> {
                 meta,
                 lease: None,
                 body: None,
+                blob,
             },
         );
+    }
+
+    /// One message less reads blob `b`; the last one deletes it.
+    fn release_blob(&mut self, queue: &str, b: BlobRef) {
+        if self.ix.release_blob_ref(queue, b.seq) {
+            self.batch.delete(blob_key(queue, b.seq));
+        }
     }
 
     /// Removes a live message and everything pointing at it (not its dedup entry: that
@@ -1383,8 +1505,10 @@ impl<'a> Apply<'a> {
             self.ix.remove_order(queue, okey, seq);
         }
         if !keep_body {
-            if s.body.is_none() {
-                self.batch.delete(seq_key("b", queue, seq));
+            match s.blob {
+                Some(b) => self.release_blob(queue, b),
+                None if s.body.is_none() => self.batch.delete(seq_key("b", queue, seq)),
+                None => {}
             }
             self.ix.queue_mut(queue).ids.remove(&s.meta.id);
         }
@@ -1412,16 +1536,14 @@ impl<'a> Apply<'a> {
     ) -> Result<(), StoreError> {
         self.remove_live(queue, &mut s, stats, true);
         let seq = s.meta.sequence;
-        let body = match s.body.take() {
-            Some(b) => {
-                self.batch.put(seq_key("b", queue, seq), b.clone());
-                b
-            }
-            None => self
-                .batch
-                .read_through(self.kv, &seq_key("b", queue, seq))?
-                .unwrap_or_default(),
-        };
+        // A dead letter keeps its body at its own key: one out of a blob is copied there.
+        let body = read_body(self.kv, self.batch, queue, &s)?;
+        if s.body.take().is_some() || s.blob.is_some() {
+            self.batch.put(seq_key("b", queue, seq), body.clone());
+        }
+        if let Some(b) = s.blob.take() {
+            self.release_blob(queue, b);
+        }
         let end = body.len().min(DEAD_EXCERPT_BYTES);
         let mut meta = s.meta;
         meta.dead_excerpt = Some(String::from_utf8_lossy(&body[..end]).into_owned());
@@ -2003,6 +2125,7 @@ impl<'a> Apply<'a> {
                     meta,
                     lease: None,
                     body: None,
+                    blob: None,
                 },
             );
         }

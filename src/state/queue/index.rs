@@ -44,6 +44,9 @@ pub(crate) struct QueueIdx {
     pub ids: HashMap<String, u64>,
     /// Ordering key -> live sequences of that key (per-key ordering).
     pub order: HashMap<String, BTreeSet<u64>>,
+    /// Blob (its first sequence) -> live messages whose body is in it; the last one out
+    /// deletes the blob.
+    pub blobs: HashMap<u64, u32>,
 }
 
 /// The derived indexes of every queue, plus the cluster-wide expiry indexes the sweep walks.
@@ -137,6 +140,26 @@ impl Indexes {
         let q = self.queue_mut(queue);
         q.ready.insert((visible_at_ms, seq));
         q.ids.insert(id.to_string(), seq);
+    }
+
+    pub(crate) fn add_blob_refs(&mut self, queue: &str, blob: u64, n: u32) {
+        *self.queue_mut(queue).blobs.entry(blob).or_default() += n;
+    }
+
+    /// One reader of `blob` less; true when it was the last (the blob is to be deleted).
+    pub(crate) fn release_blob_ref(&mut self, queue: &str, blob: u64) -> bool {
+        let q = self.queue_mut(queue);
+        let Some(n) = q.blobs.get_mut(&blob) else {
+            // Not counted (it cannot happen while the indexes match the records): keep the
+            // blob rather than delete a body someone may still read.
+            return false;
+        };
+        *n = n.saturating_sub(1);
+        if *n == 0 {
+            q.blobs.remove(&blob);
+            return true;
+        }
+        false
     }
 
     pub(crate) fn add_order(&mut self, queue: &str, okey: &str, seq: u64) {
