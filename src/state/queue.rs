@@ -443,9 +443,9 @@ pub enum QueueResponse {
 
 /// A live message as stored at `qn/<queue>\0<seq>`: its metadata and its lease while a tenant
 /// or consumer holds it. Its body lives at `qb` (in the store's value log: in its command's
-/// blob, or at its own key), so a lease never rewrites it; `body` is `Some` only in records written before that, which kept bodies of up
-/// to [`INLINE_BODY_BYTES`] inline. One record per message, so a message's life is a handful
-/// of store writes.
+/// blob, or at its own key), so a lease never rewrites it; `body` is `Some` only in records
+/// written before that, which kept bodies of up to [`INLINE_BODY_BYTES`] inline. One record
+/// per message, so a message's life is a handful of store writes.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 struct Stored {
     meta: MessageMeta,
