@@ -31,6 +31,8 @@ pub struct Metrics {
     pub fsync_seconds: Histogram,
     pub ready_entries: Histogram,
     pub enqueue_coalesced: Histogram,
+    /// Enqueue commands followers forwarded that joined this (leader) node's lanes.
+    pub enqueue_forwarded_groups: IntCounter,
     pub proposal_seconds: Histogram,
     pub proposals_total: IntCounterVec,
     pub peer_send_errors: IntCounterVec,
@@ -134,6 +136,12 @@ pub static M: LazyLock<Metrics> = LazyLock::new(|| {
             "enqueue_coalesced_messages",
             "single-message enqueues sharing one command (ingress coalescing batch size)",
             prometheus::exponential_buckets(1.0, 2.0, 10).expect("buckets"),
+            r
+        )
+        .expect("m"),
+        enqueue_forwarded_groups: register_int_counter_with_registry!(
+            "enqueue_forwarded_groups_total",
+            "enqueue commands forwarded by followers that joined this leader's lanes",
             r
         )
         .expect("m"),

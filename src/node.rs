@@ -190,6 +190,7 @@ async fn route_inbound(
     driver: DriverHandle,
     snapshots: Arc<Snapshots>,
     write_timeout: Duration,
+    ingress: Arc<OnceLock<Arc<crate::ingress::IngressState>>>,
 ) {
     while let Ok(inbound) = rx.recv_async().await {
         match inbound {
@@ -233,15 +234,33 @@ async fn route_inbound(
                 permit,
                 ..
             } => {
-                let d = driver.clone();
+                let (d, ingress) = (driver.clone(), ingress.get().cloned());
                 tokio::spawn(async move {
-                    let answer = Client::serve_forwarded(&d, &body, write_timeout).await;
+                    let answer = serve_request(&d, ingress, &body, write_timeout).await;
                     drop(permit);
                     let _ = reply.send(answer);
                 });
             }
         }
     }
+}
+
+/// A write a follower forwarded. On the leader a forwarded enqueue joins this node's lane for
+/// its queue (`ingress::coalesce`), so the cluster's enqueues share commands; anything else,
+/// or on a follower (which answers "not the leader"), is proposed as it came.
+async fn serve_request(
+    driver: &DriverHandle,
+    ingress: Option<Arc<crate::ingress::IngressState>>,
+    body: &[u8],
+    write_timeout: Duration,
+) -> Vec<u8> {
+    let leading = driver.status().role == crate::raft::Role::Leader;
+    if let Some(st) = ingress.filter(|_| leading) {
+        if let Some(answer) = crate::ingress::coalesce::serve_forwarded(&st, body).await {
+            return answer;
+        }
+    }
+    Client::serve_forwarded(driver, body, write_timeout).await
 }
 
 /// A started node. Dropping it does not stop it; call [`RunningNode::shutdown`].
@@ -364,11 +383,14 @@ pub async fn start(cfg: NodeConfig) -> Result<RunningNode, NodeError> {
     let _ = driver_cell.set(driver.clone());
     let write_timeout = Duration::from_millis(cfg.raft.write_timeout_ms);
     let snapshot_watchdog = tokio::spawn(snapshots.clone().watchdog());
+    // Set once the ingress exists; until then forwarded enqueues are proposed as they came.
+    let ingress_cell: Arc<OnceLock<Arc<crate::ingress::IngressState>>> = Arc::default();
     tokio::spawn(route_inbound(
         inbound_rx,
         driver.clone(),
         snapshots,
         write_timeout,
+        ingress_cell.clone(),
     ));
 
     let client = Arc::new(Client::new(
@@ -420,6 +442,7 @@ pub async fn start(cfg: NodeConfig) -> Result<RunningNode, NodeError> {
         queues: queues.clone(),
         coalescer: Default::default(),
     });
+    let _ = ingress_cell.set(ingress_state.clone());
     let live = {
         let (transport, me) = (transport.clone(), cfg.id);
         let peers: Vec<u64> = cfg

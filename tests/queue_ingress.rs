@@ -207,8 +207,8 @@ fn enqueue_dedup_batch_caps_and_limits() {
 
 /// Concurrent single-message enqueues share commands (ingress coalescing) without changing
 /// what each caller sees: 48 clients over a leader and a follower each get their own id and
-/// sequence, every message is stored once, and at least one command carried several
-/// messages. Sixteen clients racing with one `Message-Id` store it once: all answer with the
+/// sequence, every message is stored once, at least one command carried several messages,
+/// and the follower's commands joined the leader's lane. Sixteen clients racing with one `Message-Id` store it once: all answer with the
 /// same id and exactly one of them says `"duplicate": false`.
 #[test]
 fn concurrent_enqueues_coalesce_and_keep_their_answers() {
@@ -260,6 +260,9 @@ fn concurrent_enqueues_coalesce_and_keep_their_answers() {
         matches!((count, sum), (Some(k), Some(s)) if s > k)
     });
     assert!(shared, "no command carried more than one message");
+    // The follower's commands joined the leader's lane rather than going to Raft alone.
+    let merged = c.metric(leader, "corral_enqueue_forwarded_groups_total");
+    assert!(merged.is_some_and(|m| m > 0.0), "{merged:?}");
 
     let same: Vec<Value> = std::thread::scope(|s| {
         let c = &c;

@@ -8,20 +8,28 @@
 //! flight, and whatever arrives while they are in flight leaves together in the next one. An
 //! idle lane sends a lone request at once, so coalescing adds no latency at low load.
 //!
+//! On the leader, the coalesced commands that followers forward join the leader's own lane
+//! for their queue as groups ([`Coalescer::enqueue_group`]), so one command carries the
+//! messages of the whole cluster and a Ready appends one entry instead of one per node.
+//!
 //! Semantics are those of the batch endpoint: a command is all or nothing, so when a
 //! coalesced command would pass a queue cap, every request in it gets the 429 (nothing
 //! stored) and retries; duplicates inside one command are found by apply as usual (the later
-//! request answers with the earlier one's id). An outcome-unknown error reaches every request
-//! of the command, exactly as it would have reached each one alone.
+//! request answers with the earlier one's id). A group (a forwarded command, itself all or
+//! nothing) is never split. An outcome-unknown error reaches every request of the command,
+//! exactly as it would have reached each one alone.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::oneshot;
 
-use super::queue::{enqueue_all, IngressState};
+use super::queue::{enqueue_outcome, propose_enqueue, IngressState};
 use crate::api::ApiError;
-use crate::state::queue::{Enqueued, NewMessage};
+use crate::client::Client;
+use crate::raft::ProposeError;
+use crate::state::queue::{Enqueued, NewMessage, QueueResponse};
+use crate::state::{decode, encode, Command, Response};
 
 /// Commands in flight per queue from this node. Small on purpose: requests arriving while
 /// they are in flight are what gets coalesced; Raft still group-commits the commands of the
@@ -41,10 +49,12 @@ pub const MAX_BYTES_PER_WRITE: usize = 4 * 1024 * 1024;
 /// queued without bound. The ingress in-flight limit normally keeps lanes far below it.
 pub const MAX_WAITING_PER_QUEUE: usize = 16_384;
 
-type Reply = oneshot::Sender<Result<Enqueued, ApiError>>;
+/// A group's answer: the command's, with an `Enqueued` answer cut down to the group's part.
+type Reply = oneshot::Sender<Result<QueueResponse, ApiError>>;
 
+/// One request's messages (one for a single enqueue; a forwarded command's on the leader).
 struct Waiting {
-    message: NewMessage,
+    messages: Vec<NewMessage>,
     reply: Reply,
 }
 
@@ -67,8 +77,22 @@ impl Coalescer {
         queue: &str,
         message: NewMessage,
     ) -> Result<Enqueued, ApiError> {
+        let r = Coalescer::enqueue_group(st, queue, vec![message]).await?;
+        enqueue_outcome(queue, 1, r)?
+            .pop()
+            .ok_or_else(|| ApiError::Internal("no answer for the message".into()))
+    }
+
+    /// Enqueues `messages` together (all or nothing), sharing a command with other requests
+    /// to the same queue. The answer is not counted in the queue metrics: the node where the
+    /// request arrived counts it.
+    pub async fn enqueue_group(
+        st: &Arc<IngressState>,
+        queue: &str,
+        messages: Vec<NewMessage>,
+    ) -> Result<QueueResponse, ApiError> {
         let (reply, rx) = oneshot::channel();
-        st.coalescer.join(queue, Waiting { message, reply })?;
+        st.coalescer.join(queue, Waiting { messages, reply })?;
         flush(st.clone(), queue.to_string());
         rx.await
             .map_err(|_| ApiError::Internal("enqueue lane dropped the request".into()))?
@@ -98,14 +122,17 @@ impl Coalescer {
         if lane.waiting.is_empty() || lane.in_flight >= MAX_WRITES_PER_QUEUE {
             return None;
         }
-        let mut bytes = 0usize;
-        let mut n = 0usize;
+        let (mut bytes, mut messages, mut n) = (0usize, 0usize, 0usize);
         for w in &lane.waiting {
-            let b = w.message.body.len();
-            if n > 0 && (n >= MAX_MESSAGES_PER_WRITE || bytes + b > MAX_BYTES_PER_WRITE) {
+            let b: usize = w.messages.iter().map(|m| m.body.len()).sum();
+            let more = w.messages.len();
+            if n > 0
+                && (messages + more > MAX_MESSAGES_PER_WRITE || bytes + b > MAX_BYTES_PER_WRITE)
+            {
                 break;
             }
             bytes += b;
+            messages += more;
             n += 1;
         }
         lane.in_flight += 1;
@@ -124,6 +151,36 @@ impl Coalescer {
     }
 }
 
+/// Serves a proposal a follower forwarded to this node (the leader) when it is an enqueue:
+/// its messages join this node's lane as one group, and the answer goes back encoded as the
+/// driver's would be. `None`: not an enqueue; the caller proposes it as it came.
+pub async fn serve_forwarded(st: &Arc<IngressState>, body: &[u8]) -> Option<Vec<u8>> {
+    let data = Client::forwarded_proposal(body)?;
+    let Ok(Command::QueueEnqueue {
+        queue, messages, ..
+    }) = decode::<Command>(data)
+    else {
+        return None;
+    };
+    crate::metrics::M.enqueue_forwarded_groups.inc();
+    let result = match Coalescer::enqueue_group(st, &queue, messages).await {
+        Ok(r) => Ok(encode(&Response::Queue(r))),
+        Err(e) => Err(propose_error(e)),
+    };
+    Some(encode(&result))
+}
+
+/// The follower's view of an error met by its forwarded enqueue here: "not applied" only when
+/// that is certain, otherwise "outcome unknown" (the merged command may have committed).
+fn propose_error(e: ApiError) -> ProposeError {
+    match e {
+        ApiError::NoLeader | ApiError::NotApplied(_) => ProposeError::Dropped,
+        ApiError::Overloaded { .. } => ProposeError::Busy,
+        ApiError::TooLarge { limit_bytes } => ProposeError::TooLarge(limit_bytes),
+        _ => ProposeError::Stopped,
+    }
+}
+
 /// Starts as many commands as the lane allows now; each one, when done, flushes again.
 fn flush(st: Arc<IngressState>, queue: String) {
     while let Some(batch) = st.coalescer.take(&queue) {
@@ -136,32 +193,33 @@ fn flush(st: Arc<IngressState>, queue: String) {
     }
 }
 
-/// Sends one command and hands each request its own result.
+/// Sends one command and hands each group its own part of the answer.
 async fn write(st: &IngressState, queue: &str, batch: Vec<Waiting>) {
-    let (messages, replies): (Vec<NewMessage>, Vec<Reply>) =
-        batch.into_iter().map(|w| (w.message, w.reply)).unzip();
-    crate::metrics::M
-        .enqueue_coalesced
-        .observe(messages.len() as f64);
-    match enqueue_all(st, queue, messages).await {
-        Ok(results) if results.len() == replies.len() => {
-            for (reply, r) in replies.into_iter().zip(results) {
-                let _ = reply.send(Ok(r));
+    let mut messages = Vec::new();
+    let mut groups = Vec::with_capacity(batch.len());
+    for w in batch {
+        groups.push((w.messages.len(), w.reply));
+        messages.extend(w.messages);
+    }
+    let total = messages.len();
+    crate::metrics::M.enqueue_coalesced.observe(total as f64);
+    match propose_enqueue(st, queue, messages).await {
+        Ok(QueueResponse::Enqueued { results }) if results.len() == total => {
+            let mut results = results.into_iter();
+            for (n, reply) in groups {
+                let results = results.by_ref().take(n).collect();
+                let _ = reply.send(Ok(QueueResponse::Enqueued { results }));
             }
         }
-        Ok(results) => {
-            let e = ApiError::Internal(format!(
-                "{} answers for {} messages",
-                results.len(),
-                replies.len()
-            ));
-            for reply in replies {
+        Ok(QueueResponse::Enqueued { results }) => {
+            let e = ApiError::Internal(format!("{} answers for {total} messages", results.len()));
+            for (_, reply) in groups {
                 let _ = reply.send(Err(e.clone()));
             }
         }
-        Err(e) => {
-            for reply in replies {
-                let _ = reply.send(Err(e.clone()));
+        other => {
+            for (_, reply) in groups {
+                let _ = reply.send(other.clone());
             }
         }
     }

@@ -238,12 +238,30 @@ pub(super) async fn enqueue_all(
     messages: Vec<NewMessage>,
 ) -> Result<Vec<queue::Enqueued>, ApiError> {
     let n = messages.len() as u64;
+    enqueue_outcome(name, n, propose_enqueue(st, name, messages).await?)
+}
+
+/// Proposes one enqueue command (through Raft, from any node) and returns its answer.
+pub(super) async fn propose_enqueue(
+    st: &IngressState,
+    name: &str,
+    messages: Vec<NewMessage>,
+) -> Result<QueueResponse, ApiError> {
     let cmd = Command::QueueEnqueue {
         queue: name.into(),
         now_ms: now_ms(),
         messages,
     };
-    match answer(st.client.write(&cmd).await?)? {
+    answer(st.client.write(&cmd).await?)
+}
+
+/// What the requester of `n` messages gets for an enqueue answer (and the queue metrics).
+pub(super) fn enqueue_outcome(
+    name: &str,
+    n: u64,
+    r: QueueResponse,
+) -> Result<Vec<queue::Enqueued>, ApiError> {
+    match r {
         QueueResponse::Enqueued { results } => {
             let dups = results.iter().filter(|r| r.duplicate).count() as u64;
             count("enqueue", "stored", n - dups);
