@@ -177,8 +177,6 @@ impl Client {
         result.map_err(|e| ClientError::NotApplied(e.to_string()))
     }
 
-    /// Serves a request forwarded by a follower (a write, or a leadership transfer) and
-    /// encodes the outcome.
     /// The command bytes of a forwarded proposal (`None` for other forwarded requests).
     pub fn forwarded_proposal(body: &[u8]) -> Option<&[u8]> {
         match body.split_first() {
@@ -187,6 +185,8 @@ impl Client {
         }
     }
 
+    /// Serves a request forwarded by a follower (a write, or a leadership transfer) and
+    /// encodes the outcome.
     pub async fn serve_forwarded(driver: &DriverHandle, body: &[u8], timeout: Duration) -> Vec<u8> {
         match body.split_first() {
             Some((&FORWARD_PROPOSE, data)) => {
