@@ -1342,7 +1342,7 @@ impl<'a> Apply<'a> {
         let mut blob = (new_count >= 2).then(|| Vec::with_capacity(new_bytes as usize));
         let first_seq = stats.next_seq + 1;
         let mut results: Vec<Enqueued> = Vec::with_capacity(messages.len());
-        for (mut m, p) in messages.into_iter().zip(plan) {
+        for (m, p) in messages.into_iter().zip(plan) {
             match p {
                 Err(mut e) => {
                     if e.id.is_empty() {
@@ -1382,12 +1382,7 @@ impl<'a> Apply<'a> {
                         b.extend_from_slice(&m.body);
                         r
                     });
-                    let body_len = m.body.len() as u64;
-                    if at.is_none() {
-                        self.batch
-                            .put(seq_key("b", queue, seq), std::mem::take(&mut m.body));
-                    }
-                    self.add_message(queue, cfg, seq, now_ms, m, body_len, at);
+                    self.add_message(queue, cfg, seq, now_ms, m, at);
                     stats.depth += 1;
                     stats.enqueued_total += 1;
                 }
@@ -1430,9 +1425,8 @@ impl<'a> Apply<'a> {
     }
 
     /// Stores a new live message `seq`, visible at once.
-    /// Stores the record of a new message whose body (`body_len` bytes) the caller has put at
-    /// its own key or, with `blob`, into its command's blob.
-    #[allow(clippy::too_many_arguments)]
+    /// Stores a new message: its body at its own key, or (with `blob`) only its record, the
+    /// caller having put the body into its command's blob.
     fn add_message(
         &mut self,
         queue: &str,
@@ -1440,9 +1434,12 @@ impl<'a> Apply<'a> {
         seq: u64,
         now_ms: u64,
         m: NewMessage,
-        body_len: u64,
         blob: Option<BlobRef>,
     ) {
+        let body_len = m.body.len() as u64;
+        if blob.is_none() {
+            self.batch.put(seq_key("b", queue, seq), m.body);
+        }
         self.ix.add_live(queue, now_ms, seq, &m.id);
         if let Some(okey) = &m.ordering_key {
             self.ix.add_order(queue, okey, seq);
