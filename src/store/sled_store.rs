@@ -164,15 +164,27 @@ impl SledStore {
     /// The value a stored pair stands for: itself, or what its pointer names. `None` when
     /// the key was deleted while this read was under way.
     fn resolve(&self, key: &[u8], stored: sled::IVec) -> Result<Option<Vec<u8>>, StoreError> {
+        self.resolve_with(key, stored, |v| Ok(v.to_vec()), |p| self.vlog.read(p))
+    }
+
+    /// [`Self::resolve`] with the reads spelled out: `plain` for a value kept in sled, `read`
+    /// for one in the value log (`None` from it: reclaimed, read the key again).
+    fn resolve_with(
+        &self,
+        key: &[u8],
+        stored: sled::IVec,
+        plain: impl FnOnce(&[u8]) -> Result<Vec<u8>, StoreError>,
+        read: impl Fn(&Pointer) -> Result<Option<Vec<u8>>, StoreError>,
+    ) -> Result<Option<Vec<u8>>, StoreError> {
         if !keys::is_value_log_key(key) {
-            return Ok(Some(stored.to_vec()));
+            return plain(&stored).map(Some);
         }
         let mut stored = Some(stored);
         for _ in 0..READ_RETRIES {
             let Some(v) = stored.take() else {
                 return Ok(None);
             };
-            if let Some(value) = self.vlog.read(&Pointer::decode(&v)?)? {
+            if let Some(value) = read(&Pointer::decode(&v)?)? {
                 return Ok(Some(value));
             }
             // Reclaimed under us: the key has changed since; read it again.
@@ -238,24 +250,15 @@ impl Store for SledStore {
         offset: usize,
         len: usize,
     ) -> Result<Option<Vec<u8>>, StoreError> {
-        if !keys::is_value_log_key(key) {
-            return match self.tree.get(key).map_err(engine)? {
-                Some(v) => super::slice_of(key, &v, offset, len).map(Some),
-                None => Ok(None),
-            };
-        }
-        for _ in 0..READ_RETRIES {
-            let Some(v) = self.tree.get(key).map_err(engine)? else {
-                return Ok(None);
-            };
-            if let Some(part) = self.vlog.read_range(&Pointer::decode(&v)?, offset, len)? {
-                return Ok(Some(part));
-            }
-            // Reclaimed under us: the key has changed since; read it again.
-        }
-        Err(StoreError::Corrupt(format!(
-            "value-log pointer of {key:?} keeps naming reclaimed segments"
-        )))
+        let Some(stored) = self.tree.get(key).map_err(engine)? else {
+            return Ok(None);
+        };
+        self.resolve_with(
+            key,
+            stored,
+            |v| super::slice_of(key, v, offset, len),
+            |p| self.vlog.read_range(p, offset, len),
+        )
     }
 
     fn range(&self, from: &[u8], to: &[u8], limit: usize) -> Result<Vec<KvPair>, StoreError> {

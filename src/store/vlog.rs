@@ -206,20 +206,32 @@ impl ValueLog {
     /// Reads the value `p` names; `None` when its segment is gone (the pointer was deleted
     /// and the segment reclaimed since it was read: the caller reads the key again).
     pub fn read(&self, p: &Pointer) -> Result<Option<Vec<u8>>, StoreError> {
-        let Some(file) = self.lock().files.get(&p.segment).cloned() else {
+        let Some(v) = self.read_at(p.segment, p.offset, p.len as usize)? else {
             return Ok(None);
         };
-        let mut v = vec![0u8; p.len as usize];
-        let path = segment_path(&self.dir, p.segment);
-        file.read_exact_at(&mut v, p.offset)
-            .map_err(|e| io("reading", &path, e))?;
         if crc32fast::hash(&v) != p.crc {
             return Err(StoreError::Corrupt(format!(
                 "value-log record at {} offset {} fails its checksum",
-                path.display(),
+                segment_path(&self.dir, p.segment).display(),
                 p.offset
             )));
         }
+        Ok(Some(v))
+    }
+
+    /// `len` bytes at `offset` of `segment` (`None`: the segment is gone).
+    fn read_at(
+        &self,
+        segment: u64,
+        offset: u64,
+        len: usize,
+    ) -> Result<Option<Vec<u8>>, StoreError> {
+        let Some(file) = self.lock().files.get(&segment).cloned() else {
+            return Ok(None);
+        };
+        let mut v = vec![0u8; len];
+        file.read_exact_at(&mut v, offset)
+            .map_err(|e| io("reading", &segment_path(&self.dir, segment), e))?;
         Ok(Some(v))
     }
 
@@ -241,14 +253,7 @@ impl ValueLog {
                 p.len
             )));
         }
-        let Some(file) = self.lock().files.get(&p.segment).cloned() else {
-            return Ok(None);
-        };
-        let mut v = vec![0u8; len];
-        let path = segment_path(&self.dir, p.segment);
-        file.read_exact_at(&mut v, p.offset + offset as u64)
-            .map_err(|e| io("reading", &path, e))?;
-        Ok(Some(v))
+        self.read_at(p.segment, p.offset + offset as u64, len)
     }
 
     /// Counts pointers the store now holds (`added`) and no longer holds (`removed`).
