@@ -7,11 +7,18 @@
 //! - baseline in the same run, on the same cluster: the cluster-core replicated write
 //!   (1 KiB `ConfigPut` through the Raft client, no HTTP) with 64 writers.
 //!
+//! The enqueue rows' load comes from a lean keep-alive HTTP/1.1 client (`support/http1.rs`),
+//! since the load generator shares the two cores with the nodes; `--client reqwest` measures
+//! with reqwest as before, `--client both` does each row with both.
+//!
 //! Run: `cargo bench --bench queue` (options: `-- --seconds N --backlog N --clients
-//! 1,16,64,256`). Prints a table and writes `target/bench-results/queue.json`. Each row also
+//! 1,16,64,256 --client raw|reqwest|both`). Prints a table and writes `target/bench-results/queue.json`. Each row also
 //! prints, on stderr, where its time went inside the nodes (proposal latency, fsyncs, entries
 //! per Ready, messages per coalesced command). Like the node binary, the bench turns
 //! transparent huge pages off for itself; `BENCH_KEEP_THP=1` leaves them on, to compare.
+
+#[path = "support/http1.rs"]
+mod http1;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -363,46 +370,104 @@ fn enqueue_clients() -> Vec<usize> {
         .unwrap_or_else(|| vec![1, 16, 64, 256])
 }
 
-/// Enqueue over HTTP keep-alive, clients spread over the three nodes' ingress listeners.
-async fn enqueue_rows(b: &Bench, seconds: u64) -> Vec<Row> {
+/// Which HTTP client the enqueue rows load the nodes with: `--client raw` (the default, the
+/// lean keep-alive client of `support/http1.rs`), `reqwest` (the rows as measured up to
+/// 2026-12-04), or `both` (each row twice, reqwest first, to compare in one run).
+fn enqueue_client_kinds() -> Vec<&'static str> {
+    let args: Vec<String> = std::env::args().collect();
+    let kind = args
+        .iter()
+        .position(|a| a == "--client")
+        .and_then(|i| args.get(i + 1))
+        .map_or("raw", String::as_str);
+    match kind {
+        "reqwest" => vec!["reqwest"],
+        "both" => vec!["reqwest", "raw"],
+        _ => vec!["raw"],
+    }
+}
+
+/// The queue the enqueue rows fill, created anew before each row.
+async fn reset_enqueue_queue(b: &Bench) {
+    let _ = b
+        .http
+        .delete(format!("http://{}/admin/queues/bench-in", b.admin))
+        .bearer_auth(&b.token)
+        .send()
+        .await;
     b.put(
         "/admin/queues/bench-in",
         &json!({"dedup": {"window_ms": 0}, "max_messages": 10_000_000, "max_bytes": 1_073_741_824}),
     )
     .await;
+}
+
+/// One enqueue row through reqwest: client `c` posts to ingress `c % 3`.
+async fn enqueue_row_reqwest(b: &Bench, clients: usize, seconds: u64) -> Row {
+    let urls: Arc<Vec<String>> = Arc::new(
+        b.ingress
+            .iter()
+            .map(|a| format!("http://{a}/queues/bench-in/messages"))
+            .collect(),
+    );
+    let http = b.http.clone();
+    let body = bytes::Bytes::from(vec![b'o'; BODY_BYTES]);
+    closed_loop(
+        "enqueue over HTTP (reqwest)",
+        clients,
+        seconds,
+        move |c, _| {
+            let (http, urls, body) = (http.clone(), urls.clone(), body.clone());
+            async move {
+                let url = &urls[c % urls.len()];
+                matches!(http.post(url).body(body).send().await, Ok(r) if r.status() == 202)
+            }
+        },
+    )
+    .await
+}
+
+/// One enqueue row through the lean client: client `c` keeps one connection to ingress
+/// `c % 3` (its own; the mutex is never contended).
+async fn enqueue_row_raw(b: &Bench, clients: usize, seconds: u64) -> Row {
+    let addrs: Vec<std::net::SocketAddr> = b.nodes.iter().map(|n| n.ingress_addr).collect();
+    let body = vec![b'o'; BODY_BYTES];
+    let requests: Arc<Vec<Vec<u8>>> = Arc::new(
+        addrs
+            .iter()
+            .map(|a| http1::post(*a, "/queues/bench-in/messages", &body))
+            .collect(),
+    );
+    let conns: Arc<Vec<tokio::sync::Mutex<http1::Conn>>> = Arc::new(
+        (0..clients)
+            .map(|c| tokio::sync::Mutex::new(http1::Conn::new(addrs[c % addrs.len()])))
+            .collect(),
+    );
+    closed_loop("enqueue over HTTP", clients, seconds, move |c, _| {
+        let (conns, requests) = (conns.clone(), requests.clone());
+        async move {
+            let mut conn = conns[c].lock().await;
+            let request = &requests[c % requests.len()];
+            matches!(conn.roundtrip(request).await, Ok(202))
+        }
+    })
+    .await
+}
+
+/// Enqueue over HTTP keep-alive, clients spread over the three nodes' ingress listeners.
+async fn enqueue_rows(b: &Bench, seconds: u64) -> Vec<Row> {
     let mut rows = Vec::new();
     for clients in enqueue_clients() {
-        let urls: Arc<Vec<String>> = Arc::new(
-            b.ingress
-                .iter()
-                .map(|a| format!("http://{a}/queues/bench-in/messages"))
-                .collect(),
-        );
-        let http = b.http.clone();
-        let body = bytes::Bytes::from(vec![b'o'; BODY_BYTES]);
-        rows.push(
-            closed_loop("enqueue over HTTP", clients, seconds, move |c, _| {
-                let (http, urls, body) = (http.clone(), urls.clone(), body.clone());
-                async move {
-                    let url = &urls[c % urls.len()];
-                    matches!(http.post(url).body(body).send().await, Ok(r) if r.status() == 202)
-                }
-            })
-            .await,
-        );
-        // Keep the queue from growing without bound between rows.
-        let _ = b
-            .http
-            .delete(format!("http://{}/admin/queues/bench-in", b.admin))
-            .bearer_auth(&b.token)
-            .send()
-            .await;
-        b.put(
-            "/admin/queues/bench-in",
-            &json!({"dedup": {"window_ms": 0}, "max_messages": 10_000_000, "max_bytes": 1_073_741_824}),
-        )
-        .await;
+        for kind in enqueue_client_kinds() {
+            // Each row starts from an empty queue, so no row pays for another's backlog.
+            reset_enqueue_queue(b).await;
+            rows.push(match kind {
+                "reqwest" => enqueue_row_reqwest(b, clients, seconds).await,
+                _ => enqueue_row_raw(b, clients, seconds).await,
+            });
+        }
     }
+    reset_enqueue_queue(b).await;
     rows
 }
 
