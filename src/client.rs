@@ -93,7 +93,7 @@ impl Client {
     async fn write_bytes(&self, data: Vec<u8>) -> Result<Vec<u8>, ClientError> {
         let deadline = Instant::now() + self.timeout;
         loop {
-            let attempt = match self.driver.status().leader {
+            let attempt = match self.driver.leader() {
                 Some(l) if l == self.id => self.propose_local(&data, deadline).await,
                 Some(l) => self.forward(l, &data, deadline).await,
                 None => Attempt::Retry,

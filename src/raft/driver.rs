@@ -162,6 +162,11 @@ impl DriverHandle {
         self.status.borrow().clone()
     }
 
+    /// The leader this node knows of, without cloning the whole status (hot paths ask).
+    pub fn leader(&self) -> Option<u64> {
+        self.status.borrow().leader
+    }
+
     pub fn watch_status(&self) -> watch::Receiver<NodeStatus> {
         self.status.clone()
     }

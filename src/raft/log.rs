@@ -24,12 +24,23 @@
 //! A torn or corrupt record at the end of the last segment (a crash mid-write) is cut off on
 //! open: nothing after it was ever made durable, so nothing after it was acknowledged. A bad
 //! record anywhere else is corruption and the node refuses to start.
+//!
+//! Preallocated segments: an fdatasync that grows a file also commits the file's new size and
+//! blocks through the filesystem journal; one that overwrites blocks already written does not.
+//! On this project's ext4 VM disk, 16 KiB appends synced one by one ran 1.6-1.8x as fast over
+//! a zero-filled file as over a growing one, at 0.6-0.65x the CPU per sync (2026-12-04). So
+//! once the active segment is half full, a helper thread writes the next segment's file full
+//! of zeros and syncs it (`*.prealloc`, ignored by replay and deleted on open); the roll
+//! renames it into place, or creates an empty file as before when it is not ready. A record
+//! header of all zeros (kind 0, never written) is therefore a clean end of a segment.
 
 use std::collections::VecDeque;
 use std::fs::{File, OpenOptions};
 use std::io::{BufReader, Read};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
 
 use protobuf::Message as _;
 use raft::prelude::{Entry, HardState};
@@ -50,6 +61,17 @@ const KIND_ENTRY: u8 = 1;
 const KIND_HARD_STATE: u8 = 2;
 const KIND_RESET: u8 = 3;
 const SEGMENT_EXT: &str = "seg";
+/// Suffix of a zero-filled file being prepared as the next segment.
+const PREALLOC_EXT: &str = "prealloc";
+/// Zeros written, and synced, per step while preparing a segment file. Small steps with a
+/// pause between them keep the helper from queueing a big flush ahead of the log's own
+/// fdatasyncs: one sync of the whole file at the end, or steps of 1 MiB 5 ms apart, raised
+/// the 64-client enqueue p99 from 9-12 ms to 12-26 ms (2026-12-04).
+const PREALLOC_CHUNK_BYTES: usize = 256 * 1024;
+/// Pause between two steps of preparing a segment file: 256 steps of a 64 MiB segment take
+/// about 3 s, under the 4 s a node writing 16 MB/s of log takes to fill the half that is
+/// left when preparation starts. When the spare is late the roll creates an empty segment.
+const PREALLOC_PAUSE: std::time::Duration = std::time::Duration::from_millis(10);
 
 /// Where an entry's payload lies.
 #[derive(Debug, Clone, Copy)]
@@ -87,6 +109,10 @@ pub struct SegmentLog {
     /// Payload bytes of the entries the log holds (compaction by size reads it).
     held_bytes: u64,
     segment_bytes: u64,
+    /// The helper preparing the next segment's zero-filled file, if one was started.
+    spare: Option<std::thread::JoinHandle<Result<(PathBuf, File), String>>>,
+    /// Set on drop: the helper stops after its current step.
+    spare_cancel: Arc<AtomicBool>,
 }
 
 fn io_err(what: &str, path: &Path, e: std::io::Error) -> StoreError {
@@ -163,6 +189,10 @@ fn read_record(r: &mut impl Read, offset: u64) -> Result<Option<Record>, &'stati
         b.copy_from_slice(&header[at..at + 8]);
         u64::from_le_bytes(b)
     };
+    if header == [0u8; HEADER_BYTES] {
+        // The zero-filled tail of a preallocated segment: nothing was written here.
+        return Ok(None);
+    }
     let (len, crc) = (word(0), word(4));
     if len > MAX_RECORD_BYTES {
         return Err("record length out of range");
@@ -206,7 +236,10 @@ impl SegmentLog {
             cache_bytes: 0,
             held_bytes: 0,
             segment_bytes,
+            spare: None,
+            spare_cancel: Arc::default(),
         };
+        log.remove_leftover_spares()?;
         let seqs = log.list_segments()?;
         let mut after = after;
         for (i, seq) in seqs.iter().enumerate() {
@@ -341,12 +374,18 @@ impl SegmentLog {
 
     fn open_segment(&mut self, seq: u64) -> Result<(), StoreError> {
         let path = segment_path(&self.dir, seq);
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .open(&path)
-            .map_err(|e| io_err("creating", &path, e))?;
+        let file = match self.take_spare() {
+            Some((spare, file)) => {
+                std::fs::rename(&spare, &path).map_err(|e| io_err("renaming", &spare, e))?;
+                file
+            }
+            None => OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create_new(true)
+                .open(&path)
+                .map_err(|e| io_err("creating", &path, e))?,
+        };
         sync_dir(&self.dir)?;
         self.segments.push_back(Segment {
             seq,
@@ -361,6 +400,54 @@ impl SegmentLog {
         self.segments
             .back_mut()
             .expect("the log always has an active segment")
+    }
+
+    /// The prepared spare file, if its helper has finished; a failed one is logged and
+    /// dropped (the roll then creates an empty file, as without preallocation).
+    fn take_spare(&mut self) -> Option<(PathBuf, File)> {
+        if !self.spare.as_ref()?.is_finished() {
+            return None;
+        }
+        match self.spare.take()?.join() {
+            Ok(Ok(spare)) => Some(spare),
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "preparing a raft log segment failed; using an empty one");
+                None
+            }
+            Err(_) => None,
+        }
+    }
+
+    /// Starts preparing the next segment's file once the active one is half full.
+    fn maybe_prepare_spare(&mut self) {
+        let half_full = self
+            .segments
+            .back()
+            .is_some_and(|a| a.bytes >= self.segment_bytes / 2);
+        if self.spare.is_some() || !half_full {
+            return;
+        }
+        let (dir, bytes) = (self.dir.clone(), self.segment_bytes);
+        let cancel = self.spare_cancel.clone();
+        match std::thread::Builder::new()
+            .name("log-prealloc".into())
+            .spawn(move || prepare_spare(&dir, bytes, &cancel))
+        {
+            Ok(h) => self.spare = Some(h),
+            Err(e) => tracing::warn!(error = %e, "could not start preparing a raft log segment"),
+        }
+    }
+
+    /// Deletes spare files an earlier run left unused.
+    fn remove_leftover_spares(&self) -> Result<(), StoreError> {
+        let entries = std::fs::read_dir(&self.dir).map_err(|e| io_err("listing", &self.dir, e))?;
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.extension().is_some_and(|x| x == PREALLOC_EXT) {
+                std::fs::remove_file(&path).map_err(|e| io_err("deleting", &path, e))?;
+            }
+        }
+        Ok(())
     }
 
     /// Closes a full active segment (durably) and opens the next, which starts with the
@@ -401,6 +488,7 @@ impl SegmentLog {
             .inc_by(pending.len() as u64);
         self.pending = pending;
         self.pending.clear();
+        self.maybe_prepare_spare();
         Ok(())
     }
 
@@ -596,6 +684,51 @@ impl SegmentLog {
     }
 }
 
+/// Writes a new file of `bytes` zeros in `dir` and syncs it, so the segment it becomes is
+/// overwritten in place rather than grown. Runs on its own thread (blocking I/O); stops,
+/// leaving the file for the next open to delete, once `cancel` is set.
+fn prepare_spare(dir: &Path, bytes: u64, cancel: &AtomicBool) -> Result<(PathBuf, File), String> {
+    use std::io::Write;
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    let path = dir.join(format!("{}-{n}.{PREALLOC_EXT}", std::process::id()));
+    let fail = |what: &str, e: std::io::Error| format!("{what} {}: {e}", path.display());
+    let mut file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .open(&path)
+        .map_err(|e| fail("creating", e))?;
+    let zeros = vec![0u8; PREALLOC_CHUNK_BYTES];
+    let mut left = bytes;
+    while left > 0 {
+        let n = left.min(PREALLOC_CHUNK_BYTES as u64) as usize;
+        file.write_all(&zeros[..n])
+            .map_err(|e| fail("writing", e))?;
+        file.sync_data().map_err(|e| fail("syncing", e))?;
+        left -= n as u64;
+        if cancel.load(Ordering::Relaxed) {
+            return Err("the log was closed".into());
+        }
+        if left > 0 {
+            std::thread::sleep(PREALLOC_PAUSE);
+        }
+    }
+    file.sync_all().map_err(|e| fail("syncing", e))?;
+    Ok((path, file))
+}
+
+impl Drop for SegmentLog {
+    /// Stops a helper still writing a spare and waits for it (one step at most), so no thread
+    /// writes into the directory after the log is gone.
+    fn drop(&mut self) {
+        self.spare_cancel.store(true, Ordering::Relaxed);
+        if let Some(h) = self.spare.take() {
+            let _ = h.join();
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -618,8 +751,18 @@ mod tests {
         }
     }
 
+    /// Segment files only (not spares being prepared).
     fn segment_files(dir: &Path) -> usize {
-        std::fs::read_dir(dir).unwrap().count()
+        std::fs::read_dir(dir)
+            .unwrap()
+            .filter(|e| {
+                e.as_ref()
+                    .unwrap()
+                    .path()
+                    .extension()
+                    .is_some_and(|x| x == SEGMENT_EXT)
+            })
+            .count()
     }
 
     /// Entries and the hard state written and synced come back after a reopen, byte for byte.
@@ -663,6 +806,90 @@ mod tests {
         assert_eq!(log.term(12), Some(2));
         let got = log.entries(10, 15, u64::MAX).unwrap();
         assert_eq!(got[3], entry(13, 2, 10));
+    }
+
+    /// A segment whose tail is zeros (a preallocated file) replays to its last record: the
+    /// zeros are a clean end, not a torn tail, so nothing is cut off, and appends after a
+    /// reopen go at the written end, not the file's end.
+    #[test]
+    fn zero_filled_tail_is_a_clean_end() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let mut log = SegmentLog::open(dir.path(), 0).unwrap();
+            log.append(&(1..=5).map(|i| entry(i, 1, 100)).collect::<Vec<_>>())
+                .unwrap();
+            log.sync(true).unwrap();
+        }
+        let path = segment_path(dir.path(), 1);
+        let written = std::fs::metadata(&path).unwrap().len();
+        let f = OpenOptions::new().write(true).open(&path).unwrap();
+        f.set_len(written + 64 * 1024).unwrap();
+        {
+            let mut log = SegmentLog::open(dir.path(), 0).unwrap();
+            assert_eq!(log.last(), 5);
+            assert_eq!(std::fs::metadata(&path).unwrap().len(), written + 64 * 1024);
+            log.append(&(6..=8).map(|i| entry(i, 2, 100)).collect::<Vec<_>>())
+                .unwrap();
+            log.sync(true).unwrap();
+        }
+        let log = SegmentLog::open(dir.path(), 0).unwrap();
+        assert_eq!(
+            (log.last(), log.term(5), log.term(8)),
+            (8, Some(1), Some(2))
+        );
+        assert_eq!(log.entries(1, 9, u64::MAX).unwrap().len(), 8);
+    }
+
+    /// Once the active segment is half full a spare file is prepared, and the roll takes it:
+    /// the new segment starts as a zero-filled file of the segment size; every entry written
+    /// across such segments comes back after a reopen.
+    #[test]
+    fn rolls_take_prepared_spares_and_replay_across_them() {
+        const SEGMENT: u64 = 4_096;
+        let dir = tempfile::tempdir().unwrap();
+        let written = {
+            let mut log = SegmentLog::open_with(dir.path(), 0, SEGMENT).unwrap();
+            let mut next = 1;
+            while log.spare.is_none() {
+                log.append(&[entry(next, 1, 200)]).unwrap();
+                log.sync(true).unwrap();
+                next += 1;
+            }
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+            while !log.spare.as_ref().unwrap().is_finished() {
+                assert!(std::time::Instant::now() < deadline, "spare never finished");
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+            let seq = log.segments.back().unwrap().seq;
+            while log.segments.back().unwrap().seq == seq {
+                log.append(&[entry(next, 1, 200)]).unwrap();
+                next += 1;
+            }
+            let path = segment_path(dir.path(), seq + 1);
+            assert!(
+                std::fs::metadata(&path).unwrap().len() >= SEGMENT,
+                "the new segment is the zero-filled spare"
+            );
+            log.sync(true).unwrap();
+            next - 1
+        };
+        let log = SegmentLog::open_with(dir.path(), 0, SEGMENT).unwrap();
+        assert_eq!(log.last(), written);
+        assert_eq!(
+            log.entries(1, written + 1, u64::MAX).unwrap(),
+            (1..=written).map(|i| entry(i, 1, 200)).collect::<Vec<_>>()
+        );
+    }
+
+    /// A spare an earlier run prepared and never used is deleted on open.
+    #[test]
+    fn leftover_spares_are_removed_on_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let leftover = dir.path().join(format!("1-0.{PREALLOC_EXT}"));
+        std::fs::write(&leftover, [0u8; 128]).unwrap();
+        let _log = SegmentLog::open(dir.path(), 0).unwrap();
+        assert!(!leftover.exists());
+        assert_eq!(segment_files(dir.path()), 1);
     }
 
     /// A torn last record (crash mid-write) is cut off on open and the log goes on from there;
