@@ -435,7 +435,7 @@ async fn enqueue_row_raw(b: &Bench, clients: usize, seconds: u64) -> Row {
     let requests: Arc<Vec<Vec<u8>>> = Arc::new(
         addrs
             .iter()
-            .map(|a| http1::post(*a, "/queues/bench-in/messages", &body))
+            .map(|a| http1::post(*a, "/queues/bench-in/messages", None, &body))
             .collect(),
     );
     let conns: Arc<Vec<tokio::sync::Mutex<http1::Conn>>> = Arc::new(

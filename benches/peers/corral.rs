@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
+use crate::http1;
 use crate::load::{ConsumeOp, Op, Stats};
 use crate::procs::{poll, ports_free, run, Proc};
 
@@ -23,6 +24,9 @@ pub const QUEUE: &str = "bench";
 const RECEIVE_WAIT_MS: u64 = 500;
 /// Messages one receive leases (the peers' pull batch and prefetch are 16 too).
 const RECEIVE_BATCH: usize = 16;
+
+/// One node's ingress address, the enqueue request's bytes for it, and its idle connections.
+type EnqueueTarget = (SocketAddr, Vec<u8>, Mutex<Vec<http1::Conn>>);
 
 /// Messages each consumer worker has leased and not yet completed: (id, lock token).
 type Held = Mutex<HashMap<usize, VecDeque<(String, String)>>>;
@@ -180,25 +184,34 @@ impl Corral {
     }
 
     /// Enqueue 1 KiB on the node `worker % 3` picks; acknowledged by 202 (majority commit).
+    /// Sent with the lean keep-alive client of `support/http1.rs` (the peers' own clients are
+    /// lean too): each node has a pool of idle connections, a request takes one or opens
+    /// one, and puts it back after a complete answer, so closed and open loops both work.
     pub fn enqueue_op(&self, body: bytes::Bytes) -> Op {
-        let http = self.http.clone();
+        let path = format!("/queues/{QUEUE}/messages");
+        let nodes: Arc<Vec<EnqueueTarget>> = Arc::new(
+            (1..=NODES)
+                .map(|id| {
+                    let addr = SocketAddr::from(([127, 0, 0, id as u8], BASE_PORT + 1));
+                    let request = http1::post(addr, &path, Some("application/octet-stream"), &body);
+                    (addr, request, Mutex::new(Vec::new()))
+                })
+                .collect(),
+        );
         Arc::new(move |w, _| {
-            let (http, body) = (http.clone(), body.clone());
+            let nodes = nodes.clone();
             Box::pin(async move {
-                let url = format!("{}/queues/{QUEUE}/messages", ingress(1 + w as u64 % NODES));
-                let r = http
-                    .post(url)
-                    .header("content-type", "application/octet-stream")
-                    .body(body)
-                    .send()
+                let (addr, request, idle) = &nodes[w % nodes.len()];
+                let pooled = idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
+                let mut conn = pooled.unwrap_or_else(|| http1::Conn::new(*addr));
+                let status = conn
+                    .roundtrip(request)
                     .await
-                    .map_err(|e| e.to_string())?;
-                match r.status().as_u16() {
+                    .map_err(|e| format!("enqueue: {e}"))?;
+                idle.lock().unwrap_or_else(|p| p.into_inner()).push(conn);
+                match status {
                     202 => Ok(()),
-                    s => Err(format!(
-                        "enqueue: {s} {}",
-                        r.text().await.unwrap_or_default()
-                    )),
+                    s => Err(format!("enqueue: {s}")),
                 }
             })
         })

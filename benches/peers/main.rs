@@ -12,6 +12,8 @@
 //! Prints markdown tables with ratios against the peers and writes target/peers/peers.json.
 
 mod corral;
+#[path = "../support/http1.rs"]
+mod http1;
 mod load;
 mod nats;
 mod procs;

@@ -25,10 +25,14 @@ const MAX_HEAD_BYTES: usize = 16 * 1024;
 const MAX_BODY_BYTES: usize = 1024 * 1024;
 
 /// The bytes of one `POST` with a body, as reqwest would send it (Host, Accept,
-/// Content-Length), so the server parses the same headers either way.
-pub fn post(addr: SocketAddr, path: &str, body: &[u8]) -> Vec<u8> {
+/// Content-Length, and Content-Type if given), so the server parses the same headers either
+/// way.
+pub fn post(addr: SocketAddr, path: &str, content_type: Option<&str>, body: &[u8]) -> Vec<u8> {
+    let content_type = content_type
+        .map(|t| format!("content-type: {t}\r\n"))
+        .unwrap_or_default();
     let mut r = format!(
-        "POST {path} HTTP/1.1\r\nhost: {addr}\r\naccept: */*\r\ncontent-length: {}\r\n\r\n",
+        "POST {path} HTTP/1.1\r\nhost: {addr}\r\naccept: */*\r\n{content_type}content-length: {}\r\n\r\n",
         body.len()
     )
     .into_bytes();
