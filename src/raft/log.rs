@@ -751,6 +751,15 @@ mod tests {
         }
     }
 
+    /// A new log in `dir` holding entries 1..=5 (term 1), synced; the path of its segment.
+    fn five_synced_entries(dir: &Path) -> PathBuf {
+        let mut log = SegmentLog::open(dir, 0).unwrap();
+        log.append(&(1..=5).map(|i| entry(i, 1, 100)).collect::<Vec<_>>())
+            .unwrap();
+        log.sync(true).unwrap();
+        segment_path(dir, 1)
+    }
+
     /// Segment files only (not spares being prepared).
     fn segment_files(dir: &Path) -> usize {
         std::fs::read_dir(dir)
@@ -814,13 +823,7 @@ mod tests {
     #[test]
     fn zero_filled_tail_is_a_clean_end() {
         let dir = tempfile::tempdir().unwrap();
-        {
-            let mut log = SegmentLog::open(dir.path(), 0).unwrap();
-            log.append(&(1..=5).map(|i| entry(i, 1, 100)).collect::<Vec<_>>())
-                .unwrap();
-            log.sync(true).unwrap();
-        }
-        let path = segment_path(dir.path(), 1);
+        let path = five_synced_entries(dir.path());
         let written = std::fs::metadata(&path).unwrap().len();
         let f = OpenOptions::new().write(true).open(&path).unwrap();
         f.set_len(written + 64 * 1024).unwrap();
@@ -897,13 +900,7 @@ mod tests {
     #[test]
     fn torn_tail_is_cut_and_earlier_corruption_refused() {
         let dir = tempfile::tempdir().unwrap();
-        {
-            let mut log = SegmentLog::open(dir.path(), 0).unwrap();
-            log.append(&(1..=5).map(|i| entry(i, 1, 100)).collect::<Vec<_>>())
-                .unwrap();
-            log.sync(true).unwrap();
-        }
-        let path = segment_path(dir.path(), 1);
+        let path = five_synced_entries(dir.path());
         let len = std::fs::metadata(&path).unwrap().len();
         let f = OpenOptions::new().write(true).open(&path).unwrap();
         f.set_len(len - 30).unwrap();
