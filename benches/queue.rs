@@ -114,6 +114,24 @@ struct Internals {
     coalesced: (f64, u64),
     log_bytes: u64,
     disk_bytes: u64,
+    /// CPU time of this whole process (nodes and load generator), seconds.
+    cpu_s: f64,
+}
+
+/// User + system CPU time of this process so far (`/proc/self/stat`), seconds; 0 if unknown.
+/// Per acknowledged op it is steadier than a rate on a box whose speed drifts between runs.
+fn process_cpu_seconds() -> f64 {
+    let ticks = std::fs::read_to_string("/proc/self/stat")
+        .ok()
+        .and_then(|s| {
+            // Fields after the command name (which may hold spaces) start after the last ')'.
+            let rest = s.rsplit_once(')')?.1;
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
+        });
+    // SAFETY: sysconf reads a constant of the running system.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    ticks.map_or(0.0, |t| t as f64 / hz)
 }
 
 /// Bytes this process has caused to be written to storage (`/proc/self/io`), 0 if unknown.
@@ -139,6 +157,7 @@ impl Internals {
             coalesced: h(&m.enqueue_coalesced),
             log_bytes: m.log_written_bytes.get(),
             disk_bytes: disk_written_bytes(),
+            cpu_s: process_cpu_seconds(),
         }
     }
 
@@ -151,6 +170,7 @@ impl Internals {
             coalesced: d(self.coalesced, b.coalesced),
             log_bytes: self.log_bytes - b.log_bytes,
             disk_bytes: self.disk_bytes.saturating_sub(b.disk_bytes),
+            cpu_s: self.cpu_s - b.cpu_s,
         }
     }
 
@@ -158,7 +178,7 @@ impl Internals {
         let mean = |v: (f64, u64)| v.0 / v.1.max(1) as f64;
         let kb_per_op = |b: u64| b as f64 / 1000.0 / acked.max(1) as f64;
         eprintln!(
-            "  {what} ({clients} clients): proposal {:.2} ms mean over {}; fsync {:.2} ms over {}; {:.1} entries/Ready; {:.1} msgs/command; disk writes {:.1} KB per op, Raft logs {:.1} KB",
+            "  {what} ({clients} clients): proposal {:.2} ms mean over {}; fsync {:.2} ms over {}; {:.1} entries/Ready; {:.1} msgs/command; disk writes {:.1} KB per op, Raft logs {:.1} KB; CPU {:.0} us per op (whole process)",
             mean(self.proposals) * 1000.0,
             self.proposals.1,
             mean(self.fsyncs) * 1000.0,
@@ -167,6 +187,7 @@ impl Internals {
             mean(self.coalesced),
             kb_per_op(self.disk_bytes),
             kb_per_op(self.log_bytes),
+            self.cpu_s * 1e6 / acked.max(1) as f64,
         );
     }
 }
