@@ -32,7 +32,10 @@
 //! once the active segment is half full, a helper thread writes the next segment's file full
 //! of zeros and syncs it (`*.prealloc`, ignored by replay and deleted on open); the roll
 //! renames it into place, or creates an empty file as before when it is not ready. A record
-//! header of all zeros (kind 0, never written) is therefore a clean end of a segment.
+//! header of all zeros (kind 0, never written) is therefore the end of the active segment,
+//! and on open the zeros are cut off like a torn tail, so bytes that a torn write may have
+//! left beyond them can never be read as records later. A segment is cut to its written
+//! length before the next one opens, so zeros in any other segment are corruption.
 
 use std::collections::VecDeque;
 use std::fs::{File, OpenOptions};
@@ -327,12 +330,55 @@ impl SegmentLog {
             }
             offset = next;
         }
+        let len = file
+            .metadata()
+            .map_err(|e| io_err("reading the length of", &path, e))?
+            .len();
+        if offset < len {
+            // Replay stopped at a zero header: the unwritten tail of a preallocated segment.
+            // Only the active segment may have one (a segment is sealed before the next opens).
+            if !last {
+                return Err(corrupt(
+                    &path,
+                    offset,
+                    "zeros before the end of a closed segment",
+                ));
+            }
+            // Cut it off: bytes a torn write left further on must never be read as records
+            // once later appends have filled the space before them.
+            file.set_len(offset)
+                .and_then(|_| file.sync_all())
+                .map_err(|e| io_err("truncating", &path, e))?;
+        }
         self.segments.push_back(Segment {
             seq,
             file,
             bytes: offset,
             max_index,
         });
+        Ok(())
+    }
+
+    /// Cuts the active segment's file to what was written (a preallocated file may be longer)
+    /// and syncs it, before another segment is opened: only the last segment may end in
+    /// zeros.
+    fn seal_active(&mut self) -> Result<(), StoreError> {
+        let path = self.segments.back().map(|a| segment_path(&self.dir, a.seq));
+        let (Some(path), Some(active)) = (path, self.segments.back()) else {
+            return Ok(());
+        };
+        let len = active
+            .file
+            .metadata()
+            .map_err(|e| io_err("reading the length of", &path, e))?
+            .len();
+        if len > active.bytes {
+            active
+                .file
+                .set_len(active.bytes)
+                .and_then(|_| active.file.sync_all())
+                .map_err(|e| io_err("truncating", &path, e))?;
+        }
         Ok(())
     }
 
@@ -459,6 +505,7 @@ impl SegmentLog {
         }
         let seq = active.seq + 1;
         self.sync(true)?;
+        self.seal_active()?;
         self.open_segment(seq)?;
         let hs = self.hard_state.clone();
         self.encode_hard_state(&hs)
@@ -594,6 +641,7 @@ impl SegmentLog {
     /// crash in between replays to the same empty log.
     pub fn reset(&mut self, index: u64, hs: &HardState) -> Result<(), StoreError> {
         self.write_pending()?;
+        self.seal_active()?;
         let seq = self.segments.back().map_or(1, |s| s.seq + 1);
         self.open_segment(seq)?;
         encode_record(&mut self.pending, KIND_RESET, index, 0, |_| Ok(()))?;
@@ -818,10 +866,10 @@ mod tests {
     }
 
     /// A segment whose tail is zeros (a preallocated file) replays to its last record: the
-    /// zeros are a clean end, not a torn tail, so nothing is cut off, and appends after a
-    /// reopen go at the written end, not the file's end.
+    /// zeros end it, are cut off on open (the file is its written length again), and appends
+    /// after the reopen go at the written end.
     #[test]
-    fn zero_filled_tail_is_a_clean_end() {
+    fn zero_filled_tail_ends_the_active_segment() {
         let dir = tempfile::tempdir().unwrap();
         let path = five_synced_entries(dir.path());
         let written = std::fs::metadata(&path).unwrap().len();
@@ -830,7 +878,7 @@ mod tests {
         {
             let mut log = SegmentLog::open(dir.path(), 0).unwrap();
             assert_eq!(log.last(), 5);
-            assert_eq!(std::fs::metadata(&path).unwrap().len(), written + 64 * 1024);
+            assert_eq!(std::fs::metadata(&path).unwrap().len(), written);
             log.append(&(6..=8).map(|i| entry(i, 2, 100)).collect::<Vec<_>>())
                 .unwrap();
             log.sync(true).unwrap();
@@ -841,6 +889,69 @@ mod tests {
             (8, Some(1), Some(2))
         );
         assert_eq!(log.entries(1, 9, u64::MAX).unwrap().len(), 8);
+    }
+
+    /// A torn write into a preallocated segment can leave its first header unwritten (zeros)
+    /// and a later record of it whole. That record was never synced, so never acknowledged:
+    /// it must not come back, not at the reopen and not after appends have filled the space
+    /// before it (the zeros and what follows them are cut off on open).
+    #[test]
+    fn a_record_behind_zeros_is_never_resurrected() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = five_synced_entries(dir.path());
+        let written = std::fs::metadata(&path).unwrap().len();
+        // Zeros exactly as long as the record of the entry appended after the reopen.
+        let (next, mut next_record) = (entry(6, 2, 8), Vec::new());
+        encode_record(&mut next_record, KIND_ENTRY, 6, 2, |b| {
+            next.write_to_vec(b).map_err(pb_err)
+        })
+        .unwrap();
+        let mut tail = vec![0u8; next_record.len()];
+        let stale = entry(7, 9, 8);
+        encode_record(&mut tail, KIND_ENTRY, 7, 9, |b| {
+            stale.write_to_vec(b).map_err(pb_err)
+        })
+        .unwrap();
+        OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .write_all_at(&tail, written)
+            .unwrap();
+        {
+            let mut log = SegmentLog::open(dir.path(), 0).unwrap();
+            assert_eq!(log.last(), 5);
+            log.append(&[next]).unwrap();
+            log.sync(true).unwrap();
+        }
+        let log = SegmentLog::open(dir.path(), 0).unwrap();
+        assert_eq!((log.last(), log.term(6), log.term(7)), (6, Some(2), None));
+    }
+
+    /// Zeros anywhere but at the end of the last segment are corruption: a segment is cut to
+    /// its written length before the next opens.
+    #[test]
+    fn zeros_in_a_closed_segment_refuse_to_open() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let mut log = SegmentLog::open_with(dir.path(), 0, 1_000).unwrap();
+            log.append(&(1..=20).map(|i| entry(i, 1, 100)).collect::<Vec<_>>())
+                .unwrap();
+            log.sync(true).unwrap();
+            assert!(segment_files(dir.path()) > 1);
+        }
+        let first = segment_path(dir.path(), 1);
+        let len = std::fs::metadata(&first).unwrap().len();
+        OpenOptions::new()
+            .write(true)
+            .open(&first)
+            .unwrap()
+            .set_len(len + 4096)
+            .unwrap();
+        assert!(matches!(
+            SegmentLog::open_with(dir.path(), 0, 1_000),
+            Err(StoreError::Corrupt(_))
+        ));
     }
 
     /// Once the active segment is half full a spare file is prepared, and the roll takes it:
