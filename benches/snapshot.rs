@@ -27,6 +27,7 @@ fn open(dir: &Path) -> RaftStorage {
         &[1, 2, 3],
         &dir.join("snapshots"),
         &dir.join("log"),
+        corral::raft::log::SEGMENT_BYTES,
         pin,
     )
     .expect("open")

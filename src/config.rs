@@ -35,6 +35,13 @@ fn invalid(field: impl Into<String>, message: impl Into<String>) -> ConfigError 
     }
 }
 
+/// Smallest Raft log segment: below it a node would roll (close, seal, open) almost every
+/// Ready.
+pub const MIN_LOG_SEGMENT_BYTES: u64 = 64 * 1024;
+/// Largest Raft log segment: a segment is deleted whole once compacted, so a bigger one holds
+/// disk longer (and its spare costs as much again).
+pub const MAX_LOG_SEGMENT_BYTES: u64 = 1024 * 1024 * 1024;
+
 /// Raft timing and log-retention knobs. Defaults suit a LAN or one host.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -53,6 +60,9 @@ pub struct RaftSettings {
     pub keep_entries: u64,
     /// How long a client write waits for its commit before answering "outcome unknown".
     pub write_timeout_ms: u64,
+    /// Size at which a Raft log segment file is closed and the next (prepared in advance,
+    /// zero-filled) opened. Tests use small ones to roll often.
+    pub log_segment_bytes: u64,
 }
 
 impl Default for RaftSettings {
@@ -64,6 +74,7 @@ impl Default for RaftSettings {
             compact_every_entries: 20_000,
             keep_entries: 5_000,
             write_timeout_ms: 5_000,
+            log_segment_bytes: crate::raft::log::SEGMENT_BYTES,
         }
     }
 }
@@ -253,6 +264,12 @@ impl ClusterFile {
         if r.write_timeout_ms < 100 {
             return Err(invalid("raft.write_timeout_ms", "must be at least 100"));
         }
+        if !(MIN_LOG_SEGMENT_BYTES..=MAX_LOG_SEGMENT_BYTES).contains(&r.log_segment_bytes) {
+            return Err(invalid(
+                "raft.log_segment_bytes",
+                format!("must be {MIN_LOG_SEGMENT_BYTES} to {MAX_LOG_SEGMENT_BYTES}"),
+            ));
+        }
         Ok(())
     }
 
@@ -345,6 +362,23 @@ key = "n1.key"
     fn unknown_field_is_refused() {
         let err = parse(&format!("{}\nbogus = 1\n", sample())).unwrap_err();
         assert!(err.to_string().contains("bogus"), "{err}");
+    }
+
+    /// The log segment size defaults to `SEGMENT_BYTES`; one outside its range is refused,
+    /// naming the field.
+    #[test]
+    fn log_segment_size_is_bounded() {
+        let f = parse(&sample()).unwrap();
+        assert_eq!(f.raft.log_segment_bytes, crate::raft::log::SEGMENT_BYTES);
+        let with = |n: u64| format!("{}\n[raft]\nlog_segment_bytes = {n}\n", sample());
+        assert_eq!(
+            parse(&with(262_144)).unwrap().raft.log_segment_bytes,
+            262_144
+        );
+        for bad in [1_024, 2 * MAX_LOG_SEGMENT_BYTES] {
+            let err = parse(&with(bad)).unwrap_err();
+            assert!(err.to_string().contains("raft.log_segment_bytes"), "{err}");
+        }
     }
 
     /// Asking for a node id that the file does not list is refused.

@@ -375,6 +375,7 @@ pub async fn start(cfg: NodeConfig) -> Result<RunningNode, NodeError> {
         keep_entries: cfg.raft.keep_entries,
         snapshot_dir,
         log_dir: cfg.data_dir.join(LOG_DIR),
+        log_segment_bytes: cfg.raft.log_segment_bytes,
         snapshot_pin,
     };
     let state = CorralState::new(store.clone())?;

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use common::{poll, Cluster, Writers, BIN};
 use rand::{Rng, SeedableRng};
-use serde_json::json;
+use serde_json::{json, Value};
 
 /// Three nodes elect a leader within 3 s, and `corral status` agrees with `/admin/cluster`.
 #[test]
@@ -206,6 +206,76 @@ fn crash_cycles_keep_every_acknowledged_write() {
     let keys: Vec<_> = (1..=3).map(|id| c.local_keys(id).unwrap()).collect();
     assert_eq!(keys[0], keys[1], "nodes 1 and 2 diverge");
     assert_eq!(keys[1], keys[2], "nodes 2 and 3 diverge");
+}
+
+/// Preallocated log segments under kill -9: with 256 KiB segments every node rolls onto
+/// zero-filled spares many times while batches of messages are enqueued; the leader is
+/// killed between two batches and restarted (its active segment ends in zeros, which its
+/// open cuts off), and every node ends holding every acknowledged message and none that was
+/// never sent.
+#[test]
+fn preallocated_segments_survive_kill_and_restart() {
+    let mut c = Cluster::new(3, |t| {
+        t.replace("log_segment_bytes = 67108864", "log_segment_bytes = 262144")
+    });
+    c.start_all();
+    let leader = c.wait_leader(&[1, 2, 3], Duration::from_secs(10));
+    let r = c
+        .http
+        .put(c.url(leader, "/admin/queues/pre"))
+        .bearer_auth(&c.token)
+        .json(&json!({}))
+        .send()
+        .unwrap();
+    assert!(r.status().is_success(), "queue: {}", r.status());
+    let batch: Vec<Value> = (0..100)
+        .map(|i| json!({"body": format!("{i:01000}")}))
+        .collect();
+    let (mut acked, mut sent) = (0u64, 0u64);
+    let mut send_batches = |c: &Cluster, node: u64| {
+        for _ in 0..30 {
+            sent += 100;
+            let r = c
+                .http
+                .post(c.ingress_url(node, "/queues/pre/messages:batch"))
+                .json(&batch)
+                .send();
+            if matches!(r, Ok(r) if r.status() == 202) {
+                acked += 100;
+            }
+        }
+    };
+    send_batches(&c, leader);
+    c.kill9(leader);
+    let survivors: Vec<u64> = (1..=3).filter(|id| *id != leader).collect();
+    let next = c.wait_leader(&survivors, Duration::from_secs(10));
+    send_batches(&c, next);
+    c.start(leader);
+    assert!(
+        acked >= 3_000,
+        "only {acked} of {sent} messages acknowledged"
+    );
+    for id in 1..=3u64 {
+        let depth = poll(
+            Duration::from_secs(60),
+            &format!("node {id} to hold the {acked} acknowledged messages"),
+            || {
+                let v = c.get_json(id, "/admin/queues/pre?consistency=local")?;
+                v["stats"]["depth"].as_u64().filter(|d| *d >= acked)
+            },
+        );
+        assert!(depth <= sent, "node {id} holds {depth} of {sent} sent");
+        let mut files = Vec::new();
+        common::files_under(&c.node(id).data_dir.join("raft-log"), &mut files);
+        let segments = files
+            .iter()
+            .filter(|f| f.extension().is_some_and(|x| x == "seg"))
+            .count();
+        assert!(
+            segments > 4,
+            "node {id} rolled its log only {segments} times"
+        );
+    }
 }
 
 /// A follower stopped (gracefully) for 10,000 writes catches up on restart, and a follower

@@ -63,6 +63,8 @@ pub struct DriverConfig {
     pub snapshot_dir: std::path::PathBuf,
     /// Where the log's segment files live (see `raft::log`).
     pub log_dir: std::path::PathBuf,
+    /// Raft log segment size (`raft.log_segment_bytes`).
+    pub log_segment_bytes: u64,
     /// Lowest snapshot index a follower is fetching, set by the transfer layer
     /// (`storage::NO_PIN` when none); compaction stops there.
     pub snapshot_pin: Arc<std::sync::atomic::AtomicU64>,
@@ -299,6 +301,7 @@ pub fn start<S: StateMachine, O: Outbox>(
         &cfg.voters,
         &cfg.snapshot_dir,
         &cfg.log_dir,
+        cfg.log_segment_bytes,
         cfg.snapshot_pin.clone(),
     )?;
     repair_commit(&mut storage)?;

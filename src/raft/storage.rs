@@ -155,6 +155,7 @@ impl RaftStorage {
         voters: &[u64],
         snapshot_dir: &Path,
         log_dir: &Path,
+        log_segment_bytes: u64,
         snapshot_pin: Arc<AtomicU64>,
     ) -> Result<RaftStorage, StoreError> {
         let read_meta = |name: &str| kv.get(&keys::meta(name));
@@ -187,7 +188,7 @@ impl RaftStorage {
         let snapshot_point = pos(META_SNAPSHOT)?;
         let applied = pos(META_APPLIED)?;
         let interrupted = read_meta(META_INSTALLING)?;
-        let mut log = SegmentLog::open(log_dir, snapshot_point.index)?;
+        let mut log = SegmentLog::open_with(log_dir, snapshot_point.index, log_segment_bytes)?;
         migrate_store_log(&*kv, &mut log)?;
         if interrupted.is_none() && log.first() != snapshot_point.index + 1 {
             return Err(StoreError::Corrupt(format!(
@@ -639,6 +640,7 @@ mod tests {
             &[1, 2, 3],
             &dir.join("snapshots"),
             &dir.join("log"),
+            crate::raft::log::SEGMENT_BYTES,
             pin,
         )
         .unwrap()
