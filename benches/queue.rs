@@ -12,9 +12,10 @@
 //! with reqwest as before, `--client both` does each row with both.
 //!
 //! Run: `cargo bench --bench queue` (options: `-- --seconds N --backlog N --clients
-//! 1,16,64,256 --client raw|reqwest|both`). Prints a table and writes `target/bench-results/queue.json`. Each row also
-//! prints, on stderr, where its time went inside the nodes (proposal latency, fsyncs, entries
-//! per Ready, messages per coalesced command). Like the node binary, the bench turns
+//! 1,16,64,256 --client raw|reqwest|both`). Prints a table and writes
+//! `target/bench-results/queue.json`. Each row also prints, on stderr, where its time went
+//! inside the nodes (proposal latency, fsyncs, entries per Ready, messages per coalesced
+//! command) and the process's CPU per acknowledged op. Like the node binary, the bench turns
 //! transparent huge pages off for itself; `BENCH_KEEP_THP=1` leaves them on, to compare.
 
 #[path = "support/http1.rs"]

@@ -294,10 +294,8 @@ impl SegmentLog {
                 Ok(Some(rec)) => rec,
                 Ok(None) => break,
                 Err(why) if last => {
+                    // Cut off below, with a zero-filled tail.
                     tracing::warn!(segment = %path.display(), offset, why, "cutting a torn tail off the raft log (a crash mid-write)");
-                    file.set_len(offset)
-                        .and_then(|_| file.sync_all())
-                        .map_err(|e| io_err("truncating", &path, e))?;
                     break;
                 }
                 Err(why) => return Err(corrupt(&path, offset, why)),
@@ -330,26 +328,18 @@ impl SegmentLog {
             }
             offset = next;
         }
-        let len = file
-            .metadata()
-            .map_err(|e| io_err("reading the length of", &path, e))?
-            .len();
-        if offset < len {
-            // Replay stopped at a zero header: the unwritten tail of a preallocated segment.
-            // Only the active segment may have one (a segment is sealed before the next opens).
-            if !last {
-                return Err(corrupt(
-                    &path,
-                    offset,
-                    "zeros before the end of a closed segment",
-                ));
-            }
-            // Cut it off: bytes a torn write left further on must never be read as records
-            // once later appends have filled the space before them.
-            file.set_len(offset)
-                .and_then(|_| file.sync_all())
-                .map_err(|e| io_err("truncating", &path, e))?;
+        // Replay stopped short of the file's end at a torn record or a zero header (the
+        // unwritten tail of a preallocated segment). Only the active segment may end so (a
+        // segment is sealed before the next opens); cut it off, so bytes a torn write left
+        // further on are never read as records once later appends fill the space before them.
+        if !last && file_len(&file, &path)? > offset {
+            return Err(corrupt(
+                &path,
+                offset,
+                "zeros before the end of a closed segment",
+            ));
         }
+        cut_to(&file, &path, offset)?;
         self.segments.push_back(Segment {
             seq,
             file,
@@ -359,27 +349,13 @@ impl SegmentLog {
         Ok(())
     }
 
-    /// Cuts the active segment's file to what was written (a preallocated file may be longer)
-    /// and syncs it, before another segment is opened: only the last segment may end in
-    /// zeros.
+    /// Cuts the active segment's file to what was written (a preallocated file is longer),
+    /// before another segment is opened: only the last segment may end in zeros.
     fn seal_active(&mut self) -> Result<(), StoreError> {
-        let path = self.segments.back().map(|a| segment_path(&self.dir, a.seq));
-        let (Some(path), Some(active)) = (path, self.segments.back()) else {
-            return Ok(());
-        };
-        let len = active
-            .file
-            .metadata()
-            .map_err(|e| io_err("reading the length of", &path, e))?
-            .len();
-        if len > active.bytes {
-            active
-                .file
-                .set_len(active.bytes)
-                .and_then(|_| active.file.sync_all())
-                .map_err(|e| io_err("truncating", &path, e))?;
+        match self.segments.back() {
+            Some(a) => cut_to(&a.file, &segment_path(&self.dir, a.seq), a.bytes),
+            None => Ok(()),
         }
-        Ok(())
     }
 
     /// The replay rule: an entry at `index` supersedes everything at or above it.
@@ -730,6 +706,22 @@ impl SegmentLog {
             .map_err(|e| io_err("reading", &path, e))?;
         Entry::parse_from_bytes(&buf).map_err(|e| corrupt(&path, loc.offset, &e.to_string()))
     }
+}
+
+fn file_len(file: &File, path: &Path) -> Result<u64, StoreError> {
+    file.metadata()
+        .map(|m| m.len())
+        .map_err(|e| io_err("reading the length of", path, e))
+}
+
+/// Truncates `file` to `len` bytes, durably, if it is longer.
+fn cut_to(file: &File, path: &Path, len: u64) -> Result<(), StoreError> {
+    if file_len(file, path)? <= len {
+        return Ok(());
+    }
+    file.set_len(len)
+        .and_then(|_| file.sync_all())
+        .map_err(|e| io_err("truncating", path, e))
 }
 
 /// Writes a new file of `bytes` zeros in `dir` and syncs it, so the segment it becomes is
