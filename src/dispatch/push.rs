@@ -385,16 +385,21 @@ async fn dispatch(sh: &Arc<Shared>, tx: &mpsc::Sender<Outcomes>, cmd: Command, j
 /// runtime's worker threads). A message whose body is gone (purged meanwhile) is left out:
 /// not started, its lease is released like any other the dispatch did not grant.
 async fn with_bodies(sh: &Arc<Shared>, queue: &str, leased: Vec<Received>) -> Vec<Received> {
-    let (store, queue) = (sh.store.clone(), queue.to_string());
-    tokio::task::spawn_blocking(move || read_bodies(&*store, &queue, leased))
+    let (store, ix, queue) = (sh.store.clone(), sh.queues.clone(), queue.to_string());
+    tokio::task::spawn_blocking(move || read_bodies(&*store, &ix, &queue, leased))
         .await
         .unwrap_or_default()
 }
 
-fn read_bodies(store: &dyn Store, queue: &str, leased: Vec<Received>) -> Vec<Received> {
+fn read_bodies(
+    store: &dyn Store,
+    ix: &queue::SharedIndex,
+    queue: &str,
+    leased: Vec<Received>,
+) -> Vec<Received> {
     let mut out = Vec::with_capacity(leased.len());
     for mut r in leased {
-        match queue::message_body(store, queue, r.meta.sequence) {
+        match queue::message_body(store, ix, queue, r.meta.sequence) {
             Ok(Some(body)) => {
                 r.body = body;
                 out.push(r);

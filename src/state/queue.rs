@@ -7,10 +7,17 @@
 //!
 //! Layout (after the store's `s` prefix; queue names never contain NUL):
 //! - `qc/<queue>` -> [`QueueEntry`] (configuration), `qs/<queue>` -> [`QueueStats`];
-//! - `qn/<queue>\0<seq>` -> one record per live message: its [`MessageMeta`] and its [`Lease`]
-//!   while a consumer holds it (records written before the value log may hold a small body);
+//! - `qg/<queue>\0<seq>` -> the records of one enqueue command's new messages (two or more),
+//!   whose first sequence is `seq`, as one value in the store's value log: enqueueing a
+//!   command's messages is one store write, not one per message (see [`Group`]);
+//! - `qn/<queue>\0<seq>` -> a message's own record: its [`MessageMeta`] and its [`Lease`] while
+//!   a consumer holds it (records written before the value log may hold a small body). A
+//!   message of a group gets one once it changes (leased, deferred); it overrides the group's
+//!   copy. Once it is finished, an empty value ([`FINISHED`]) says so while its group lives;
+//!   the last message out deletes the group and those marks;
 //! - `qb/<queue>\0<seq>` -> the body, live or dead, written once: the store keeps these values
 //!   in its value log (`store::vlog`), so leases and settles rewrite only the small record;
+//!   `qb/<queue>\0<seq>+` holds the bodies of a group (see [`BlobRef`]);
 //! - `qx/<queue>\0<seq>` -> [`MessageMeta`] of a dead letter;
 //! - `qd/<queue>\0<dedup key>` -> [`DedupEntry`];
 //! - `qf/<index><part>` -> [`TraceBatch`], the retained traces of the messages that the
@@ -25,13 +32,13 @@
 //! those records and kept in memory ([`index`]): rebuilt when the node opens and after a
 //! snapshot, updated by apply. Leasing a message moves its ready entry to the lease deadline,
 //! so an expired lock makes the message visible again with no extra work, and "head" is the
-//! first entries up to `now`. A message's life costs about three store writes (enqueue, lease,
-//! complete) and a share of its command's trace record, where one key per index used to cost
-//! twenty.
+//! first entries up to `now`. A message's life costs about two store writes of its own (lease,
+//! finish) and shares of its command's group, blob and trace record, where one key per index
+//! used to cost twenty. (The group's place table is in memory too, rebuilt with the rest.)
 //!
 //! All integers in keys are big-endian so key order is numeric order.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
@@ -40,6 +47,7 @@ use super::{decode, encode};
 use crate::store::{keys, KvPair, Store, StoreError, WriteBatch};
 
 pub mod index;
+use index::RecordAt;
 use index::TraceRecord;
 pub use index::{Indexes, SharedIndex};
 
@@ -501,6 +509,79 @@ struct BlobRef {
 pub const INLINE_BODY_BYTES: usize = 8 * 1024;
 /// Keys read per step while rebuilding the indexes or migrating an old layout.
 const LOAD_CHUNK: usize = 4_096;
+/// Groups read per step while rebuilding the indexes: a group holds a command's records
+/// (a batch request's up to [`MAX_BATCH_MESSAGES`]), each with up to [`MAX_HEADER_BYTES`] of
+/// headers.
+const GROUP_LOAD_CHUNK: usize = 16;
+/// Groups one queue-delete command may remove (each is read whole on the way).
+const GROUP_DELETE_LIMIT: usize = 64;
+
+/// The `qn` value of a finished message whose group still lives (a record is never empty).
+const FINISHED: &[u8] = &[];
+
+/// The records of one enqueue command's new messages, as stored at `qg/<queue>\0<first seq>`:
+/// `count u32 LE`, `count` record lengths (u32 LE), then the encoded [`Stored`] records back to
+/// back, in sequence order. The indexes keep where each record lies ([`RecordAt`]), so a read
+/// takes one record out of the value. Why: one store write per command where there was one
+/// per message; each key written to sled costs about as much as the message itself, and those
+/// writes were the largest part of an enqueue's CPU on every node.
+struct Group;
+
+impl Group {
+    /// The value holding `records`, and where each lies in it.
+    fn encode(records: &[Vec<u8>]) -> (Vec<u8>, Vec<RecordAt>) {
+        let head = 4 + 4 * records.len();
+        let body: usize = records.iter().map(Vec::len).sum();
+        let mut v = Vec::with_capacity(head + body);
+        v.extend_from_slice(&(records.len() as u32).to_le_bytes());
+        for r in records {
+            v.extend_from_slice(&(r.len() as u32).to_le_bytes());
+        }
+        let mut at = Vec::with_capacity(records.len());
+        for r in records {
+            at.push(RecordAt {
+                offset: v.len() as u32,
+                len: r.len() as u32,
+                crc: crc32fast::hash(r),
+            });
+            v.extend_from_slice(r);
+        }
+        (v, at)
+    }
+
+    /// Where each record of group value `v` lies, with its bytes.
+    fn decode(v: &[u8]) -> Result<Vec<(RecordAt, &[u8])>, StoreError> {
+        let bad = || {
+            corrupt(
+                "message group",
+                format!("malformed value of {} bytes", v.len()),
+            )
+        };
+        let u32_at = |i: usize| -> Result<u32, StoreError> {
+            let b = v.get(i..i + 4).ok_or_else(bad)?;
+            Ok(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        };
+        let count = u32_at(0)? as usize;
+        let mut offset = count
+            .checked_mul(4)
+            .and_then(|n| n.checked_add(4))
+            .filter(|head| *head <= v.len())
+            .ok_or_else(bad)?;
+        let mut out = Vec::with_capacity(count);
+        for i in 0..count {
+            let len = u32_at(4 + 4 * i)? as usize;
+            let bytes = v.get(offset..offset + len).ok_or_else(bad)?;
+            let at = RecordAt {
+                offset: offset as u32,
+                len: len as u32,
+                crc: crc32fast::hash(bytes),
+            };
+            out.push((at, bytes));
+            offset += len;
+        }
+        Ok(out)
+    }
+}
 
 // ---------- keys ----------
 
@@ -517,6 +598,11 @@ fn qk(kind: &str, queue: &str, rest: &[u8]) -> Vec<u8> {
 
 fn seq_key(kind: &str, queue: &str, seq: u64) -> Vec<u8> {
     qk(kind, queue, &seq.to_be_bytes())
+}
+
+/// `qg/<queue>\0<seq>`: the group of the command whose first new message is `seq`.
+fn group_key(queue: &str, seq: u64) -> Vec<u8> {
+    seq_key("g", queue, seq)
 }
 
 /// `qb/<queue>\0<seq>+`: the blob of the command whose first new message is `seq`. It lives
@@ -632,18 +718,47 @@ fn get<T: serde::de::DeserializeOwned>(
     }
 }
 
+/// A `qn` value: a record, or `None` for [`FINISHED`].
+fn decode_record(v: &[u8]) -> Result<Option<Stored>, StoreError> {
+    if v == FINISHED {
+        return Ok(None);
+    }
+    Stored::decode(v)
+        .map(Some)
+        .map_err(|e| corrupt("message", e))
+}
+
+/// Live message `seq` of `queue`: its own record, or else its group's copy, which `group`
+/// locates (from the indexes; called only when needed, so a handler takes the read lock
+/// only then). `None`: finished, never stored, or not stored yet (the indexes run ahead of
+/// the store while apply writes).
 fn get_stored(
     kv: &dyn Store,
     batch: &WriteBatch,
     queue: &str,
     seq: u64,
+    group: impl FnOnce() -> Option<(u64, RecordAt)>,
 ) -> Result<Option<Stored>, StoreError> {
-    match batch.read_through(kv, &seq_key("n", queue, seq))? {
-        Some(b) => Stored::decode(&b)
-            .map(Some)
-            .map_err(|e| corrupt("message", e)),
-        None => Ok(None),
+    if let Some(v) = batch.read_through(kv, &seq_key("n", queue, seq))? {
+        return decode_record(&v);
     }
+    let Some((first, at)) = group() else {
+        return Ok(None);
+    };
+    let key = group_key(queue, first);
+    let (offset, len) = (at.offset as usize, at.len as usize);
+    let Some(v) = batch.read_range_through(kv, &key, offset, len)? else {
+        return Ok(None);
+    };
+    if crc32fast::hash(&v) != at.crc {
+        return Err(corrupt(
+            "message",
+            format!("record of {seq} in group {first} fails its checksum"),
+        ));
+    }
+    Stored::decode(&v)
+        .map(Some)
+        .map_err(|e| corrupt("message", e))
 }
 
 /// Pairs with `from <= key < to` as they will be once `batch` is written, at most `limit`.
@@ -677,17 +792,27 @@ fn scan_through(
 fn scan_prefix(
     kv: &dyn Store,
     prefix: &[u8],
+    f: impl FnMut(&[u8], &[u8]) -> Result<(), StoreError>,
+) -> Result<(), StoreError> {
+    scan_chunked(kv, prefix, LOAD_CHUNK, f)
+}
+
+/// [`scan_prefix`], `chunk_len` keys at a time.
+fn scan_chunked(
+    kv: &dyn Store,
+    prefix: &[u8],
+    chunk_len: usize,
     mut f: impl FnMut(&[u8], &[u8]) -> Result<(), StoreError>,
 ) -> Result<(), StoreError> {
     let end = prefix_end(prefix);
     let mut from = prefix.to_vec();
     loop {
-        let chunk = kv.range(&from, &end, LOAD_CHUNK)?;
+        let chunk = kv.range(&from, &end, chunk_len)?;
         for (key, v) in &chunk {
             f(&key[prefix.len()..], v)?;
         }
         match chunk.last() {
-            Some((last, _)) if chunk.len() == LOAD_CHUNK => {
+            Some((last, _)) if chunk.len() == chunk_len => {
                 from = last.clone();
                 from.push(0);
             }
@@ -703,20 +828,28 @@ fn scan_prefix(
 pub fn load_indexes(kv: &dyn Store) -> Result<Indexes, StoreError> {
     migrate_v1(kv)?;
     let mut ix = Indexes::default();
+    // Messages with a record (or a finished mark) of their own; their group's copy is stale.
+    let mut own: HashMap<String, HashSet<u64>> = HashMap::new();
     scan_prefix(kv, &keys::state(b"qn/"), |rest, v| {
         let (queue, seq) = split_seq(rest).ok_or_else(|| corrupt("message key", "malformed"))?;
-        let s = Stored::decode(v).map_err(|e| corrupt("message", e))?;
-        ix.add_live(queue, s.meta.visible_at_ms, seq, &s.meta.id);
-        if let Some(b) = &s.blob {
-            ix.add_blob_refs(queue, b.seq, 1);
+        own.entry(queue.to_string()).or_default().insert(seq);
+        if let Some(s) = decode_record(v)? {
+            index_live(&mut ix, queue, seq, &s);
         }
-        if let Some(okey) = &s.meta.ordering_key {
-            ix.add_order(queue, okey, seq);
+        Ok(())
+    })?;
+    scan_chunked(kv, &keys::state(b"qg/"), GROUP_LOAD_CHUNK, |rest, v| {
+        let (queue, first) = split_seq(rest).ok_or_else(|| corrupt("group key", "malformed"))?;
+        let mut places = Vec::new();
+        for (seq, (at, record)) in (first..).zip(Group::decode(v)?) {
+            places.push(at);
+            if own.get(queue).is_some_and(|o| o.contains(&seq)) {
+                continue;
+            }
+            let s = Stored::decode(record).map_err(|e| corrupt("message", e))?;
+            index_live(&mut ix, queue, seq, &s);
         }
-        if let Some(l) = &s.lease {
-            ix.lease_expiry
-                .insert((l.deadline_ms, queue.to_string(), seq));
-        }
+        ix.queue_mut(queue).groups.insert(first, places);
         Ok(())
     })?;
     scan_prefix(kv, &keys::state(b"qc/"), |rest, v| {
@@ -760,6 +893,21 @@ pub fn load_indexes(kv: &dyn Store) -> Result<Indexes, StoreError> {
         Ok(())
     })?;
     Ok(ix)
+}
+
+/// Adds live message `seq` (record `s`) to the indexes.
+fn index_live(ix: &mut Indexes, queue: &str, seq: u64, s: &Stored) {
+    ix.add_live(queue, s.meta.visible_at_ms, seq, &s.meta.id);
+    if let Some(b) = &s.blob {
+        ix.add_blob_refs(queue, b.seq, 1);
+    }
+    if let Some(okey) = &s.meta.ordering_key {
+        ix.add_order(queue, okey, seq);
+    }
+    if let Some(l) = &s.lease {
+        ix.lease_expiry
+            .insert((l.deadline_ms, queue.to_string(), seq));
+    }
 }
 
 /// Upgrades the first layout in place: message metadata at `qm` and its lease at `ql` become
@@ -890,7 +1038,7 @@ pub fn has_visible(
     let b = WriteBatch::default();
     for (_, seq) in candidates {
         // Not stored yet (apply is mid-batch) or just removed: let a receive find out.
-        let Some(s) = get_stored(kv, &b, queue, seq)? else {
+        let Some(s) = get_stored(kv, &b, queue, seq, || ix.read().group_record(queue, seq))? else {
             return Ok(true);
         };
         if !blocked_by_order(&ix.read(), queue, cfg.ordering, &s.meta) {
@@ -923,7 +1071,7 @@ pub fn visible_candidates(
         if skip(seq) {
             continue;
         }
-        let Some(s) = get_stored(kv, &b, queue, seq)? else {
+        let Some(s) = get_stored(kv, &b, queue, seq, || ix.read().group_record(queue, seq))? else {
             continue;
         };
         if !blocked_by_order(&ix.read(), queue, cfg.ordering, &s.meta) {
@@ -939,9 +1087,14 @@ pub fn visible_candidates(
 /// The body of live message `seq` of `queue`, as this node has applied it (`None` once the
 /// message is gone). For the push dispatcher, which reads the bodies of the messages its
 /// dispatch leased (their records were just written, so the first read is from memory).
-pub fn message_body(kv: &dyn Store, queue: &str, seq: u64) -> Result<Option<Vec<u8>>, StoreError> {
+pub fn message_body(
+    kv: &dyn Store,
+    ix: &SharedIndex,
+    queue: &str,
+    seq: u64,
+) -> Result<Option<Vec<u8>>, StoreError> {
     let b = WriteBatch::default();
-    let Some(s) = get_stored(kv, &b, queue, seq)? else {
+    let Some(s) = get_stored(kv, &b, queue, seq, || ix.read().group_record(queue, seq))? else {
         return Ok(None);
     };
     read_body(kv, &b, queue, &s).map(Some)
@@ -979,7 +1132,8 @@ pub fn find_message(
         let Some(seq) = ix.read().seq_of(&queue, id) else {
             continue;
         };
-        if let Some(s) = get_stored(kv, &b, &queue, seq)? {
+        let group = || ix.read().group_record(&queue, seq);
+        if let Some(s) = get_stored(kv, &b, &queue, seq, group)? {
             return Ok(Some(Whereabouts::Live {
                 queue,
                 meta: s.meta,
@@ -1073,7 +1227,8 @@ pub fn is_live(
     let Some(seq) = ix.seq_of(queue, id) else {
         return Ok(false);
     };
-    Ok(batch.read_through(kv, &seq_key("n", queue, seq))?.is_some())
+    let group = || ix.group_record(queue, seq);
+    Ok(get_stored(kv, batch, queue, seq, group)?.is_some())
 }
 
 // ---------- apply ----------
@@ -1150,7 +1305,9 @@ impl<'a> Apply<'a> {
     }
 
     fn stored(&self, queue: &str, seq: u64) -> Result<Option<Stored>, StoreError> {
-        get_stored(self.kv, self.batch, queue, seq)
+        get_stored(self.kv, self.batch, queue, seq, || {
+            self.ix.group_record(queue, seq)
+        })
     }
 
     fn put_stored(&mut self, queue: &str, s: &Stored) {
@@ -1209,23 +1366,39 @@ impl<'a> Apply<'a> {
             self.forget_queue(name);
         }
         let mut done = true;
-        for kind in ["n", "x", "d"] {
+        let kinds = [
+            ("n", CHUNK_LIMIT),
+            ("g", GROUP_DELETE_LIMIT),
+            ("x", CHUNK_LIMIT),
+            ("d", CHUNK_LIMIT),
+        ];
+        for (kind, limit) in kinds {
             let from = qk(kind, name, &[]);
-            let found = scan_through(self.kv, self.batch, &from, &prefix_end(&from), CHUNK_LIMIT)?;
-            if found.len() == CHUNK_LIMIT {
+            let found = scan_through(self.kv, self.batch, &from, &prefix_end(&from), limit)?;
+            if found.len() == limit {
                 done = false;
             }
             for (key, v) in found {
                 // Bodies (up to 16 MiB) are never read: they go by their owner's sequence.
                 let big_body = match kind {
-                    "n" => {
-                        let s = Stored::decode(&v).map_err(|e| corrupt("message", e))?;
+                    "n" => match decode_record(&v)? {
                         // A blob goes with the first of its messages seen; later ones delete
                         // it again, harmlessly (the queue's indexes are already gone).
-                        if let Some(b) = s.blob {
-                            self.batch.delete(blob_key(name, b.seq));
+                        Some(s) => {
+                            if let Some(b) = s.blob {
+                                self.batch.delete(blob_key(name, b.seq));
+                            }
+                            s.body.is_none() && s.blob.is_none()
                         }
-                        s.body.is_none() && s.blob.is_none()
+                        None => false,
+                    },
+                    // A group's blob has the group's first sequence.
+                    "g" => {
+                        if let Some(seq) = key.len().checked_sub(8).and_then(|i| be_u64(&key[i..]))
+                        {
+                            self.batch.delete(blob_key(name, seq));
+                        }
+                        false
                     }
                     "x" => true,
                     _ => false,
@@ -1338,8 +1511,10 @@ impl<'a> Apply<'a> {
                 ),
             });
         }
-        // Pass 2: write. Two or more new bodies share one blob (see [`BlobRef`]).
+        // Pass 2: write. Two or more new messages share one blob for their bodies (see
+        // [`BlobRef`]) and one group for their records (see [`Group`]).
         let mut blob = (new_count >= 2).then(|| Vec::with_capacity(new_bytes as usize));
+        let mut records = (new_count >= 2).then(|| Vec::with_capacity(new_count as usize));
         let first_seq = stats.next_seq + 1;
         let mut results: Vec<Enqueued> = Vec::with_capacity(messages.len());
         for (m, p) in messages.into_iter().zip(plan) {
@@ -1382,15 +1557,22 @@ impl<'a> Apply<'a> {
                         b.extend_from_slice(&m.body);
                         r
                     });
-                    self.add_message(queue, cfg, seq, now_ms, m, at);
+                    let record = self.add_message(queue, cfg, seq, now_ms, m, at);
+                    match records.as_mut() {
+                        Some(r) => r.push(encode(&record)),
+                        None => self.put_stored(queue, &record),
+                    }
                     stats.depth += 1;
                     stats.enqueued_total += 1;
                 }
             }
         }
-        if let Some(b) = blob {
+        if let (Some(b), Some(records)) = (blob, records) {
             self.batch.put(blob_key(queue, first_seq), b);
+            let (group, places) = Group::encode(&records);
+            self.batch.put(group_key(queue, first_seq), group);
             self.ix.add_blob_refs(queue, first_seq, new_count as u32);
+            self.ix.queue_mut(queue).groups.insert(first_seq, places);
         }
         stats.bytes += new_bytes;
         self.put_stats(queue, &stats);
@@ -1424,9 +1606,9 @@ impl<'a> Apply<'a> {
         Ok(())
     }
 
-    /// Stores a new live message `seq`, visible at once.
-    /// Stores a new message: its body at its own key, or (with `blob`) only its record, the
-    /// caller having put the body into its command's blob.
+    /// Indexes new live message `seq`, visible at once, and returns its record for the caller
+    /// to store (alone or in its command's group). Its body goes to its own key, or (with
+    /// `blob`) the caller has put it into its command's blob.
     fn add_message(
         &mut self,
         queue: &str,
@@ -1435,7 +1617,7 @@ impl<'a> Apply<'a> {
         now_ms: u64,
         m: NewMessage,
         blob: Option<BlobRef>,
-    ) {
+    ) -> Stored {
         let body_len = m.body.len() as u64;
         if blob.is_none() {
             self.batch.put(seq_key("b", queue, seq), m.body);
@@ -1464,22 +1646,33 @@ impl<'a> Apply<'a> {
             uncertain: false,
             last_status: None,
         };
-        self.put_stored(
-            queue,
-            &Stored {
-                meta,
-                lease: None,
-                body: None,
-                blob,
-            },
-        );
+        Stored {
+            meta,
+            lease: None,
+            body: None,
+            blob,
+        }
     }
 
-    /// One message less reads blob `b`; the last one deletes it.
-    fn release_blob(&mut self, queue: &str, b: BlobRef) {
-        if self.ix.release_blob_ref(queue, b.seq) {
-            self.batch.delete(blob_key(queue, b.seq));
+    /// One message less reads blob `b`; the last one deletes it, and the group of the same
+    /// first sequence with the finished marks of its messages (every one is finished now, or
+    /// lives on with a record of its own: a redriven dead letter).
+    fn release_blob(&mut self, queue: &str, b: BlobRef) -> Result<(), StoreError> {
+        if !self.ix.release_blob_ref(queue, b.seq) {
+            return Ok(());
         }
+        self.batch.delete(blob_key(queue, b.seq));
+        let Some(places) = self.ix.queue_mut(queue).groups.remove(&b.seq) else {
+            return Ok(());
+        };
+        self.batch.delete(group_key(queue, b.seq));
+        for seq in (b.seq..).take(places.len()) {
+            let key = seq_key("n", queue, seq);
+            if self.batch.read_through(self.kv, &key)?.as_deref() == Some(FINISHED) {
+                self.batch.delete(key);
+            }
+        }
+        Ok(())
     }
 
     /// Removes a live message and everything pointing at it (not its dedup entry: that
@@ -1491,9 +1684,14 @@ impl<'a> Apply<'a> {
         s: &mut Stored,
         stats: &mut QueueStats,
         keep_body: bool,
-    ) {
+    ) -> Result<(), StoreError> {
         let seq = s.meta.sequence;
-        self.batch.delete(seq_key("n", queue, seq));
+        // Within a live group, absence would bring back the group's copy: mark it instead.
+        if self.ix.group_record(queue, seq).is_some() {
+            self.batch.put(seq_key("n", queue, seq), FINISHED);
+        } else {
+            self.batch.delete(seq_key("n", queue, seq));
+        }
         self.ix
             .queue_mut(queue)
             .ready
@@ -1503,7 +1701,7 @@ impl<'a> Apply<'a> {
         }
         if !keep_body {
             match s.blob {
-                Some(b) => self.release_blob(queue, b),
+                Some(b) => self.release_blob(queue, b)?,
                 None if s.body.is_none() => self.batch.delete(seq_key("b", queue, seq)),
                 None => {}
             }
@@ -1512,6 +1710,7 @@ impl<'a> Apply<'a> {
         self.drop_lease(queue, s, stats);
         stats.depth = stats.depth.saturating_sub(1);
         stats.bytes = stats.bytes.saturating_sub(s.meta.body_len);
+        Ok(())
     }
 
     /// Takes the lease (if any) off the record, out of the expiry index and `in_flight`.
@@ -1531,7 +1730,7 @@ impl<'a> Apply<'a> {
         reason: String,
         stats: &mut QueueStats,
     ) -> Result<(), StoreError> {
-        self.remove_live(queue, &mut s, stats, true);
+        self.remove_live(queue, &mut s, stats, true)?;
         let seq = s.meta.sequence;
         // A dead letter keeps its body at its own key: one out of a blob is copied there.
         let body = read_body(self.kv, self.batch, queue, &s)?;
@@ -1539,7 +1738,7 @@ impl<'a> Apply<'a> {
             self.batch.put(seq_key("b", queue, seq), body.clone());
         }
         if let Some(b) = s.blob.take() {
-            self.release_blob(queue, b);
+            self.release_blob(queue, b)?;
         }
         let end = body.len().min(DEAD_EXCERPT_BYTES);
         let mut meta = s.meta;
@@ -1608,7 +1807,7 @@ impl<'a> Apply<'a> {
     ) -> Result<bool, StoreError> {
         if s.meta.expires_at_ms.is_some_and(|t| t <= now_ms) {
             let mut s = s.clone();
-            self.remove_live(queue, &mut s, stats, false);
+            self.remove_live(queue, &mut s, stats, false)?;
             stats.expired_total += 1;
             self.keep_trace(queue, s.meta, Final::Expired, now_ms)?;
             return Ok(true);
@@ -1817,7 +2016,7 @@ impl<'a> Apply<'a> {
         let mut locked_until_ms = None;
         match action {
             Settle::Complete => {
-                self.remove_live(queue, &mut s, &mut stats, false);
+                self.remove_live(queue, &mut s, &mut stats, false)?;
                 stats.completed_total += 1;
                 s.meta.uncertain = false;
                 self.keep_trace(queue, s.meta, Final::Completed, now_ms)?;
@@ -2036,7 +2235,7 @@ impl<'a> Apply<'a> {
             s.meta.last_status = r.status.or(s.meta.last_status);
             match r.verdict {
                 Verdict::Completed => {
-                    self.remove_live(queue, &mut s, &mut stats, false);
+                    self.remove_live(queue, &mut s, &mut stats, false)?;
                     stats.completed_total += 1;
                     s.meta.uncertain = false;
                     self.keep_trace(queue, s.meta, Final::Completed, now_ms)?;

@@ -40,11 +40,15 @@ pub mod keys {
     }
 
     /// Keys whose values live in the value log ([`super::vlog`]), not in sled's pages: the
-    /// durable queue's message bodies (`state::queue`'s `qb/`), large and written once.
+    /// durable queue's message bodies (`state::queue`'s `qb/`), large and written once. A
+    /// store from before the value log kept them in sled (`SledStore::open` moves them).
     pub const VALUE_LOG_PREFIX: &[u8] = b"sqb/";
+    /// Value-log keys that never lived in sled: the records of one enqueue command's new
+    /// messages (`state::queue`'s `qg/`), written once as one value.
+    pub const GROUP_PREFIX: &[u8] = b"sqg/";
 
     pub fn is_value_log_key(key: &[u8]) -> bool {
-        key.starts_with(VALUE_LOG_PREFIX)
+        key.starts_with(VALUE_LOG_PREFIX) || key.starts_with(GROUP_PREFIX)
     }
 
     pub fn state(key: &[u8]) -> Vec<u8> {

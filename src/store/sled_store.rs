@@ -228,8 +228,12 @@ fn stored_pointers(tree: &sled::Tree, migrated: Option<&[u8]>) -> Result<Vec<Poi
         k.push(0);
         k
     };
+    let groups = tree.range(keys::GROUP_PREFIX.to_vec()..prefix_end(keys::GROUP_PREFIX));
     let mut out = Vec::new();
-    for item in tree.range(keys::VALUE_LOG_PREFIX.to_vec()..end) {
+    for item in tree
+        .range(keys::VALUE_LOG_PREFIX.to_vec()..end)
+        .chain(groups)
+    {
         let (_, v) = item.map_err(engine)?;
         out.push(Pointer::decode(&v)?);
     }

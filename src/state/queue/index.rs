@@ -1,10 +1,10 @@
 //! The queue state's derived indexes, kept in memory: which messages are visible when, which
-//! id is which sequence, which messages share an ordering key, and when dedup entries, leases
-//! and retained traces expire.
+//! id is which sequence, which messages share an ordering key, when dedup entries, leases
+//! and retained traces expire, and where in its group each message's record lies.
 //!
 //! Why in memory: each of these used to be a key of its own in the store, so a message's life
 //! cost about twenty store writes, and the store's write path was most of the node's CPU. They
-//! are pure functions of the stored records (`qn`, `qx`, `qd`, `qf`, `qh`), so they need no
+//! are pure functions of the stored records (`qn`, `qg`, `qx`, `qd`, `qf`, `qh`), so they need no
 //! durability of their own: [`Indexes::load`] rebuilds them from the store when the node opens
 //! and after a snapshot replaced the state, and apply keeps them in step with every batch it
 //! writes. Apply updates them before its batch reaches the store (the node stops if that write
@@ -45,8 +45,20 @@ pub(crate) struct QueueIdx {
     /// Ordering key -> live sequences of that key (per-key ordering).
     pub order: HashMap<String, BTreeSet<u64>>,
     /// Blob (its first sequence) -> live messages whose body is in it; the last one out
-    /// deletes the blob.
+    /// deletes the blob (and the group of the same first sequence, if any).
     pub blobs: HashMap<u64, u32>,
+    /// Group (its first sequence) -> where each of its messages' records lies in it, by
+    /// sequence from the first: a message without a record of its own at `qn` reads it there.
+    pub groups: BTreeMap<u64, Vec<RecordAt>>,
+}
+
+/// Where one message's record lies in its group's value, and its CRC-32 (the value log
+/// checks whole values, and a record is read alone).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct RecordAt {
+    pub offset: u32,
+    pub len: u32,
+    pub crc: u32,
 }
 
 /// The derived indexes of every queue, plus the cluster-wide expiry indexes the sweep walks.
@@ -160,6 +172,13 @@ impl Indexes {
             return true;
         }
         false
+    }
+
+    /// The group holding message `seq`'s record, and where in it: `(first sequence, place)`.
+    pub(crate) fn group_record(&self, queue: &str, seq: u64) -> Option<(u64, RecordAt)> {
+        let (first, at) = self.queue(queue)?.groups.range(..=seq).next_back()?;
+        let i = usize::try_from(seq - first).ok()?;
+        at.get(i).map(|r| (*first, *r))
     }
 
     pub(crate) fn add_order(&mut self, queue: &str, okey: &str, seq: u64) {
