@@ -9,12 +9,14 @@
 //! - `qc/<queue>` -> [`QueueEntry`] (configuration), `qs/<queue>` -> [`QueueStats`];
 //! - `qg/<queue>\0<seq>` -> the records of one enqueue command's new messages (two or more),
 //!   whose first sequence is `seq`, as one value in the store's value log: enqueueing a
-//!   command's messages is one store write, not one per message (see [`Group`]);
+//!   command's messages is one store write, not one per message (see [`GroupValue`]);
+//! - `qu/<queue>\0<seq>` -> which messages of group `seq` have left it (finished: completed,
+//!   expired, dead-lettered), one bit each; absent while none has. One small key per group,
+//!   so the finishes of a group's messages within one write-out reach sled as one write;
 //! - `qn/<queue>\0<seq>` -> a message's own record: its [`MessageMeta`] and its [`Lease`] while
 //!   a consumer holds it (records written before the value log may hold a small body). A
 //!   message of a group gets one once it changes (leased, deferred); it overrides the group's
-//!   copy. Once it is finished, an empty value ([`FINISHED`]) says so while its group lives;
-//!   the last message out deletes the group and those marks;
+//!   copy. The last message to leave a group deletes the group, its blob and its `qu` bits;
 //! - `qb/<queue>\0<seq>` -> the body, live or dead, written once: the store keeps these values
 //!   in its value log (`store::vlog`), so leases and settles rewrite only the small record;
 //!   `qb/<queue>\0<seq>+` holds the bodies of a group (see [`BlobRef`]);
@@ -516,18 +518,15 @@ const GROUP_LOAD_CHUNK: usize = 16;
 /// Groups one queue-delete command may remove (each is read whole on the way).
 const GROUP_DELETE_LIMIT: usize = 64;
 
-/// The `qn` value of a finished message whose group still lives (a record is never empty).
-const FINISHED: &[u8] = &[];
-
 /// The records of one enqueue command's new messages, as stored at `qg/<queue>\0<first seq>`:
 /// `count u32 LE`, `count` record lengths (u32 LE), then the encoded [`Stored`] records back to
 /// back, in sequence order. The indexes keep where each record lies ([`RecordAt`]), so a read
 /// takes one record out of the value. Why: one store write per command where there was one
 /// per message; each key written to sled costs about as much as the message itself, and those
 /// writes were the largest part of an enqueue's CPU on every node.
-struct Group;
+struct GroupValue;
 
-impl Group {
+impl GroupValue {
     /// The value holding `records`, and where each lies in it.
     fn encode(records: &[Vec<u8>]) -> (Vec<u8>, Vec<RecordAt>) {
         let head = 4 + 4 * records.len();
@@ -603,6 +602,11 @@ fn seq_key(kind: &str, queue: &str, seq: u64) -> Vec<u8> {
 /// `qg/<queue>\0<seq>`: the group of the command whose first new message is `seq`.
 fn group_key(queue: &str, seq: u64) -> Vec<u8> {
     seq_key("g", queue, seq)
+}
+
+/// `qu/<queue>\0<seq>`: which messages have left group `seq`.
+fn left_key(queue: &str, seq: u64) -> Vec<u8> {
+    seq_key("u", queue, seq)
 }
 
 /// `qb/<queue>\0<seq>+`: the blob of the command whose first new message is `seq`. It lives
@@ -718,14 +722,8 @@ fn get<T: serde::de::DeserializeOwned>(
     }
 }
 
-/// A `qn` value: a record, or `None` for [`FINISHED`].
-fn decode_record(v: &[u8]) -> Result<Option<Stored>, StoreError> {
-    if v == FINISHED {
-        return Ok(None);
-    }
-    Stored::decode(v)
-        .map(Some)
-        .map_err(|e| corrupt("message", e))
+fn decode_record(v: &[u8]) -> Result<Stored, StoreError> {
+    Stored::decode(v).map_err(|e| corrupt("message", e))
 }
 
 /// Live message `seq` of `queue`: its own record, or else its group's copy, which `group`
@@ -740,7 +738,7 @@ fn get_stored(
     group: impl FnOnce() -> Option<(u64, RecordAt)>,
 ) -> Result<Option<Stored>, StoreError> {
     if let Some(v) = batch.read_through(kv, &seq_key("n", queue, seq))? {
-        return decode_record(&v);
+        return decode_record(&v).map(Some);
     }
     let Some((first, at)) = group() else {
         return Ok(None);
@@ -756,9 +754,7 @@ fn get_stored(
             format!("record of {seq} in group {first} fails its checksum"),
         ));
     }
-    Stored::decode(&v)
-        .map(Some)
-        .map_err(|e| corrupt("message", e))
+    decode_record(&v).map(Some)
 }
 
 /// Pairs with `from <= key < to` as they will be once `batch` is written, at most `limit`.
@@ -828,28 +824,33 @@ fn scan_chunked(
 pub fn load_indexes(kv: &dyn Store) -> Result<Indexes, StoreError> {
     migrate_v1(kv)?;
     let mut ix = Indexes::default();
-    // Messages with a record (or a finished mark) of their own; their group's copy is stale.
+    // Messages with a record of their own: their group's copy is stale.
     let mut own: HashMap<String, HashSet<u64>> = HashMap::new();
     scan_prefix(kv, &keys::state(b"qn/"), |rest, v| {
         let (queue, seq) = split_seq(rest).ok_or_else(|| corrupt("message key", "malformed"))?;
         own.entry(queue.to_string()).or_default().insert(seq);
-        if let Some(s) = decode_record(v)? {
-            index_live(&mut ix, queue, seq, &s);
-        }
+        index_live(&mut ix, queue, seq, &decode_record(v)?);
+        Ok(())
+    })?;
+    let mut left: HashMap<(String, u64), Vec<u8>> = HashMap::new();
+    scan_prefix(kv, &keys::state(b"qu/"), |rest, v| {
+        let (queue, first) = split_seq(rest).ok_or_else(|| corrupt("left key", "malformed"))?;
+        left.insert((queue.to_string(), first), v.to_vec());
         Ok(())
     })?;
     scan_chunked(kv, &keys::state(b"qg/"), GROUP_LOAD_CHUNK, |rest, v| {
         let (queue, first) = split_seq(rest).ok_or_else(|| corrupt("group key", "malformed"))?;
-        let mut places = Vec::new();
-        for (seq, (at, record)) in (first..).zip(Group::decode(v)?) {
-            places.push(at);
-            if own.get(queue).is_some_and(|o| o.contains(&seq)) {
+        let records = GroupValue::decode(v)?;
+        let places = records.iter().map(|(at, _)| *at).collect();
+        let group = index::Group::new(places, left.remove(&(queue.to_string(), first)));
+        ix.queue_mut(queue).groups.insert(first, group);
+        for (seq, (_, record)) in (first..).zip(records) {
+            let mine = own.get(queue).is_some_and(|o| o.contains(&seq));
+            if mine || ix.group_record(queue, seq).is_none() {
                 continue;
             }
-            let s = Stored::decode(record).map_err(|e| corrupt("message", e))?;
-            index_live(&mut ix, queue, seq, &s);
+            index_live(&mut ix, queue, seq, &decode_record(record)?);
         }
-        ix.queue_mut(queue).groups.insert(first, places);
         Ok(())
     })?;
     scan_prefix(kv, &keys::state(b"qc/"), |rest, v| {
@@ -1038,7 +1039,8 @@ pub fn has_visible(
     let b = WriteBatch::default();
     for (_, seq) in candidates {
         // Not stored yet (apply is mid-batch) or just removed: let a receive find out.
-        let Some(s) = get_stored(kv, &b, queue, seq, || ix.read().group_record(queue, seq))? else {
+        let group = || ix.read().group_record(queue, seq);
+        let Some(s) = get_stored(kv, &b, queue, seq, group)? else {
             return Ok(true);
         };
         if !blocked_by_order(&ix.read(), queue, cfg.ordering, &s.meta) {
@@ -1071,7 +1073,8 @@ pub fn visible_candidates(
         if skip(seq) {
             continue;
         }
-        let Some(s) = get_stored(kv, &b, queue, seq, || ix.read().group_record(queue, seq))? else {
+        let group = || ix.read().group_record(queue, seq);
+        let Some(s) = get_stored(kv, &b, queue, seq, group)? else {
             continue;
         };
         if !blocked_by_order(&ix.read(), queue, cfg.ordering, &s.meta) {
@@ -1094,7 +1097,8 @@ pub fn message_body(
     seq: u64,
 ) -> Result<Option<Vec<u8>>, StoreError> {
     let b = WriteBatch::default();
-    let Some(s) = get_stored(kv, &b, queue, seq, || ix.read().group_record(queue, seq))? else {
+    let group = || ix.read().group_record(queue, seq);
+    let Some(s) = get_stored(kv, &b, queue, seq, group)? else {
         return Ok(None);
     };
     read_body(kv, &b, queue, &s).map(Some)
@@ -1369,6 +1373,7 @@ impl<'a> Apply<'a> {
         let kinds = [
             ("n", CHUNK_LIMIT),
             ("g", GROUP_DELETE_LIMIT),
+            ("u", CHUNK_LIMIT),
             ("x", CHUNK_LIMIT),
             ("d", CHUNK_LIMIT),
         ];
@@ -1381,17 +1386,15 @@ impl<'a> Apply<'a> {
             for (key, v) in found {
                 // Bodies (up to 16 MiB) are never read: they go by their owner's sequence.
                 let big_body = match kind {
-                    "n" => match decode_record(&v)? {
+                    "n" => {
+                        let s = decode_record(&v)?;
                         // A blob goes with the first of its messages seen; later ones delete
                         // it again, harmlessly (the queue's indexes are already gone).
-                        Some(s) => {
-                            if let Some(b) = s.blob {
-                                self.batch.delete(blob_key(name, b.seq));
-                            }
-                            s.body.is_none() && s.blob.is_none()
+                        if let Some(b) = s.blob {
+                            self.batch.delete(blob_key(name, b.seq));
                         }
-                        None => false,
-                    },
+                        s.body.is_none() && s.blob.is_none()
+                    }
                     // A group's blob has the group's first sequence.
                     "g" => {
                         if let Some(seq) = key.len().checked_sub(8).and_then(|i| be_u64(&key[i..]))
@@ -1512,7 +1515,7 @@ impl<'a> Apply<'a> {
             });
         }
         // Pass 2: write. Two or more new messages share one blob for their bodies (see
-        // [`BlobRef`]) and one group for their records (see [`Group`]).
+        // [`BlobRef`]) and one group for their records (see [`GroupValue`]).
         let mut blob = (new_count >= 2).then(|| Vec::with_capacity(new_bytes as usize));
         let mut records = (new_count >= 2).then(|| Vec::with_capacity(new_count as usize));
         let first_seq = stats.next_seq + 1;
@@ -1569,10 +1572,11 @@ impl<'a> Apply<'a> {
         }
         if let (Some(b), Some(records)) = (blob, records) {
             self.batch.put(blob_key(queue, first_seq), b);
-            let (group, places) = Group::encode(&records);
+            let (group, places) = GroupValue::encode(&records);
             self.batch.put(group_key(queue, first_seq), group);
             self.ix.add_blob_refs(queue, first_seq, new_count as u32);
-            self.ix.queue_mut(queue).groups.insert(first_seq, places);
+            let group = index::Group::new(places, None);
+            self.ix.queue_mut(queue).groups.insert(first_seq, group);
         }
         stats.bytes += new_bytes;
         self.put_stats(queue, &stats);
@@ -1655,24 +1659,17 @@ impl<'a> Apply<'a> {
     }
 
     /// One message less reads blob `b`; the last one deletes it, and the group of the same
-    /// first sequence with the finished marks of its messages (every one is finished now, or
-    /// lives on with a record of its own: a redriven dead letter).
-    fn release_blob(&mut self, queue: &str, b: BlobRef) -> Result<(), StoreError> {
+    /// first sequence with its bits (every message has left it now; a redriven dead letter
+    /// lives on with a record of its own).
+    fn release_blob(&mut self, queue: &str, b: BlobRef) {
         if !self.ix.release_blob_ref(queue, b.seq) {
-            return Ok(());
+            return;
         }
         self.batch.delete(blob_key(queue, b.seq));
-        let Some(places) = self.ix.queue_mut(queue).groups.remove(&b.seq) else {
-            return Ok(());
-        };
-        self.batch.delete(group_key(queue, b.seq));
-        for seq in (b.seq..).take(places.len()) {
-            let key = seq_key("n", queue, seq);
-            if self.batch.read_through(self.kv, &key)?.as_deref() == Some(FINISHED) {
-                self.batch.delete(key);
-            }
+        if self.ix.queue_mut(queue).groups.remove(&b.seq).is_some() {
+            self.batch.delete(group_key(queue, b.seq));
+            self.batch.delete(left_key(queue, b.seq));
         }
-        Ok(())
     }
 
     /// Removes a live message and everything pointing at it (not its dedup entry: that
@@ -1686,11 +1683,10 @@ impl<'a> Apply<'a> {
         keep_body: bool,
     ) -> Result<(), StoreError> {
         let seq = s.meta.sequence;
-        // Within a live group, absence would bring back the group's copy: mark it instead.
-        if self.ix.group_record(queue, seq).is_some() {
-            self.batch.put(seq_key("n", queue, seq), FINISHED);
-        } else {
-            self.batch.delete(seq_key("n", queue, seq));
+        self.batch.delete(seq_key("n", queue, seq));
+        // Its group's copy must not come back: it leaves the group.
+        if let Some((first, left)) = self.ix.leave_group(queue, seq) {
+            self.batch.put(left_key(queue, first), left);
         }
         self.ix
             .queue_mut(queue)
@@ -1701,7 +1697,7 @@ impl<'a> Apply<'a> {
         }
         if !keep_body {
             match s.blob {
-                Some(b) => self.release_blob(queue, b)?,
+                Some(b) => self.release_blob(queue, b),
                 None if s.body.is_none() => self.batch.delete(seq_key("b", queue, seq)),
                 None => {}
             }
@@ -1738,7 +1734,7 @@ impl<'a> Apply<'a> {
             self.batch.put(seq_key("b", queue, seq), body.clone());
         }
         if let Some(b) = s.blob.take() {
-            self.release_blob(queue, b)?;
+            self.release_blob(queue, b);
         }
         let end = body.len().min(DEAD_EXCERPT_BYTES);
         let mut meta = s.meta;

@@ -47,9 +47,34 @@ pub(crate) struct QueueIdx {
     /// Blob (its first sequence) -> live messages whose body is in it; the last one out
     /// deletes the blob (and the group of the same first sequence, if any).
     pub blobs: HashMap<u64, u32>,
-    /// Group (its first sequence) -> where each of its messages' records lies in it, by
-    /// sequence from the first: a message without a record of its own at `qn` reads it there.
-    pub groups: BTreeMap<u64, Vec<RecordAt>>,
+    /// Group (its first sequence) -> where its messages' records lie in it and which of them
+    /// have left it: a message without a record of its own at `qn` reads its record there.
+    pub groups: BTreeMap<u64, Group>,
+}
+
+/// One group's place table and its left-the-group bits (as stored at `qu`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Group {
+    /// By sequence from the group's first.
+    pub places: Vec<RecordAt>,
+    /// Bit `i` (byte `i / 8`, bit `i % 8`) set: message `first + i` has finished (completed,
+    /// expired, dead-lettered); one redriven from the dead letters lives on at `qn` only.
+    pub left: Vec<u8>,
+}
+
+impl Group {
+    /// A group of `places.len()` messages; `left`: its stored bits (`None`: none left yet).
+    pub fn new(places: Vec<RecordAt>, left: Option<Vec<u8>>) -> Group {
+        let mut left = left.unwrap_or_default();
+        left.resize(places.len().div_ceil(8), 0);
+        Group { places, left }
+    }
+
+    fn has_left(&self, i: usize) -> bool {
+        self.left
+            .get(i / 8)
+            .is_some_and(|b| b & (1 << (i % 8)) != 0)
+    }
 }
 
 /// Where one message's record lies in its group's value, and its CRC-32 (the value log
@@ -175,10 +200,25 @@ impl Indexes {
     }
 
     /// The group holding message `seq`'s record, and where in it: `(first sequence, place)`.
+    /// `None` too once the message has left its group.
     pub(crate) fn group_record(&self, queue: &str, seq: u64) -> Option<(u64, RecordAt)> {
-        let (first, at) = self.queue(queue)?.groups.range(..=seq).next_back()?;
+        let (first, g) = self.queue(queue)?.groups.range(..=seq).next_back()?;
         let i = usize::try_from(seq - first).ok()?;
-        at.get(i).map(|r| (*first, *r))
+        let at = g.places.get(i)?;
+        (!g.has_left(i)).then_some((*first, *at))
+    }
+
+    /// Marks message `seq` as gone from its group, if it is in one that it had not left:
+    /// returns the group's first sequence and its bits to store.
+    pub(crate) fn leave_group(&mut self, queue: &str, seq: u64) -> Option<(u64, Vec<u8>)> {
+        let q = self.queues.get_mut(queue)?;
+        let (first, g) = q.groups.range_mut(..=seq).next_back()?;
+        let i = usize::try_from(seq - first).ok()?;
+        if i >= g.places.len() || g.has_left(i) {
+            return None;
+        }
+        g.left[i / 8] |= 1 << (i % 8);
+        Some((*first, g.left.clone()))
     }
 
     pub(crate) fn add_order(&mut self, queue: &str, okey: &str, seq: u64) {

@@ -1133,22 +1133,26 @@ fn indexes_rebuilt_from_the_store_match_the_live_ones() {
 }
 
 /// The live messages of queue `q` as stored, read without the indexes: their own records,
-/// and the group copies of group members that have none (a finished mark counts as one).
+/// and the group copies of group members that have none and have not left their group.
 fn live_records(t: &T, q: &str) -> Vec<Stored> {
     let all = |kind: &str| {
         let from = qk(kind, q, &[]);
         t.kv.range(&from, &prefix_end(&from), 1 << 20).unwrap()
     };
+    let seq_of = |k: &[u8]| be_u64(&k[k.len() - 8..]).unwrap();
     let mut own = HashSet::new();
     let mut live = Vec::new();
     for (k, v) in all("n") {
-        own.insert(be_u64(&k[k.len() - 8..]).unwrap());
-        live.extend(decode_record(&v).unwrap());
+        own.insert(seq_of(&k));
+        live.push(decode_record(&v).unwrap());
     }
+    let left: HashMap<u64, Vec<u8>> = all("u").into_iter().map(|(k, v)| (seq_of(&k), v)).collect();
     for (k, v) in all("g") {
-        let first = be_u64(&k[k.len() - 8..]).unwrap();
-        for (seq, (_, record)) in (first..).zip(Group::decode(&v).unwrap()) {
-            if !own.contains(&seq) {
+        let first = seq_of(&k);
+        let bits = left.get(&first).cloned().unwrap_or_default();
+        for (i, (_, record)) in GroupValue::decode(&v).unwrap().into_iter().enumerate() {
+            let gone = bits.get(i / 8).is_some_and(|b| b & (1 << (i % 8)) != 0);
+            if !own.contains(&(first + i as u64)) && !gone {
                 live.push(Stored::decode(record).unwrap());
             }
         }
@@ -1341,10 +1345,11 @@ fn bodies_of_one_command_share_one_blob_until_the_last_leaves() {
 }
 
 /// The records of one command's new messages are one group key, not a key each: a message
-/// gets a record of its own only once it changes, a finished one leaves a mark while its group
-/// lives, and the last one out deletes the group, its blob and the marks. A dead letter
-/// redriven while its group lives keeps its own record past the group's end. The indexes match
-/// a rebuild from the store at every step, and nothing is left behind.
+/// gets a record of its own only once it changes, a finished one is marked as gone in the
+/// group's bits (its own record deleted), and the last one out deletes the group, its blob and
+/// the bits. A dead letter redriven while its group lives keeps its own record past the
+/// group's end. The indexes match a rebuild from the store at every step, and nothing is left
+/// behind.
 #[test]
 fn one_command_writes_one_group_until_the_last_leaves() {
     let mut t = T::new();
@@ -1372,12 +1377,10 @@ fn one_command_writes_one_group_until_the_last_leaves() {
     );
     rebuilt(&t);
     t.run(settle("q", "a", "ta", 30, Settle::Complete));
-    let mark = t.kv.get(&seq_key("n", "q", 1)).unwrap();
-    assert_eq!(
-        mark.as_deref(),
-        Some(FINISHED),
-        "finished while the group lives"
-    );
+    assert!(kind_keys(&t, "n", "q").is_empty(), "its own record went");
+    let bits = t.kv.get(&left_key("q", 1)).unwrap();
+    assert_eq!(bits.as_deref(), Some(&[0b001][..]), "a left the group");
+    assert_eq!(live_records(&t, "q").len(), 2);
     assert!(!is_live(&*t.kv, &WriteBatch::default(), &t.ix.read(), "q", "a").unwrap());
     rebuilt(&t);
     // b goes to the dead letters and comes back; c completes; the group is gone, b is not.
@@ -1403,14 +1406,15 @@ fn one_command_writes_one_group_until_the_last_leaves() {
     assert_eq!(
         kind_keys(&t, "n", "q"),
         vec![seq_key("n", "q", 2)],
-        "marks gone, b kept"
+        "b kept its own record"
     );
+    assert!(kind_keys(&t, "u", "q").is_empty(), "the bits went too");
     rebuilt(&t);
     let b = received(t.run(receive("q", 60, "tb2"))).unwrap();
     assert_eq!((b.meta.id.as_str(), b.body.as_slice()), ("b", &b"b"[..]));
     t.run(settle("q", "b", "tb2", 61, Settle::Complete));
     assert!(live_records(&t, "q").is_empty());
-    for kind in ["n", "g", "b", "x", "d"] {
+    for kind in ["n", "g", "u", "b", "x", "d"] {
         assert!(
             kind_keys(&t, kind, "q").is_empty(),
             "q{kind} keys left behind"
