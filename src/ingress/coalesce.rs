@@ -5,8 +5,9 @@
 //! forwarded request from a follower to the leader, its own read-modify-write of the queue's
 //! stats in apply. Under load those per-command costs, not the fsync, bound the rate. Here a
 //! request joins its queue's lane; a lane has at most [`MAX_WRITES_PER_QUEUE`] commands in
-//! flight, and whatever arrives while they are in flight leaves together in the next one. An
-//! idle lane sends a lone request at once, so coalescing adds no latency at low load.
+//! flight ([`MAX_FORWARDS_PER_QUEUE`] on a follower), and whatever arrives while they are in
+//! flight leaves together in the next one. An idle lane sends a lone request at once, so
+//! coalescing adds no latency at low load.
 //!
 //! On the leader, the coalesced commands that followers forward join the leader's own lane
 //! for their queue as groups ([`Coalescer::enqueue_group`]), so one command carries the
@@ -31,7 +32,7 @@ use crate::raft::ProposeError;
 use crate::state::queue::{Enqueued, NewMessage, QueueResponse};
 use crate::state::{decode, encode, Command, Response};
 
-/// Commands in flight per queue from this node. Small on purpose: requests arriving while
+/// Commands in flight per queue from the leader. Small on purpose: requests arriving while
 /// they are in flight are what gets coalesced; Raft still group-commits the commands of the
 /// three nodes' lanes in one Ready. On the 2-core bench box the nodes are bound by CPU per
 /// command, so fewer, fuller commands win: 2026-12-03, 1 in flight carried 10.7 messages per
@@ -40,6 +41,16 @@ use crate::state::{decode, encode, Command, Response};
 /// pairs of runs side by side (p99 a little lower). Where the network and not the CPU is the
 /// bound, 2 would overlap one command's round trip with the next.
 pub const MAX_WRITES_PER_QUEUE: usize = 1;
+/// Commands in flight per queue from a follower (or a node that knows no leader). A
+/// follower's command is forwarded to the leader, where it joins the leader's lane and is
+/// merged into the leader's next command anyway, so holding it back here only makes the
+/// follower's requests wait out a whole forward round trip (the leader lane's wait and the
+/// proposal) before they even leave. 2026-12-04, after the group records made enqueues
+/// cheaper: 3 against 1 enqueued 1.02-1.11x as many messages per second at 64 clients,
+/// 1.08-1.30x at 16 and 1.02-1.19x at 256, at the same CPU per message, in four pairs of runs
+/// (2 fell in between; benches/README.md). Before, when the box was bound by CPU per
+/// command, 2 was worse.
+pub const MAX_FORWARDS_PER_QUEUE: usize = 3;
 /// Messages in one coalesced command.
 pub const MAX_MESSAGES_PER_WRITE: usize = 512;
 /// Body bytes in one coalesced command (well under the Raft proposal limit); a message at
@@ -116,10 +127,10 @@ impl Coalescer {
     }
 
     /// Takes the next command's worth of waiting requests, if the lane may send one now.
-    fn take(&self, queue: &str) -> Option<Vec<Waiting>> {
+    fn take(&self, queue: &str, max_in_flight: usize) -> Option<Vec<Waiting>> {
         let mut lanes = self.lock();
         let lane = lanes.get_mut(queue)?;
-        if lane.waiting.is_empty() || lane.in_flight >= MAX_WRITES_PER_QUEUE {
+        if lane.waiting.is_empty() || lane.in_flight >= max_in_flight {
             return None;
         }
         let (mut bytes, mut messages, mut n) = (0usize, 0usize, 0usize);
@@ -183,7 +194,11 @@ fn propose_error(e: ApiError) -> ProposeError {
 
 /// Starts as many commands as the lane allows now; each one, when done, flushes again.
 fn flush(st: Arc<IngressState>, queue: String) {
-    while let Some(batch) = st.coalescer.take(&queue) {
+    let max_in_flight = match st.client.driver().is_leader() {
+        true => MAX_WRITES_PER_QUEUE,
+        false => MAX_FORWARDS_PER_QUEUE,
+    };
+    while let Some(batch) = st.coalescer.take(&queue, max_in_flight) {
         let (st, queue) = (st.clone(), queue.clone());
         tokio::spawn(async move {
             write(&st, &queue, batch).await;

@@ -169,6 +169,12 @@ impl DriverHandle {
         self.status.borrow().leader
     }
 
+    /// True while this node is the leader it knows of.
+    pub fn is_leader(&self) -> bool {
+        let s = self.status.borrow();
+        s.leader == Some(s.id)
+    }
+
     pub fn watch_status(&self) -> watch::Receiver<NodeStatus> {
         self.status.clone()
     }
