@@ -438,6 +438,38 @@ mod tests {
         assert_eq!(ranged[1].1, b"two");
     }
 
+    /// A group of message records (`sqg/`) lives in the value log too, and the pointers to it
+    /// count when the store opens: a segment holding nothing but a group is kept and read.
+    #[test]
+    fn groups_live_in_the_value_log_and_keep_their_segment() {
+        let dir = tempfile::tempdir().unwrap();
+        let group = |n: u32| {
+            let mut k = keys::GROUP_PREFIX.to_vec();
+            k.extend_from_slice(&n.to_be_bytes());
+            k
+        };
+        {
+            let s = SledStore::open(dir.path()).unwrap();
+            let mut b = WriteBatch::default();
+            b.put(group(1), vec![7u8; 5000]);
+            s.write(b).unwrap();
+            let stored = s.tree.get(group(1)).unwrap().unwrap();
+            assert_eq!(stored.len(), POINTER_BYTES, "only a pointer in sled");
+            s.flush().unwrap();
+        }
+        let s = SledStore::open(dir.path()).unwrap();
+        assert_eq!(
+            vlog_files(dir.path()),
+            2,
+            "the group's segment and a new one"
+        );
+        assert_eq!(s.get(&group(1)).unwrap().unwrap(), vec![7u8; 5000]);
+        assert_eq!(
+            s.get_range(&group(1), 4990, 10).unwrap().unwrap(),
+            vec![7u8; 10]
+        );
+    }
+
     /// A part of a value reads back alone, from the value log and from sled's own pages; a
     /// part past the value's end is a corruption error, and a missing key is `None`.
     #[test]
