@@ -4,12 +4,12 @@
 //!
 //! Why in memory: each of these used to be a key of its own in the store, so a message's life
 //! cost about twenty store writes, and the store's write path was most of the node's CPU. They
-//! are pure functions of the stored records (`qn`, `qg`, `qx`, `qd`, `qf`, `qh`), so they need no
-//! durability of their own: [`Indexes::load`] rebuilds them from the store when the node opens
-//! and after a snapshot replaced the state, and apply keeps them in step with every batch it
-//! writes. Apply updates them before its batch reaches the store (the node stops if that write
-//! fails), so a reader on another thread may see an index entry whose record is not stored
-//! yet: readers treat a missing record as "not there yet".
+//! are pure functions of the stored records (`qn`, `qg`, `qu`, `qx`, `qd`, `qf`, `qh`), so they
+//! need no durability of their own: [`Indexes::load`] rebuilds them from the store when the
+//! node opens and after a snapshot replaced the state, and apply keeps them in step with every
+//! batch it writes. Apply updates them before its batch reaches the store (the node stops if
+//! that write fails), so a reader on another thread may see an index entry whose record is not
+//! stored yet: readers treat a missing record as "not there yet".
 //!
 //! Queue configurations (`qc`) are kept here too, as shared copies: every enqueue reads its
 //! queue's configuration twice (the ingress, to find the dedup key and limits; apply, to
