@@ -220,14 +220,8 @@ fn preallocated_segments_survive_kill_and_restart() {
     });
     c.start_all();
     let leader = c.wait_leader(&[1, 2, 3], Duration::from_secs(10));
-    let r = c
-        .http
-        .put(c.url(leader, "/admin/queues/pre"))
-        .bearer_auth(&c.token)
-        .json(&json!({}))
-        .send()
-        .unwrap();
-    assert!(r.status().is_success(), "queue: {}", r.status());
+    let status = c.admin_put(leader, "/admin/queues/pre", &json!({}));
+    assert!((200..300).contains(&status), "queue: {status}");
     let batch: Vec<Value> = (0..100)
         .map(|i| json!({"body": format!("{i:01000}")}))
         .collect();

@@ -14,14 +14,10 @@ fn acknowledged_messages_survive_leader_loss() {
     let mut c = Cluster::new(3, |t| t);
     c.start_all();
     let leader = c.wait_leader(&[1, 2, 3], Duration::from_secs(20));
-    let r = c
-        .http
-        .put(c.url(leader, "/admin/queues/durable"))
-        .bearer_auth(&c.token)
-        .json(&json!({}))
-        .send()
-        .unwrap();
-    assert_eq!(r.status(), 201);
+    assert_eq!(
+        c.admin_put(leader, "/admin/queues/durable", &json!({})),
+        201
+    );
     let mut acked = HashSet::new();
     for i in 0..20u64 {
         let r = c

@@ -45,14 +45,9 @@ fn body(batch: usize, i: usize) -> String {
 }
 
 fn fill_queue(c: &Cluster, via: u64) {
-    let r = c
-        .http
-        .put(c.url(via, "/admin/queues/bulk"))
-        .bearer_auth(&c.token)
-        .json(&json!({"max_bytes": 1024u64 * 1024 * 1024, "max_messages": 1_000_000}))
-        .send()
-        .unwrap();
-    assert!(r.status().is_success(), "queue create: {}", r.status());
+    let limits = json!({"max_bytes": 1024u64 * 1024 * 1024, "max_messages": 1_000_000});
+    let status = c.admin_put(via, "/admin/queues/bulk", &limits);
+    assert!((200..300).contains(&status), "queue create: {status}");
     let http = reqwest::blocking::Client::builder()
         .timeout(Duration::from_secs(60))
         .build()

@@ -194,9 +194,10 @@ fn propose_error(e: ApiError) -> ProposeError {
 
 /// Starts as many commands as the lane allows now; each one, when done, flushes again.
 fn flush(st: Arc<IngressState>, queue: String) {
-    let max_in_flight = match st.client.driver().is_leader() {
-        true => MAX_WRITES_PER_QUEUE,
-        false => MAX_FORWARDS_PER_QUEUE,
+    let max_in_flight = if st.client.driver().is_leader() {
+        MAX_WRITES_PER_QUEUE
+    } else {
+        MAX_FORWARDS_PER_QUEUE
     };
     while let Some(batch) = st.coalescer.take(&queue, max_in_flight) {
         let (st, queue) = (st.clone(), queue.clone());

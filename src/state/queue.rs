@@ -1384,32 +1384,23 @@ impl<'a> Apply<'a> {
                 done = false;
             }
             for (key, v) in found {
+                let seq = key.len().checked_sub(8).and_then(|i| be_u64(&key[i..]));
                 // Bodies (up to 16 MiB) are never read: they go by their owner's sequence.
-                let big_body = match kind {
-                    "n" => {
-                        let s = decode_record(&v)?;
-                        // A blob goes with the first of its messages seen; later ones delete
-                        // it again, harmlessly (the queue's indexes are already gone).
-                        if let Some(b) = s.blob {
-                            self.batch.delete(blob_key(name, b.seq));
-                        }
-                        s.body.is_none() && s.blob.is_none()
-                    }
+                let body = match kind {
+                    // A blob goes with the first of its messages seen; later ones delete it
+                    // again, harmlessly (the queue's indexes are already gone).
+                    "n" => match decode_record(&v)? {
+                        Stored { blob: Some(b), .. } => Some(blob_key(name, b.seq)),
+                        Stored { body: None, .. } => seq.map(|q| seq_key("b", name, q)),
+                        _ => None,
+                    },
                     // A group's blob has the group's first sequence.
-                    "g" => {
-                        if let Some(seq) = key.len().checked_sub(8).and_then(|i| be_u64(&key[i..]))
-                        {
-                            self.batch.delete(blob_key(name, seq));
-                        }
-                        false
-                    }
-                    "x" => true,
-                    _ => false,
+                    "g" => seq.map(|q| blob_key(name, q)),
+                    "x" => seq.map(|q| seq_key("b", name, q)),
+                    _ => None,
                 };
-                if big_body {
-                    if let Some(seq) = key.len().checked_sub(8).and_then(|i| be_u64(&key[i..])) {
-                        self.batch.delete(seq_key("b", name, seq));
-                    }
+                if let Some(body) = body {
+                    self.batch.delete(body);
                 }
                 self.batch.delete(key);
             }

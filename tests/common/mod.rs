@@ -268,6 +268,19 @@ impl Cluster {
             .collect()
     }
 
+    /// PUT an admin document (a queue, a route...) at `path` through node `id`, with the admin
+    /// token; the answer's status code.
+    pub fn admin_put(&self, id: u64, path: &str, body: &Value) -> u16 {
+        let r = self
+            .http
+            .put(self.url(id, path))
+            .bearer_auth(&self.token)
+            .json(body)
+            .send()
+            .unwrap();
+        r.status().as_u16()
+    }
+
     /// PUT a config document through node `id`; Ok on 200/201.
     pub fn put(&self, id: u64, key: &str, value: &Value) -> Result<(), String> {
         let r = self

@@ -1427,16 +1427,18 @@ fn one_command_writes_one_group_until_the_last_leaves() {
     );
 }
 
+/// Queue `q` holding messages `a` and `b` of one command (one group, one blob).
+fn one_command_of_two(a: &[u8], b: &[u8]) -> T {
+    let mut t = T::new();
+    t.put("q", QueueConfig::default());
+    t.run(enqueue("q", 10, vec![msg("a", None, a), msg("b", None, b)]));
+    t
+}
+
 /// A group record whose bytes no longer match its CRC is reported as corrupt, not used.
 #[test]
 fn a_group_record_failing_its_crc_is_an_error() {
-    let mut t = T::new();
-    t.put("q", QueueConfig::default());
-    t.run(enqueue(
-        "q",
-        10,
-        vec![msg("a", None, b"1"), msg("b", None, b"2")],
-    ));
+    let t = one_command_of_two(b"1", b"2");
     let key = group_key("q", 1);
     let mut v = t.kv.get(&key).unwrap().unwrap();
     let last = v.len() - 1;
@@ -1454,13 +1456,7 @@ fn a_group_record_failing_its_crc_is_an_error() {
 /// A blob whose bytes no longer match a body's CRC is reported as corrupt, not delivered.
 #[test]
 fn a_body_failing_its_crc_is_an_error() {
-    let mut t = T::new();
-    t.put("q", QueueConfig::default());
-    t.run(enqueue(
-        "q",
-        10,
-        vec![msg("a", None, b"one"), msg("b", None, b"two")],
-    ));
+    let t = one_command_of_two(b"one", b"two");
     let mut b = WriteBatch::default();
     b.put(blob_key("q", 1), b"oneTWO".to_vec());
     t.kv.write(b).unwrap();
