@@ -220,7 +220,7 @@ fn preallocated_segments_survive_kill_and_restart() {
     });
     c.start_all();
     let leader = c.wait_leader(&[1, 2, 3], Duration::from_secs(10));
-    let status = c.admin_put(leader, "/admin/queues/pre", &json!({}));
+    let (status, _) = c.admin_put(leader, "/admin/queues/pre", &json!({}));
     assert!((200..300).contains(&status), "queue: {status}");
     let batch: Vec<Value> = (0..100)
         .map(|i| json!({"body": format!("{i:01000}")}))

@@ -36,24 +36,12 @@ fn tenants(rt: &tokio::runtime::Runtime, names: &[&str]) -> Vec<(TenantHandle, T
         .collect()
 }
 
-fn admin_put(c: &Cluster, node: u64, path: &str, body: &Value) -> (u16, Value) {
-    let r = c
-        .http
-        .put(c.url(node, path))
-        .bearer_auth(&c.token)
-        .json(body)
-        .send()
-        .unwrap();
-    let code = r.status().as_u16();
-    (code, r.json().unwrap_or(Value::Null))
-}
-
 /// Registers the tenants (fast probes) and waits until every node sees them all healthy.
 fn register(c: &Cluster, descs: &[TenantDescription]) {
     for d in descs {
         let mut body = serde_json::to_value(d).unwrap();
         body["health"] = json!({"interval_ms": 200, "fall": 1, "rise": 1});
-        let (code, v) = admin_put(c, 1, &format!("/admin/tenants/{}", d.name), &body);
+        let (code, v) = c.admin_put(1, &format!("/admin/tenants/{}", d.name), &body);
         assert_eq!(code, 201, "{v}");
     }
     poll(
@@ -110,24 +98,14 @@ fn routes_keys_429_and_async() {
     c.wait_leader(&[1, 2, 3], Duration::from_secs(20));
     register(&c, &descs);
 
-    let (code, v) = admin_put(
-        &c,
-        1,
-        "/admin/routes/bad",
-        &json!({"retry": {"attempts": 0}}),
-    );
+    let (code, v) = c.admin_put(1, "/admin/routes/bad", &json!({"retry": {"attempts": 0}}));
     assert_eq!(
         (code, v["error"]["field"].as_str()),
         (400, Some("retry.attempts"))
     );
-    let (code, _) = admin_put(
-        &c,
-        2,
-        "/admin/routes/all",
-        &json!({"policy": "round_robin"}),
-    );
+    let (code, _) = c.admin_put(2, "/admin/routes/all", &json!({"policy": "round_robin"}));
     assert_eq!(code, 201);
-    let (code, v) = admin_put(&c, 3, "/admin/routes/dup", &json!({"prefix": "/http/"}));
+    let (code, v) = c.admin_put(3, "/admin/routes/dup", &json!({"prefix": "/http/"}));
     assert_eq!(code, 409, "{v}");
     let got = c.get_json(1, "/admin/routes/all").unwrap();
     assert_eq!(got["route"]["policy"], "round_robin");
@@ -159,14 +137,13 @@ fn routes_keys_429_and_async() {
     assert_eq!(seen.len(), 2, "round robin used both tenants: {seen:?}");
 
     // API keys: 401 without or with a wrong key, 200 with a generated one; never shown again.
-    let (code, _) = admin_put(
-        &c,
+    let (code, _) = c.admin_put(
         1,
         "/admin/routes/secure",
         &json!({"prefix": "/secure", "target_prefix": "/http/echo", "require_api_key": true}),
     );
     assert_eq!(code, 201);
-    let (code, key) = admin_put(&c, 2, "/admin/api-keys/app1", &json!({}));
+    let (code, key) = c.admin_put(2, "/admin/api-keys/app1", &json!({}));
     assert_eq!(code, 201);
     let secret = key["key"].as_str().unwrap().to_string();
     wait_route(&c, "/secure");
@@ -206,8 +183,7 @@ fn routes_keys_429_and_async() {
     assert!(!shown.contains(&secret), "GET showed the key");
 
     // 429 with its headers: 2/s with a burst of 3 cluster-wide, all load on node 1.
-    let (code, _) = admin_put(
-        &c,
+    let (code, _) = c.admin_put(
         1,
         "/admin/routes/limited",
         &json!({"prefix": "/limited", "target_prefix": "/http/echo",
@@ -230,10 +206,9 @@ fn routes_keys_429_and_async() {
     );
 
     // Async: 202 from the route, then the message is in the queue.
-    let (code, _) = admin_put(&c, 1, "/admin/queues/inbox", &json!({}));
+    let (code, _) = c.admin_put(1, "/admin/queues/inbox", &json!({}));
     assert_eq!(code, 201);
-    let (code, _) = admin_put(
-        &c,
+    let (code, _) = c.admin_put(
         1,
         "/admin/routes/later",
         &json!({"prefix": "/async/", "mode": "async", "queue": "inbox"}),
@@ -366,7 +341,7 @@ fn tenant_killed_under_load_and_slow_tenant() {
     c.start_all();
     c.wait_leader(&[1, 2, 3], Duration::from_secs(20));
     register(&c, &descs);
-    let (code, _) = admin_put(&c, 1, "/admin/routes/all", &json!({}));
+    let (code, _) = c.admin_put(1, "/admin/routes/all", &json!({}));
     assert_eq!(code, 201);
     wait_route(&c, "/http/echo");
     let urls: Vec<String> = (1..=3).map(|n| c.ingress_url(n, "/http/echo")).collect();
@@ -425,8 +400,7 @@ fn cluster_wide_rate_limit_within_5_percent() {
             .then_some(())
     });
     let (rate, burst) = (60.0, 6.0);
-    let (code, _) = admin_put(
-        &c,
+    let (code, _) = c.admin_put(
         1,
         "/admin/routes/rl",
         &json!({"prefix": "/rl", "target_prefix": "/http/echo",
@@ -515,8 +489,7 @@ fn large_upload_streams_with_bounded_memory() {
     c.start_all();
     c.wait_leader(&[1], Duration::from_secs(20));
     register(&c, &descs);
-    let (code, _) = admin_put(
-        &c,
+    let (code, _) = c.admin_put(
         1,
         "/admin/routes/all",
         &json!({"try_timeout_ms": 120000, "total_timeout_ms": 120000}),
@@ -593,7 +566,7 @@ fn ingress_tls_when_configured() {
     c.start_all();
     c.wait_leader(&[1], Duration::from_secs(20));
     register(&c, &descs);
-    let (code, _) = admin_put(&c, 1, "/admin/routes/all", &json!({}));
+    let (code, _) = c.admin_put(1, "/admin/routes/all", &json!({}));
     assert_eq!(code, 201);
     let pem = std::fs::read(&cert_path).unwrap();
     let https = reqwest::blocking::Client::builder()

@@ -15,7 +15,7 @@ fn acknowledged_messages_survive_leader_loss() {
     c.start_all();
     let leader = c.wait_leader(&[1, 2, 3], Duration::from_secs(20));
     assert_eq!(
-        c.admin_put(leader, "/admin/queues/durable", &json!({})),
+        c.admin_put(leader, "/admin/queues/durable", &json!({})).0,
         201
     );
     let mut acked = HashSet::new();

@@ -18,15 +18,9 @@ fn now_ms() -> u64 {
 }
 
 fn put(c: &Cluster, id: u64, path: &str, body: &Value) -> Value {
-    let r = c
-        .http
-        .put(c.url(id, path))
-        .bearer_auth(&c.token)
-        .json(body)
-        .send()
-        .unwrap();
-    assert!(r.status().is_success(), "PUT {path}: {}", r.status());
-    r.json().unwrap()
+    let (code, v) = c.admin_put(id, path, body);
+    assert!((200..300).contains(&code), "PUT {path}: {code}");
+    v
 }
 
 fn post(c: &Cluster, id: u64, path: &str, body: &Value) -> (u16, Value) {

@@ -46,7 +46,7 @@ fn body(batch: usize, i: usize) -> String {
 
 fn fill_queue(c: &Cluster, via: u64) {
     let limits = json!({"max_bytes": 1024u64 * 1024 * 1024, "max_messages": 1_000_000});
-    let status = c.admin_put(via, "/admin/queues/bulk", &limits);
+    let (status, _) = c.admin_put(via, "/admin/queues/bulk", &limits);
     assert!((200..300).contains(&status), "queue create: {status}");
     let http = reqwest::blocking::Client::builder()
         .timeout(Duration::from_secs(60))

@@ -269,8 +269,8 @@ impl Cluster {
     }
 
     /// PUT an admin document (a queue, a route...) at `path` through node `id`, with the admin
-    /// token; the answer's status code.
-    pub fn admin_put(&self, id: u64, path: &str, body: &Value) -> u16 {
+    /// token; the answer's status code and JSON body (`Null` when it has none).
+    pub fn admin_put(&self, id: u64, path: &str, body: &Value) -> (u16, Value) {
         let r = self
             .http
             .put(self.url(id, path))
@@ -278,7 +278,8 @@ impl Cluster {
             .json(body)
             .send()
             .unwrap();
-        r.status().as_u16()
+        let code = r.status().as_u16();
+        (code, r.json().unwrap_or(Value::Null))
     }
 
     /// PUT a config document through node `id`; Ok on 200/201.

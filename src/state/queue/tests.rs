@@ -1435,6 +1435,15 @@ fn one_command_of_two(a: &[u8], b: &[u8]) -> T {
     t
 }
 
+/// Message 1 of [`one_command_of_two`] still reads; message 2 is reported as corrupt.
+fn first_reads_second_is_corrupt(t: &T) {
+    assert!(message_body(&*t.kv, &t.ix, "q", 1).unwrap().is_some());
+    assert!(matches!(
+        message_body(&*t.kv, &t.ix, "q", 2),
+        Err(StoreError::Corrupt(_))
+    ));
+}
+
 /// A group record whose bytes no longer match its CRC is reported as corrupt, not used.
 #[test]
 fn a_group_record_failing_its_crc_is_an_error() {
@@ -1446,11 +1455,7 @@ fn a_group_record_failing_its_crc_is_an_error() {
     let mut b = WriteBatch::default();
     b.put(key, v);
     t.kv.write(b).unwrap();
-    assert!(message_body(&*t.kv, &t.ix, "q", 1).unwrap().is_some());
-    assert!(matches!(
-        message_body(&*t.kv, &t.ix, "q", 2),
-        Err(StoreError::Corrupt(_))
-    ));
+    first_reads_second_is_corrupt(&t);
 }
 
 /// A blob whose bytes no longer match a body's CRC is reported as corrupt, not delivered.
@@ -1460,11 +1465,7 @@ fn a_body_failing_its_crc_is_an_error() {
     let mut b = WriteBatch::default();
     b.put(blob_key("q", 1), b"oneTWO".to_vec());
     t.kv.write(b).unwrap();
-    assert!(message_body(&*t.kv, &t.ix, "q", 1).unwrap().is_some());
-    assert!(matches!(
-        message_body(&*t.kv, &t.ix, "q", 2),
-        Err(StoreError::Corrupt(_))
-    ));
+    first_reads_second_is_corrupt(&t);
 }
 
 /// Records written before blobs (no `blob` field) still decode, and their bodies are read
