@@ -290,11 +290,20 @@ async fn bind(what: &'static str, addr: SocketAddr) -> Result<tokio::net::TcpLis
         .map_err(|source| NodeError::Bind { what, addr, source })
 }
 
+/// Serves `app` over plain HTTP until `stop`. Connections get TCP_NODELAY, as the TLS
+/// ingress's do: a response hyper writes in two parts (a streamed proxy body after its head)
+/// must not wait for the client's ACK of the first part (Nagle's algorithm).
 fn serve(
     listener: tokio::net::TcpListener,
     app: axum::Router,
     mut stop: watch::Receiver<bool>,
 ) -> tokio::task::JoinHandle<()> {
+    use axum::serve::ListenerExt;
+    let listener = listener.tap_io(|tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "could not set TCP_NODELAY on a connection");
+        }
+    });
     tokio::spawn(async move {
         let shutdown = async move {
             let _ = stop.wait_for(|s| *s).await;

@@ -33,10 +33,10 @@
 //! of zeros and syncs it (`*.prealloc`, ignored by replay and deleted on open); the roll
 //! renames it into place, or creates an empty file as before when it is not ready. A segment
 //! that grows (a new log's first one, the active one cut on open, one created while the spare
-//! was late) starts a spare once it holds 1/64 of a segment and hands over to it as soon as
-//! it is ready, long before it is full: a node no longer runs its first 64 MiB after every start on a
-//! growing file (1-client enqueue, 2026-12-04: fdatasync 0.32-0.33 against 0.42-0.51 ms,
-//! device writes per message about halved). A record
+//! was late) starts a spare once it holds 1/64 of a segment and hands over to it as soon as it
+//! is ready, long before it is full, so a node no longer writes its first 64 MiB after every
+//! start into a growing file (1-client enqueue, 2026-12-04: fdatasync 0.32-0.33 against
+//! 0.42-0.51 ms, device writes per message about halved). A record
 //! header of all zeros (kind 0, never written) is therefore the end of the active segment,
 //! and on open the zeros are cut off like a torn tail, so bytes that a torn write may have
 //! left beyond them can never be read as records later. A segment is cut to its written
