@@ -13,6 +13,12 @@
 //! for their queue as groups ([`Coalescer::enqueue_group`]), so one command carries the
 //! messages of the whole cluster and a Ready appends one entry instead of one per node.
 //!
+//! Single completes of pull consumers (`POST /queues/{q}/messages/{id}:complete`) share
+//! commands the same way, as one `QueueSettleMany` per lane trip: each item of it is judged
+//! alone, exactly as its own command would have been, and each request gets its own item's
+//! answer. Before, every complete was a Raft command of its own, and the peers bench's
+//! consume phase (receive 16, complete one by one) ran at 0.31-0.36x the brokers' rate.
+//!
 //! Semantics are those of the batch endpoint: a command is all or nothing, so when a
 //! coalesced command would pass a queue cap, every request in it gets the 429 (nothing
 //! stored) and retries; duplicates inside one command are found by apply as usual (the later
@@ -26,10 +32,11 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::oneshot;
 
 use super::queue::{enqueue_outcome, propose_enqueue, IngressState};
-use crate::api::ApiError;
+use crate::api::queues::answer;
+use crate::api::{now_ms, ApiError};
 use crate::client::Client;
 use crate::raft::ProposeError;
-use crate::state::queue::{Enqueued, NewMessage, QueueResponse};
+use crate::state::queue::{Enqueued, NewMessage, QueueResponse, Settle, MAX_SETTLE_ITEMS};
 use crate::state::{decode, encode, Command, Response};
 
 /// Commands in flight per queue from the leader. Small on purpose: requests arriving while
@@ -69,16 +76,68 @@ struct Waiting {
     reply: Reply,
 }
 
-#[derive(Default)]
-struct Lane {
-    waiting: Vec<Waiting>,
+/// One complete: the message, its lock token, and where its item's answer goes.
+struct Completing {
+    id: String,
+    lock_token: String,
+    reply: Reply,
+}
+
+/// What one command of a lane may carry.
+#[derive(Clone, Copy)]
+struct Limits {
+    items: usize,
+    bytes: usize,
+}
+
+/// A kind of request that lanes batch into shared commands.
+trait Kind: Send + Sized + 'static {
+    /// What one command of this kind may carry.
+    const LIMITS: Limits;
+    /// Items (messages) and body bytes this request adds to a command.
+    fn weight(&self) -> (usize, usize);
+    /// This kind's lanes on the node.
+    fn lanes(c: &Coalescer) -> &Lanes<Self>;
+    /// Sends one command for `batch` and answers each of its requests.
+    fn write(
+        st: &IngressState,
+        queue: &str,
+        batch: Vec<Self>,
+    ) -> impl std::future::Future<Output = ()> + Send;
+}
+
+struct Lane<W> {
+    waiting: Vec<W>,
     in_flight: usize,
 }
 
-/// The per-queue lanes of one node.
+impl<W> Default for Lane<W> {
+    fn default() -> Self {
+        Lane {
+            waiting: Vec::new(),
+            in_flight: 0,
+        }
+    }
+}
+
+/// The per-queue lanes of one kind of request on one node.
+struct Lanes<W> {
+    lanes: Mutex<HashMap<String, Lane<W>>>,
+}
+
+impl<W> Default for Lanes<W> {
+    fn default() -> Self {
+        Lanes {
+            lanes: Mutex::default(),
+        }
+    }
+}
+
+/// The per-queue lanes of one node: enqueues, and pull consumers' completes.
 #[derive(Default)]
 pub struct Coalescer {
-    lanes: Mutex<HashMap<String, Lane>>,
+    enqueues: Lanes<Waiting>,
+    completes: Lanes<Completing>,
 }
 
 impl Coalescer {
@@ -103,13 +162,44 @@ impl Coalescer {
         messages: Vec<NewMessage>,
     ) -> Result<QueueResponse, ApiError> {
         let (reply, rx) = oneshot::channel();
-        st.coalescer.join(queue, Waiting { messages, reply })?;
-        flush(st.clone(), queue.to_string());
+        join(st, queue, Waiting { messages, reply })?;
         rx.await
             .map_err(|_| ApiError::Internal("enqueue lane dropped the request".into()))?
     }
 
-    fn join(&self, queue: &str, w: Waiting) -> Result<(), ApiError> {
+    /// Completes message `id` held under `lock_token`, sharing a command with concurrent
+    /// completes to the same queue. The answer is this message's alone: `Settled`,
+    /// `LockLost`, `MessageNotFound`, or the queue's `NotFound` / `Deleting`.
+    pub async fn complete(
+        st: &Arc<IngressState>,
+        queue: &str,
+        id: String,
+        lock_token: String,
+    ) -> Result<QueueResponse, ApiError> {
+        let (reply, rx) = oneshot::channel();
+        join(
+            st,
+            queue,
+            Completing {
+                id,
+                lock_token,
+                reply,
+            },
+        )?;
+        rx.await
+            .map_err(|_| ApiError::Internal("complete lane dropped the request".into()))?
+    }
+}
+
+/// Adds a request to its queue's lane and starts what the lane may send now.
+fn join<K: Kind>(st: &Arc<IngressState>, queue: &str, w: K) -> Result<(), ApiError> {
+    K::lanes(&st.coalescer).join(queue, w)?;
+    flush::<K>(st.clone(), queue.to_string());
+    Ok(())
+}
+
+impl<W: Kind> Lanes<W> {
+    fn join(&self, queue: &str, w: W) -> Result<(), ApiError> {
         let mut lanes = self.lock();
         let lane = lanes.entry(queue.to_string()).or_default();
         if lane.waiting.len() >= MAX_WAITING_PER_QUEUE {
@@ -121,29 +211,26 @@ impl Coalescer {
         Ok(())
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Lane>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Lane<W>>> {
         // A panic while holding the lock leaves plain data behind; keep serving.
         self.lanes.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Takes the next command's worth of waiting requests, if the lane may send one now.
-    fn take(&self, queue: &str, max_in_flight: usize) -> Option<Vec<Waiting>> {
+    fn take(&self, queue: &str, max_in_flight: usize) -> Option<Vec<W>> {
         let mut lanes = self.lock();
         let lane = lanes.get_mut(queue)?;
         if lane.waiting.is_empty() || lane.in_flight >= max_in_flight {
             return None;
         }
-        let (mut bytes, mut messages, mut n) = (0usize, 0usize, 0usize);
+        let (mut bytes, mut items, mut n) = (0usize, 0usize, 0usize);
         for w in &lane.waiting {
-            let b: usize = w.messages.iter().map(|m| m.body.len()).sum();
-            let more = w.messages.len();
-            if n > 0
-                && (messages + more > MAX_MESSAGES_PER_WRITE || bytes + b > MAX_BYTES_PER_WRITE)
-            {
+            let (more, b) = w.weight();
+            if n > 0 && (items + more > W::LIMITS.items || bytes + b > W::LIMITS.bytes) {
                 break;
             }
             bytes += b;
-            messages += more;
+            items += more;
             n += 1;
         }
         lane.in_flight += 1;
@@ -193,19 +280,95 @@ fn propose_error(e: ApiError) -> ProposeError {
 }
 
 /// Starts as many commands as the lane allows now; each one, when done, flushes again.
-fn flush(st: Arc<IngressState>, queue: String) {
+fn flush<K: Kind>(st: Arc<IngressState>, queue: String) {
     let max_in_flight = if st.client.driver().is_leader() {
         MAX_WRITES_PER_QUEUE
     } else {
         MAX_FORWARDS_PER_QUEUE
     };
-    while let Some(batch) = st.coalescer.take(&queue, max_in_flight) {
+    while let Some(batch) = K::lanes(&st.coalescer).take(&queue, max_in_flight) {
         let (st, queue) = (st.clone(), queue.clone());
         tokio::spawn(async move {
-            write(&st, &queue, batch).await;
-            st.coalescer.done(&queue);
-            flush(st, queue);
+            K::write(&st, &queue, batch).await;
+            K::lanes(&st.coalescer).done(&queue);
+            flush::<K>(st, queue);
         });
+    }
+}
+
+impl Kind for Waiting {
+    const LIMITS: Limits = Limits {
+        items: MAX_MESSAGES_PER_WRITE,
+        bytes: MAX_BYTES_PER_WRITE,
+    };
+
+    fn weight(&self) -> (usize, usize) {
+        let bytes = self.messages.iter().map(|m| m.body.len()).sum();
+        (self.messages.len(), bytes)
+    }
+
+    fn lanes(c: &Coalescer) -> &Lanes<Self> {
+        &c.enqueues
+    }
+
+    async fn write(st: &IngressState, queue: &str, batch: Vec<Self>) {
+        write(st, queue, batch).await
+    }
+}
+
+impl Kind for Completing {
+    const LIMITS: Limits = Limits {
+        items: MAX_SETTLE_ITEMS,
+        bytes: usize::MAX,
+    };
+
+    fn weight(&self) -> (usize, usize) {
+        (1, 0)
+    }
+
+    fn lanes(c: &Coalescer) -> &Lanes<Self> {
+        &c.completes
+    }
+
+    async fn write(st: &IngressState, queue: &str, batch: Vec<Self>) {
+        write_completes(st, queue, batch).await
+    }
+}
+
+/// Sends one `QueueSettleMany` for `batch` and hands each request its own item's answer.
+async fn write_completes(st: &IngressState, queue: &str, batch: Vec<Completing>) {
+    let (items, replies): (Vec<_>, Vec<_>) = batch
+        .into_iter()
+        .map(|c| ((c.id, c.lock_token), c.reply))
+        .unzip();
+    let total = items.len();
+    let cmd = Command::QueueSettleMany {
+        queue: queue.to_string(),
+        now_ms: now_ms(),
+        items,
+        action: Settle::Complete,
+    };
+    let outcome = match st.client.write(&cmd).await {
+        Ok(r) => answer(r),
+        Err(e) => Err(e.into()),
+    };
+    match outcome {
+        Ok(QueueResponse::SettledMany { results }) if results.len() == total => {
+            for (r, reply) in results.into_iter().zip(replies) {
+                let _ = reply.send(Ok(r));
+            }
+        }
+        Ok(QueueResponse::SettledMany { results }) => {
+            let e = ApiError::Internal(format!("{} answers for {total} completes", results.len()));
+            for reply in replies {
+                let _ = reply.send(Err(e.clone()));
+            }
+        }
+        other => {
+            for reply in replies {
+                let _ = reply.send(other.clone());
+            }
+        }
     }
 }
 

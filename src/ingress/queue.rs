@@ -550,14 +550,23 @@ pub async fn settle(
             }
         },
     };
-    let cmd = Command::QueueSettle {
-        queue: name.clone(),
-        id: id.to_string(),
-        lock_token: input.lock_token,
-        now_ms: now_ms(),
-        action,
+    let answer = match action {
+        // The hot path of pull consumers: shares a command with concurrent completes.
+        Settle::Complete => {
+            super::coalesce::Coalescer::complete(&st, &name, id.to_string(), input.lock_token)
+                .await?
+        }
+        action => {
+            let cmd = Command::QueueSettle {
+                queue: name.clone(),
+                id: id.to_string(),
+                lock_token: input.lock_token,
+                now_ms: now_ms(),
+                action,
+            };
+            answer(st.client.write(&cmd).await?)?
+        }
     };
-    let answer = answer(st.client.write(&cmd).await?)?;
     match &answer {
         QueueResponse::Settled { .. } => count("settle", verb, 1),
         QueueResponse::LockLost => count("settle", "lock_lost", 1),
