@@ -56,20 +56,20 @@ fn enqueue(c: &Cluster, node: u64, q: &str, body: &str) -> String {
         .to_string()
 }
 
-#[test]
-fn pull_consumers() {
+/// A started three-node cluster with queue `q` created from `cfg`, and the PUT's answer.
+fn cluster_with_queue(q: &str, cfg: Value) -> (Cluster, Value) {
     let mut c = Cluster::new(3, |t| t);
     c.start_all();
     c.wait_leader(&[1, 2, 3], Duration::from_secs(20));
-    let r = c
-        .http
-        .put(c.url(1, "/admin/queues/work"))
-        .bearer_auth(&c.token)
-        .json(&json!({"max_deliveries": 2}))
-        .send()
-        .unwrap();
-    assert_eq!(r.status(), 201);
-    let put_index = r.json::<Value>().unwrap()["revision"].as_u64().unwrap();
+    let (status, answer) = c.admin_put(1, &format!("/admin/queues/{q}"), &cfg);
+    assert_eq!(status, 201, "{answer}");
+    (c, answer)
+}
+
+#[test]
+fn pull_consumers() {
+    let (c, put) = cluster_with_queue("work", json!({"max_deliveries": 2}));
+    let put_index = put["revision"].as_u64().unwrap();
 
     // Empty queue: 204 after the wait, and an idle long poll proposes nothing.
     let leader = c.wait_leader(&[1, 2, 3], Duration::from_secs(10));
@@ -243,17 +243,7 @@ fn settle_batch(c: &Cluster, node: u64, q: &str, body: Value) -> (u16, Value) {
 /// losing only its own item; bad input is a 400 naming the field; the queue drains to zero.
 #[test]
 fn batch_receive_and_settle() {
-    let mut c = Cluster::new(3, |t| t);
-    c.start_all();
-    c.wait_leader(&[1, 2, 3], Duration::from_secs(20));
-    let r = c
-        .http
-        .put(c.url(1, "/admin/queues/bulk"))
-        .bearer_auth(&c.token)
-        .json(&json!({}))
-        .send()
-        .unwrap();
-    assert_eq!(r.status(), 201);
+    let (c, _) = cluster_with_queue("bulk", json!({}));
     let sent: HashSet<String> = (0..40)
         .map(|i| enqueue(&c, 1, "bulk", &format!("m{i}")))
         .collect();
@@ -336,17 +326,7 @@ fn batch_receive_and_settle() {
 /// are checked, since how many share one is timing.)
 #[test]
 fn concurrent_completes_each_get_their_own_answer() {
-    let mut c = Cluster::new(3, |t| t);
-    c.start_all();
-    c.wait_leader(&[1, 2, 3], Duration::from_secs(20));
-    let r = c
-        .http
-        .put(c.url(1, "/admin/queues/many"))
-        .bearer_auth(&c.token)
-        .json(&json!({}))
-        .send()
-        .unwrap();
-    assert_eq!(r.status(), 201);
+    let (c, _) = cluster_with_queue("many", json!({}));
     for i in 0..48 {
         enqueue(&c, 1 + i % 3, "many", &format!("m{i}"));
     }
