@@ -1672,7 +1672,7 @@ impl<'a> Apply<'a> {
         s: &mut Stored,
         stats: &mut QueueStats,
         keep_body: bool,
-    ) -> Result<(), StoreError> {
+    ) {
         let seq = s.meta.sequence;
         self.batch.delete(seq_key("n", queue, seq));
         // Its group's copy must not come back: it leaves the group.
@@ -1697,7 +1697,6 @@ impl<'a> Apply<'a> {
         self.drop_lease(queue, s, stats);
         stats.depth = stats.depth.saturating_sub(1);
         stats.bytes = stats.bytes.saturating_sub(s.meta.body_len);
-        Ok(())
     }
 
     /// Takes the lease (if any) off the record, out of the expiry index and `in_flight`.
@@ -1717,7 +1716,7 @@ impl<'a> Apply<'a> {
         reason: String,
         stats: &mut QueueStats,
     ) -> Result<(), StoreError> {
-        self.remove_live(queue, &mut s, stats, true)?;
+        self.remove_live(queue, &mut s, stats, true);
         let seq = s.meta.sequence;
         // A dead letter keeps its body at its own key: one out of a blob is copied there.
         let body = read_body(self.kv, self.batch, queue, &s)?;
@@ -1794,7 +1793,7 @@ impl<'a> Apply<'a> {
     ) -> Result<bool, StoreError> {
         if s.meta.expires_at_ms.is_some_and(|t| t <= now_ms) {
             let mut s = s.clone();
-            self.remove_live(queue, &mut s, stats, false)?;
+            self.remove_live(queue, &mut s, stats, false);
             stats.expired_total += 1;
             self.keep_trace(queue, s.meta, Final::Expired, now_ms)?;
             return Ok(true);
@@ -2003,7 +2002,7 @@ impl<'a> Apply<'a> {
         let mut locked_until_ms = None;
         match action {
             Settle::Complete => {
-                self.remove_live(queue, &mut s, &mut stats, false)?;
+                self.remove_live(queue, &mut s, &mut stats, false);
                 stats.completed_total += 1;
                 s.meta.uncertain = false;
                 self.keep_trace(queue, s.meta, Final::Completed, now_ms)?;
@@ -2222,7 +2221,7 @@ impl<'a> Apply<'a> {
             s.meta.last_status = r.status.or(s.meta.last_status);
             match r.verdict {
                 Verdict::Completed => {
-                    self.remove_live(queue, &mut s, &mut stats, false)?;
+                    self.remove_live(queue, &mut s, &mut stats, false);
                     stats.completed_total += 1;
                     s.meta.uncertain = false;
                     self.keep_trace(queue, s.meta, Final::Completed, now_ms)?;
