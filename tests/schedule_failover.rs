@@ -23,18 +23,6 @@ fn put(c: &Cluster, id: u64, path: &str, body: &Value) -> Value {
     v
 }
 
-fn post(c: &Cluster, id: u64, path: &str, body: &Value) -> (u16, Value) {
-    let r = c
-        .http
-        .post(c.url(id, path))
-        .bearer_auth(&c.token)
-        .json(body)
-        .send()
-        .unwrap();
-    let status = r.status().as_u16();
-    (status, r.json().unwrap_or(Value::Null))
-}
-
 fn every_second(queue: &str, missed: &str, overlap: &str) -> Value {
     json!({
         "schedule": {"every": {"n": 1, "unit": "seconds"}},
@@ -154,8 +142,7 @@ fn one_second_schedules_fire_exactly_once_through_leader_kills() {
         || (enqueued_total(&c, leader, "t-all")? >= before + 3).then_some(()),
     );
     for (_, q) in policies {
-        let (s, _) = post(
-            &c,
+        let (s, _) = c.admin_post(
             leader,
             &format!("/admin/schedules/{q}/pause"),
             &json!({"note": "check"}),
@@ -282,8 +269,7 @@ fn overlap_pause_resume_trigger_and_preview() {
     );
 
     // Pause with a note: nothing fires while paused (watched over three occurrences).
-    let (s, _) = post(
-        &c,
+    let (s, _) = c.admin_post(
         1,
         "/admin/schedules/slow/pause",
         &json!({"note": "maintenance"}),
@@ -302,7 +288,7 @@ fn overlap_pause_resume_trigger_and_preview() {
     assert_eq!(enqueued_total(&c, 1, "slow"), Some(paused_total));
     // Drain what is there so overlap does not hold the resumed schedule back.
     drain(&c, 1, "slow");
-    let (s, _) = post(&c, 1, "/admin/schedules/slow/resume", &json!({}));
+    let (s, _) = c.admin_post(1, "/admin/schedules/slow/resume", &json!({}));
     assert_eq!(s, 200);
     let resumed_at = now_ms();
     let m = poll(Duration::from_secs(10), "firing after resume", || {
@@ -314,14 +300,13 @@ fn overlap_pause_resume_trigger_and_preview() {
     assert_eq!(get(&c)["next"].as_array().unwrap().len(), 10);
 
     // Trigger now fires a manual message at once.
-    let (s, f) = post(&c, 1, "/admin/schedules/slow/trigger", &json!({}));
+    let (s, f) = c.admin_post(1, "/admin/schedules/slow/trigger", &json!({}));
     assert_eq!(s, 202, "{f}");
     assert_eq!(f["manual"], true);
     assert_eq!(f["outcome"]["result"], "enqueued");
 
     // Preview stores nothing; bad input names the field.
-    let (s, p) = post(
-        &c,
+    let (s, p) = c.admin_post(
         1,
         "/admin/schedules:preview",
         &json!({"schedule": {"cron": "0 30 2 * * ?"}, "time_zone": "Europe/Berlin",
@@ -329,8 +314,7 @@ fn overlap_pause_resume_trigger_and_preview() {
     );
     assert_eq!(s, 200, "{p}");
     assert_eq!(p["next"].as_array().unwrap().len(), 10);
-    let (s, e) = post(
-        &c,
+    let (s, e) = c.admin_post(
         1,
         "/admin/schedules:preview",
         &json!({"schedule": {"cron": "0 30 25 * * ?"}, "target": {"queue": {"name": "slow"}}}),

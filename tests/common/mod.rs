@@ -271,9 +271,24 @@ impl Cluster {
     /// PUT an admin document (a queue, a route...) at `path` through node `id`, with the admin
     /// token; the answer's status code and JSON body (`Null` when it has none).
     pub fn admin_put(&self, id: u64, path: &str, body: &Value) -> (u16, Value) {
+        self.admin_send(reqwest::Method::PUT, id, path, body)
+    }
+
+    /// POST a JSON body to an admin endpoint (an action: pause, trigger...), as `admin_put`.
+    pub fn admin_post(&self, id: u64, path: &str, body: &Value) -> (u16, Value) {
+        self.admin_send(reqwest::Method::POST, id, path, body)
+    }
+
+    fn admin_send(
+        &self,
+        method: reqwest::Method,
+        id: u64,
+        path: &str,
+        body: &Value,
+    ) -> (u16, Value) {
         let r = self
             .http
-            .put(self.url(id, path))
+            .request(method, self.url(id, path))
             .bearer_auth(&self.token)
             .json(body)
             .send()
