@@ -20,8 +20,18 @@
 //! its pages whenever it likes, so a pointer sled has kept always names bytes that are on disk.
 //!
 //! Space: each segment counts the live pointers into it (rebuilt from sled on open). A sealed
-//! segment whose count reaches zero is deleted after the next store flush, once sled's
+//! segment whose count reaches zero is reclaimed after the next store flush, once sled's
 //! deletions of those pointers are durable too; until then a crash could bring them back.
+//!
+//! Recycling: a reclaimed segment's file is kept (up to [`MAX_FREE_SEGMENTS`], renamed
+//! `<n>.vlogfree`) and renamed into place as a later segment, whose appends then overwrite
+//! its old bytes from offset 0. Nothing ever scans a segment (every read goes through a
+//! pointer written after the bytes it names), so stale bytes past the written length are
+//! never read. Why: overwriting a file's blocks is cheaper than growing a new file, for the
+//! page cache (its pages are already there) and for fdatasync (no new size or extents to
+//! commit); 64-client profiles put 9% of the process in the value log's first writes into
+//! new pages (2026-12-04). A free file is reused only when no reader still holds it open,
+//! so a read that raced the reclaim never sees another segment's bytes.
 //! A queue drains roughly in order, so segments empty roughly in order. A segment that still
 //! holds one long-lived value (a dead letter kept for days) stays whole: that is the cost
 //! of not rewriting values, bounded by the queue caps.
@@ -43,6 +53,11 @@ const POINTER_V1: u8 = 0xB1;
 /// Encoded pointer: version, segment, offset, length, CRC.
 pub const POINTER_BYTES: usize = 1 + 8 + 8 + 4 + 4;
 const SEGMENT_EXT: &str = "vlog";
+/// Suffix of a reclaimed segment's file kept for reuse (deleted on open).
+const FREE_EXT: &str = "vlogfree";
+/// Reclaimed files kept for reuse; more are deleted. Two cover a roll while the next one
+/// is reclaimed; each costs a segment of disk (and its cached pages) while it waits.
+const MAX_FREE_SEGMENTS: usize = 2;
 
 /// Where a value lies: segment, offset of its first byte, length, and its CRC32.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -105,6 +120,8 @@ struct Inner {
     files: BTreeMap<u64, Arc<File>>,
     /// Live pointers into each segment (segments with none are absent or zero).
     live: BTreeMap<u64, u64>,
+    /// Reclaimed files waiting to become a new segment (see the module's Recycling).
+    free: Vec<(PathBuf, Arc<File>)>,
 }
 
 pub struct ValueLog {
@@ -122,6 +139,7 @@ impl ValueLog {
         for p in referenced {
             *live.entry(p.segment).or_default() += 1;
         }
+        remove_free_files(dir)?;
         let mut files = BTreeMap::new();
         let mut highest = 0u64;
         for seq in list_segments(dir)? {
@@ -139,7 +157,7 @@ impl ValueLog {
                 "the store points into value-log segment {missing}, which is missing"
             )));
         }
-        let active = create_segment(dir, highest + 1)?;
+        let active = create_segment(dir, highest + 1, None)?;
         files.insert(active.seq, active.file.clone());
         Ok(ValueLog {
             dir: dir.to_path_buf(),
@@ -147,6 +165,7 @@ impl ValueLog {
                 active,
                 files,
                 live,
+                free: Vec::new(),
             }),
         })
     }
@@ -164,7 +183,8 @@ impl ValueLog {
         }
         let mut inner = self.lock();
         if inner.active.bytes >= SEGMENT_BYTES {
-            let next = create_segment(&self.dir, inner.active.seq + 1)?;
+            let reuse = inner.take_free();
+            let next = create_segment(&self.dir, inner.active.seq + 1, reuse)?;
             inner.files.insert(next.seq, next.file.clone());
             inner.active = next;
         }
@@ -281,8 +301,9 @@ impl ValueLog {
             .collect()
     }
 
-    /// Deletes `segments` (from [`Self::reclaimable`], called after a store flush). A reader
-    /// holding one of them open finishes its read; the file goes when it lets go.
+    /// Reclaims `segments` (from [`Self::reclaimable`], called after a store flush): each
+    /// file is kept for reuse while fewer than [`MAX_FREE_SEGMENTS`] are, else deleted. A
+    /// reader holding one of them open finishes its read; a deleted file goes when it lets go.
     pub fn reclaim(&self, segments: &[u64]) -> Result<u64, StoreError> {
         if segments.is_empty() {
             return Ok(0);
@@ -294,10 +315,18 @@ impl ValueLog {
                 if *s == inner.active.seq || inner.live.get(s).copied().unwrap_or(0) > 0 {
                     continue;
                 }
-                inner.files.remove(s);
+                let Some(file) = inner.files.remove(s) else {
+                    continue;
+                };
                 inner.live.remove(s);
                 let path = segment_path(&self.dir, *s);
-                std::fs::remove_file(&path).map_err(|e| io("removing", &path, e))?;
+                if inner.free.len() < MAX_FREE_SEGMENTS {
+                    let free = self.dir.join(format!("{s:020}.{FREE_EXT}"));
+                    std::fs::rename(&path, &free).map_err(|e| io("renaming", &path, e))?;
+                    inner.free.push((free, file));
+                } else {
+                    std::fs::remove_file(&path).map_err(|e| io("removing", &path, e))?;
+                }
                 removed += 1;
             }
         }
@@ -305,15 +334,41 @@ impl ValueLog {
         Ok(removed)
     }
 
-    /// Bytes of all segments on disk.
+    /// Bytes of all segments on disk, the free files kept for reuse included.
     pub fn size_on_disk(&self) -> u64 {
-        let files: Vec<Arc<File>> = self.lock().files.values().cloned().collect();
+        let files: Vec<Arc<File>> = {
+            let inner = self.lock();
+            let free = inner.free.iter().map(|(_, f)| f);
+            inner.files.values().chain(free).cloned().collect()
+        };
         files
             .iter()
             .filter_map(|f| f.metadata().ok())
             .map(|m| m.len())
             .sum()
     }
+}
+
+impl Inner {
+    /// A free file no reader holds (only `free` has it), for the next segment.
+    fn take_free(&mut self) -> Option<(PathBuf, Arc<File>)> {
+        let i = self
+            .free
+            .iter()
+            .position(|(_, f)| Arc::strong_count(f) == 1)?;
+        Some(self.free.swap_remove(i))
+    }
+}
+
+/// Deletes the free files an earlier run kept: nothing names them.
+fn remove_free_files(dir: &Path) -> Result<(), StoreError> {
+    for entry in std::fs::read_dir(dir).map_err(|e| io("listing", dir, e))? {
+        let path = entry.map_err(|e| io("listing", dir, e))?.path();
+        if path.extension().is_some_and(|x| x == FREE_EXT) {
+            std::fs::remove_file(&path).map_err(|e| io("removing", &path, e))?;
+        }
+    }
+    Ok(())
 }
 
 fn list_segments(dir: &Path) -> Result<Vec<u64>, StoreError> {
@@ -335,15 +390,27 @@ fn list_segments(dir: &Path) -> Result<Vec<u64>, StoreError> {
     Ok(out)
 }
 
-/// Creates segment `seq` and makes its directory entry durable before any pointer names it.
-fn create_segment(dir: &Path, seq: u64) -> Result<Active, StoreError> {
+/// Creates segment `seq`, in the `reuse`d free file when given, and makes its directory
+/// entry durable before any pointer names it.
+fn create_segment(
+    dir: &Path,
+    seq: u64,
+    reuse: Option<(PathBuf, Arc<File>)>,
+) -> Result<Active, StoreError> {
     let path = segment_path(dir, seq);
-    let file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create_new(true)
-        .open(&path)
-        .map_err(|e| io("creating", &path, e))?;
+    let mut options = OpenOptions::new();
+    options.read(true).write(true);
+    let file = match reuse {
+        // Opened again: a segment found on open was opened read-only.
+        Some((free, _held)) => {
+            std::fs::rename(&free, &path).map_err(|e| io("renaming", &free, e))?;
+            options.open(&path).map_err(|e| io("opening", &path, e))?
+        }
+        None => options
+            .create_new(true)
+            .open(&path)
+            .map_err(|e| io("creating", &path, e))?,
+    };
     sync_dir(dir)?;
     Ok(Active {
         seq,
@@ -381,6 +448,50 @@ mod tests {
             .unwrap();
         f.write_all_at(b"X", p.offset).unwrap();
         assert!(matches!(log.read(&p), Err(StoreError::Corrupt(_))));
+    }
+
+    /// A reclaimed segment's file is kept and becomes the next segment, whose values
+    /// overwrite the old ones from offset 0; while a reader still holds a kept file, a new
+    /// file is created instead; kept files an earlier run left are deleted on open.
+    #[test]
+    fn reclaimed_segments_are_reused_once_no_reader_holds_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = ValueLog::open(dir.path(), &[]).unwrap();
+        let full = vec![1u8; SEGMENT_BYTES as usize];
+        let old = log.append(&[&full]).unwrap()[0];
+        let small = log.append(&[b"second"]).unwrap()[0];
+        assert_eq!(small.segment, old.segment + 1, "rolled once full");
+        log.adjust(&[small], &[]);
+        assert_eq!(log.reclaim(&log.reclaimable()).unwrap(), 1);
+        assert_eq!(log.read(&old).unwrap(), None, "gone for readers");
+        let free = dir.path().join(format!("{:020}.{FREE_EXT}", old.segment));
+        assert!(free.exists() && !segment_path(dir.path(), old.segment).exists());
+
+        // A reader still holding the kept file: the next roll makes a new file.
+        let held = log.lock().free[0].1.clone();
+        log.append(&[&full]).unwrap();
+        let fresh = log.append(&[b"third"]).unwrap()[0];
+        let fresh_len = std::fs::metadata(segment_path(dir.path(), fresh.segment))
+            .unwrap()
+            .len();
+        assert_eq!(fresh_len, 8 + 5, "a new file");
+        assert!(free.exists(), "the held file waits");
+
+        // Let go: the next roll reuses it, and reads see only the new values.
+        drop(held);
+        log.append(&[&full]).unwrap();
+        let reused = log.append(&[b"fourth"]).unwrap()[0];
+        assert!(!free.exists(), "renamed into place");
+        let path = segment_path(dir.path(), reused.segment);
+        assert!(std::fs::metadata(&path).unwrap().len() >= SEGMENT_BYTES);
+        assert_eq!(log.read(&reused).unwrap().unwrap(), b"fourth");
+
+        // One left behind by a crash is deleted on open.
+        let leftover = dir.path().join(format!("7.{FREE_EXT}"));
+        std::fs::write(&leftover, b"stale").unwrap();
+        drop(log);
+        let _log = ValueLog::open(dir.path(), &[reused]).unwrap();
+        assert!(!leftover.exists());
     }
 
     /// Reopening keeps segments that pointers name and deletes the rest; a sealed segment
