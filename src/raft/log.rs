@@ -89,10 +89,10 @@ const GROWING_SPARE_FRACTION: u64 = 64;
 
 /// Name prefix of a compacted segment's file kept to become the next spare. Zeroing a file
 /// whose blocks exist, and whose pages the page cache still holds, is cheaper than filling
-/// a new one: at 64 clients the helper's zero-fill of new files was 9% of the process's
-/// samples, most of it the kernel taking fresh page-cache pages (2026-12-04). It carries
-/// the spare's suffix, so replay ignores it and open deletes it, as it would a deleted
-/// segment. One is kept; older ones are deleted.
+/// a new one: on this project's disk, 64 MiB in synced 256 KiB steps took 9.4-10 ms of
+/// writes and 58 ms of fdatasync over an existing file, against 16-23 ms and 89 ms into a new
+/// one (2026-12-05). It carries the spare's suffix, so replay ignores it and open deletes it,
+/// as it would a deleted segment. One is kept; older ones are deleted.
 const RECYCLED_PREFIX: &str = "recycled-";
 
 /// Where an entry's payload lies.
@@ -790,11 +790,11 @@ fn cut_to(file: &File, path: &Path, len: u64) -> Result<(), StoreError> {
         .map_err(|e| io_err("truncating", path, e))
 }
 
-/// Writes a new file of `bytes` zeros in `dir` and syncs it, so the segment it becomes is
-/// overwritten in place rather than grown. Runs on its own thread (blocking I/O); stops,
-/// leaving the file for the next open to delete, once `cancel` is set.
-/// Writes a spare segment file of `bytes` zeros, synced step by step: over the `reuse`d
-/// compacted segment's file when given (cut or grown to `bytes`), else a new file.
+/// Writes a spare segment file of `bytes` zeros, synced step by step, so the segment it
+/// becomes is overwritten in place rather than grown: over the `reuse`d compacted segment's
+/// file when given (cut or grown to `bytes`), else a new file in `dir`. Runs on its own
+/// thread (blocking I/O); stops, leaving the file for the next open to delete, once `cancel`
+/// is set.
 fn prepare_spare(
     dir: &Path,
     bytes: u64,

@@ -22,6 +22,9 @@
 //! Space: each segment counts the live pointers into it (rebuilt from sled on open). A sealed
 //! segment whose count reaches zero is reclaimed after the next store flush, once sled's
 //! deletions of those pointers are durable too; until then a crash could bring them back.
+//! A queue drains roughly in order, so segments empty roughly in order. A segment that still
+//! holds one long-lived value (a dead letter kept for days) stays whole: that is the cost
+//! of not rewriting values, bounded by the queue caps.
 //!
 //! Recycling: a reclaimed segment's file is kept (up to [`MAX_FREE_SEGMENTS`], renamed
 //! `<n>.vlogfree`) and renamed into place as a later segment, whose appends then overwrite
@@ -29,12 +32,10 @@
 //! pointer written after the bytes it names), so stale bytes past the written length are
 //! never read. Why: overwriting a file's blocks is cheaper than growing a new file, for the
 //! page cache (its pages are already there) and for fdatasync (no new size or extents to
-//! commit); 64-client profiles put 9% of the process in the value log's first writes into
-//! new pages (2026-12-04). A free file is reused only when no reader still holds it open,
-//! so a read that raced the reclaim never sees another segment's bytes.
-//! A queue drains roughly in order, so segments empty roughly in order. A segment that still
-//! holds one long-lived value (a dead letter kept for days) stays whole: that is the cost
-//! of not rewriting values, bounded by the queue caps.
+//! commit): on this project's disk, 64 MiB in synced 256 KiB writes took 9.4-10 ms of writes
+//! and 58 ms of fdatasync over an existing file against 16-23 ms and 89 ms into a new one
+//! (2026-12-05). A free file is reused only when no reader still holds it open, so a read
+//! that raced the reclaim never sees another segment's bytes.
 
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
