@@ -407,8 +407,22 @@ mod tests {
         k
     }
 
+    /// Value-log files in `dir` with the extension `ext` (segments, or free files kept).
+    fn vlog_files_with(dir: &Path, ext: &str) -> usize {
+        std::fs::read_dir(dir.join(VALUE_LOG_DIR))
+            .unwrap()
+            .filter(|e| {
+                e.as_ref()
+                    .unwrap()
+                    .path()
+                    .extension()
+                    .is_some_and(|x| x == ext)
+            })
+            .count()
+    }
+
     fn vlog_files(dir: &Path) -> usize {
-        std::fs::read_dir(dir.join(VALUE_LOG_DIR)).unwrap().count()
+        vlog_files_with(dir, "vlog")
     }
 
     /// Bodies go to the value log and read back through get, range and scans, before and
@@ -517,6 +531,7 @@ mod tests {
         assert_eq!(vlog_files(dir.path()), 2, "nothing goes before a flush");
         s.flush().unwrap();
         assert_eq!(vlog_files(dir.path()), 1);
+        assert_eq!(vlog_files_with(dir.path(), "vlogfree"), 1, "kept for reuse");
         assert_eq!(s.get(&body_key(1)).unwrap().unwrap(), b"new");
         assert_eq!(s.get(&body_key(2)).unwrap(), None);
     }
