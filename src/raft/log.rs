@@ -882,16 +882,7 @@ mod tests {
 
     /// Segment files only (not spares being prepared).
     fn segment_files(dir: &Path) -> usize {
-        std::fs::read_dir(dir)
-            .unwrap()
-            .filter(|e| {
-                e.as_ref()
-                    .unwrap()
-                    .path()
-                    .extension()
-                    .is_some_and(|x| x == SEGMENT_EXT)
-            })
-            .count()
+        crate::store::files_with_extension(dir, SEGMENT_EXT)
     }
 
     /// Entries and the hard state written and synced come back after a reopen, byte for byte.

@@ -161,6 +161,22 @@ pub fn sync_dir(dir: &std::path::Path) -> Result<(), StoreError> {
         .map_err(|e| StoreError::Engine(format!("fsync of directory {}: {e}", dir.display())))
 }
 
+/// Files in `dir` whose extension is `ext`: what the storage tests count (segments, spares,
+/// kept free files).
+#[cfg(test)]
+pub(crate) fn files_with_extension(dir: &std::path::Path, ext: &str) -> usize {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .path()
+                .extension()
+                .is_some_and(|x| x == ext)
+        })
+        .count()
+}
+
 /// The ordered, batch-atomic, explicitly flushed key-value store a node runs on.
 pub trait Store: Send + Sync + 'static {
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError>;

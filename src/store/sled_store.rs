@@ -409,16 +409,7 @@ mod tests {
 
     /// Value-log files in `dir` with the extension `ext` (segments, or free files kept).
     fn vlog_files_with(dir: &Path, ext: &str) -> usize {
-        std::fs::read_dir(dir.join(VALUE_LOG_DIR))
-            .unwrap()
-            .filter(|e| {
-                e.as_ref()
-                    .unwrap()
-                    .path()
-                    .extension()
-                    .is_some_and(|x| x == ext)
-            })
-            .count()
+        crate::store::files_with_extension(&dir.join(VALUE_LOG_DIR), ext)
     }
 
     fn vlog_files(dir: &Path) -> usize {
