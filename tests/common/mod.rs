@@ -256,8 +256,12 @@ impl Cluster {
         leader
     }
 
+    /// Waits until the nodes in `ids` agree on a leader that is one of them: right after a
+    /// kill -9 the survivors still name the dead leader until they elect another.
     pub fn wait_leader(&self, ids: &[u64], timeout: Duration) -> u64 {
-        poll(timeout, "an agreed leader", || self.agreed_leader(ids))
+        poll(timeout, "an agreed leader", || {
+            self.agreed_leader(ids).filter(|l| ids.contains(l))
+        })
     }
 
     pub fn live_ids(&self) -> Vec<u64> {
