@@ -209,33 +209,40 @@ fn crash_cycles_keep_every_acknowledged_write() {
 }
 
 /// Preallocated log segments under kill -9: with 256 KiB segments every node rolls onto
-/// zero-filled spares many times while batches of messages are enqueued; the leader is
-/// killed between two batches and restarted (its active segment ends in zeros, which its
-/// open cuts off), and every node ends holding every acknowledged message and none that was
-/// never sent.
+/// zero-filled spares many times while batches of messages are enqueued, and compacts every
+/// 100 entries, so the files of compacted segments are kept and zeroed as later spares; the
+/// leader is killed between two runs of batches and restarted (its active segment ends in
+/// zeros, which its open cuts off; it has fallen behind the others' compacted logs, so it
+/// catches up by snapshot), and every node ends holding every acknowledged message and none
+/// that was never sent.
 #[test]
 fn preallocated_segments_survive_kill_and_restart() {
     let mut c = Cluster::new(3, |t| {
         t.replace("log_segment_bytes = 67108864", "log_segment_bytes = 262144")
+            .replace(
+                "compact_every_entries = 20000",
+                "compact_every_entries = 100",
+            )
+            .replace("keep_entries = 5000", "keep_entries = 10")
     });
     c.start_all();
     let leader = c.wait_leader(&[1, 2, 3], Duration::from_secs(10));
     let (status, _) = c.admin_put(leader, "/admin/queues/pre", &json!({}));
     assert!((200..300).contains(&status), "queue: {status}");
-    let batch: Vec<Value> = (0..100)
+    let batch: Vec<Value> = (0..50)
         .map(|i| json!({"body": format!("{i:01000}")}))
         .collect();
     let (mut acked, mut sent) = (0u64, 0u64);
     let mut send_batches = |c: &Cluster, node: u64| {
-        for _ in 0..30 {
-            sent += 100;
+        for _ in 0..60 {
+            sent += 50;
             let r = c
                 .http
                 .post(c.ingress_url(node, "/queues/pre/messages:batch"))
                 .json(&batch)
                 .send();
             if matches!(r, Ok(r) if r.status() == 202) {
-                acked += 100;
+                acked += 50;
             }
         }
     };
@@ -244,6 +251,18 @@ fn preallocated_segments_survive_kill_and_restart() {
     let survivors: Vec<u64> = (1..=3).filter(|id| *id != leader).collect();
     let next = c.wait_leader(&survivors, Duration::from_secs(10));
     send_batches(&c, next);
+    // The survivors compact (their compacted files are kept and zeroed as spares) before the
+    // old leader returns, so it finds its log behind theirs.
+    for id in &survivors {
+        poll(
+            Duration::from_secs(30),
+            &format!("node {id} to compact its log"),
+            || {
+                c.metric(*id, "corral_raft_log_compactions_total")
+                    .filter(|n| *n >= 1.0)
+            },
+        );
+    }
     c.start(leader);
     assert!(
         acked >= 3_000,
@@ -261,15 +280,20 @@ fn preallocated_segments_survive_kill_and_restart() {
         assert!(depth <= sent, "node {id} holds {depth} of {sent} sent");
         let mut files = Vec::new();
         common::files_under(&c.node(id).data_dir.join("raft-log"), &mut files);
-        let segments = files
+        // Compaction deletes segments, so the newest one's number counts the rolls.
+        let newest = files
             .iter()
             .filter(|f| f.extension().is_some_and(|x| x == "seg"))
-            .count();
-        assert!(
-            segments > 4,
-            "node {id} rolled its log only {segments} times"
-        );
+            .filter_map(|f| f.file_stem()?.to_str()?.parse::<u64>().ok())
+            .max()
+            .unwrap_or(0);
+        assert!(newest > 4, "node {id} rolled its log only {newest} times");
     }
+    // The restarted node, behind the survivors' compacted logs, caught up by snapshot.
+    assert!(
+        c.log(leader).contains("snapshot received and verified"),
+        "node {leader} did not catch up by snapshot"
+    );
 }
 
 /// A follower stopped (gracefully) for 10,000 writes catches up on restart, and a follower
