@@ -79,9 +79,7 @@ fn leader_kill_loses_no_acknowledged_write() {
     c.kill9(old);
     let killed_at = Instant::now();
     let survivors: Vec<u64> = c.live_ids();
-    let new = poll(Duration::from_secs(10), "a new leader", || {
-        c.agreed_leader(&survivors).filter(|l| *l != old)
-    });
+    let new = c.wait_leader(&survivors, Duration::from_secs(10));
     let took = killed_at.elapsed();
     writers.wait_more(200, Duration::from_secs(30));
     let acked = writers.finish();
@@ -111,9 +109,7 @@ fn frozen_leader_is_replaced_and_rejoins() {
     writers.wait_more(100, Duration::from_secs(30));
     c.signal(old, libc::SIGSTOP);
     let frozen_at = Instant::now();
-    let new = poll(Duration::from_secs(10), "a new leader", || {
-        c.agreed_leader(&others).filter(|l| *l != old)
-    });
+    let new = c.wait_leader(&others, Duration::from_secs(10));
     let took = frozen_at.elapsed();
     writers.wait_more(100, Duration::from_secs(30));
     c.signal(old, libc::SIGCONT);
