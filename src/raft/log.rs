@@ -1067,6 +1067,19 @@ mod tests {
         }
     }
 
+    /// Appends (and syncs) 200-byte entries from `next` while `go` holds, at most 1,000;
+    /// returns the next index.
+    fn append_while(log: &mut SegmentLog, mut next: u64, go: impl Fn(&SegmentLog) -> bool) -> u64 {
+        let first = next;
+        while go(log) {
+            assert!(next < first + 1_000, "still going after 1,000 entries");
+            log.append(&[entry(next, 1, 200)]).unwrap();
+            log.sync(true).unwrap();
+            next += 1;
+        }
+        next
+    }
+
     /// Appends 200-byte entries from `next` until the log starts a spare; returns the next
     /// index. The first one never does: a node that writes next to nothing writes no zeros.
     fn append_until_spare(log: &mut SegmentLog, mut next: u64) -> u64 {
@@ -1163,12 +1176,7 @@ mod tests {
         assert_eq!(segment_files(dir.path()), 1, "gone from replay");
 
         // Fill segment 2 to half, so its spare starts, over the kept file.
-        while log.spare.is_none() {
-            assert!(next < 1_000, "no spare started");
-            log.append(&[entry(next, 1, 200)]).unwrap();
-            log.sync(true).unwrap();
-            next += 1;
-        }
+        next = append_while(&mut log, next, |l| l.spare.is_none());
         assert!(log.recycled.is_none(), "the spare took the kept file");
         wait_for_spare(&log);
         let zeros = std::fs::read(&kept).unwrap();
@@ -1177,12 +1185,7 @@ mod tests {
 
         // Roll into it (segment 3, beside segment 2 alone since the compaction), then
         // replay from the compaction point.
-        while log.segments.len() < 2 {
-            assert!(next < 2_000, "never rolled");
-            log.append(&[entry(next, 1, 200)]).unwrap();
-            log.sync(true).unwrap();
-            next += 1;
-        }
+        next = append_while(&mut log, next, |l| l.segments.len() < 2);
         assert_eq!(log.segments[1].seq, 3);
         assert!(log.segments[1].preallocated && !kept.exists());
         drop(log);
