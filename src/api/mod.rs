@@ -413,6 +413,7 @@ async fn cluster(State(st): Shared) -> Json<Value> {
             "first_index": s.first_index,
             "last_index": s.last_index,
             "store_bytes": st.store.size_on_disk(),
+            "last_election": s.last_election,
         },
         "peers": peers,
     }))

@@ -24,7 +24,9 @@ use slog::Drain;
 use tokio::sync::{oneshot, watch};
 
 use super::storage::{LogPosition, RaftStorage};
-use super::{NodeStatus, PeerStatus, ProposeError, Role, StateMachine, MAX_PROPOSAL_BYTES};
+use super::{
+    ElectionRecord, NodeStatus, PeerStatus, ProposeError, Role, StateMachine, MAX_PROPOSAL_BYTES,
+};
 use crate::metrics::M;
 use crate::store::{Store, StoreError, WriteBatch};
 
@@ -284,6 +286,21 @@ struct Driver<S: StateMachine, O: Outbox> {
     /// must reach before it votes again.
     lost_log_until: Option<u64>,
     last_status: Instant,
+    /// Ticks since start: the Raft clock, against which failovers are measured.
+    ticks: u64,
+    /// The last leader other than this node, and when (instant and tick) it was last heard.
+    followed: Option<Followed>,
+    /// How this node last became leader (published in the status).
+    last_election: Option<ElectionRecord>,
+}
+
+/// The leader a follower last heard from: the start of a failover, should this node win.
+#[derive(Clone, Copy)]
+struct Followed {
+    leader: u64,
+    term: u64,
+    heard_at: Instant,
+    heard_tick: u64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -349,6 +366,9 @@ pub fn start<S: StateMachine, O: Outbox>(
         durable_applied: applied,
         lost_log_until: None,
         last_status: Instant::now(),
+        ticks: 0,
+        followed: None,
+        last_election: None,
     };
     let join = std::thread::Builder::new()
         .name("raft-driver".into())
@@ -395,6 +415,7 @@ impl<S: StateMachine, O: Outbox> Driver<S, O> {
         while running {
             if Instant::now() >= next_tick {
                 self.raw.tick();
+                self.ticks += 1;
                 self.expire_reads();
                 next_tick = Instant::now() + tick;
             }
@@ -454,7 +475,8 @@ impl<S: StateMachine, O: Outbox> Driver<S, O> {
     }
 
     fn step(&mut self, mut m: Message) {
-        self.last_contact.insert(m.from, Instant::now());
+        let from = m.from;
+        self.last_contact.insert(from, Instant::now());
         let lost = self.guard_lost_log(&mut m);
         if self.abstaining()
             && matches!(
@@ -471,6 +493,14 @@ impl<S: StateMachine, O: Outbox> Driver<S, O> {
         self.reset_peer_that_lost_log(&m);
         if let Err(e) = self.raw.step(m) {
             tracing::debug!(error = %e, "dropped a peer message");
+        }
+        if from == self.raw.raft.leader_id && from != self.cfg.id {
+            self.followed = Some(Followed {
+                leader: from,
+                term: self.raw.raft.term,
+                heard_at: Instant::now(),
+                heard_tick: self.ticks,
+            });
         }
         if let Some(commit) = lost {
             self.tell_leader_log_lost(commit);
@@ -836,6 +866,10 @@ impl<S: StateMachine, O: Outbox> Driver<S, O> {
         if !changed && !stopped && self.last_status.elapsed() < STATUS_REFRESH {
             return;
         }
+        if r.state == StateRole::Leader && self.status_tx.borrow().role != Role::Leader {
+            self.record_election();
+        }
+        let r = &self.raw.raft;
         self.last_status = Instant::now();
         let store = self.raw.store();
         let now = Instant::now();
@@ -869,6 +903,7 @@ impl<S: StateMachine, O: Outbox> Driver<S, O> {
             last_index: store.last(),
             peers,
             stopped,
+            last_election: self.last_election.clone(),
         };
         M.raft_role.set(status.role as i64);
         M.raft_term.set(status.term as i64);
@@ -878,6 +913,32 @@ impl<S: StateMachine, O: Outbox> Driver<S, O> {
         M.raft_last_index.set(status.last_index as i64);
         M.raft_leader_id.set(leader.unwrap_or(0) as i64);
         self.status_tx.send_replace(status);
+    }
+
+    /// Notes, when this node has just become leader, how long the cluster was without one
+    /// as this node saw it: in the status, a log line and the failover histogram.
+    fn record_election(&mut self) {
+        let followed = self.followed.take();
+        let record = ElectionRecord {
+            term: self.raw.raft.term,
+            previous_leader: followed.map(|f| f.leader),
+            leader_silent_ms: followed.map(|f| f.heard_at.elapsed().as_millis() as u64),
+            leader_silent_ticks: followed.map(|f| self.ticks - f.heard_tick),
+            rounds: followed.map(|f| self.raw.raft.term.saturating_sub(f.term)),
+        };
+        if let Some(f) = followed {
+            M.raft_failover_seconds
+                .observe(f.heard_at.elapsed().as_secs_f64());
+        }
+        tracing::info!(
+            term = record.term,
+            previous_leader = ?record.previous_leader,
+            leader_silent_ms = ?record.leader_silent_ms,
+            leader_silent_ticks = ?record.leader_silent_ticks,
+            rounds = ?record.rounds,
+            "became leader"
+        );
+        self.last_election = Some(record);
     }
 
     /// Fails what is in flight, makes the store durable, and publishes a stopped status.

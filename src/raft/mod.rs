@@ -78,6 +78,25 @@ pub struct PeerStatus {
     pub last_contact_ms: Option<u64>,
 }
 
+/// How this node last became leader: what an operator asks after a failover ("how long were
+/// we without a leader?"), measured by the node itself so no poller's delay is in it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ElectionRecord {
+    /// The term this node won.
+    pub term: u64,
+    /// The leader this node followed before, if it knew one.
+    pub previous_leader: Option<u64>,
+    /// Milliseconds from the last message this node received from `previous_leader` to
+    /// winning: the failover as this node saw it (election timeout, pre-vote and vote).
+    pub leader_silent_ms: Option<u64>,
+    /// Raft ticks this node counted over the same span: against `leader_silent_ms` it shows
+    /// whether the time went to the election timeout or to a starved driver.
+    pub leader_silent_ticks: Option<u64>,
+    /// Terms it took (the term won minus the previous leader's): more than 1 means split or
+    /// refused votes, each costing another randomised election timeout.
+    pub rounds: Option<u64>,
+}
+
 /// What the driver publishes about itself, refreshed every few milliseconds.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
 pub struct NodeStatus {
@@ -91,4 +110,6 @@ pub struct NodeStatus {
     pub last_index: u64,
     pub peers: Vec<PeerStatus>,
     pub stopped: bool,
+    /// Set once this node has won an election since it started.
+    pub last_election: Option<ElectionRecord>,
 }

@@ -264,6 +264,18 @@ impl Cluster {
         })
     }
 
+    /// How long the failover from `old` to `new` took by `new`'s own clock: from the last
+    /// message it had from `old` to winning (`last_election` in `/admin/cluster`). Unlike
+    /// a time polled from outside, it holds no HTTP or test-thread delay. Printed, so slow
+    /// runs show whether the time went to ticks or to extra voting rounds.
+    pub fn failover_ms(&self, new: u64, old: u64) -> u64 {
+        let view = self.view(new).expect("the new leader answers");
+        let e = &view["node"]["last_election"];
+        eprintln!("node {new} won from node {old}: {e}");
+        assert_eq!(e["previous_leader"].as_u64(), Some(old), "{e}");
+        e["leader_silent_ms"].as_u64().expect("a measured failover")
+    }
+
     pub fn live_ids(&self) -> Vec<u64> {
         self.nodes
             .iter()
