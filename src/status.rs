@@ -90,7 +90,30 @@ pub fn render(rows: &[(u64, String, Result<Value, String>)]) -> String {
             Err(e) => s.push_str(&format!("{id:<5} {addr:<22} unreachable: {e}\n")),
         }
     }
+    s.push_str(&last_failover(rows));
     s
+}
+
+/// One line on the leader's last election (`node.last_election`), when it took over from
+/// another leader: how long the cluster was leaderless as the winner saw it, and in how many
+/// voting rounds. Empty when no reachable leader has such a record.
+fn last_failover(rows: &[(u64, String, Result<Value, String>)]) -> String {
+    rows.iter()
+        .filter_map(|(id, _, r)| {
+            let n = &r.as_ref().ok()?["node"];
+            let e = &n["last_election"];
+            (n["role"] == "leader").then_some(())?;
+            Some(format!(
+                "last failover: node {id} took over term {} from node {} after {} ms without a leader ({} ticks, {} voting round(s))\n",
+                e["term"],
+                e["previous_leader"].as_u64()?,
+                e["leader_silent_ms"].as_u64()?,
+                e["leader_silent_ticks"],
+                e["rounds"]
+            ))
+        })
+        .next()
+        .unwrap_or_default()
 }
 
 pub async fn run(config: &Path, json: bool) -> anyhow::Result<bool> {
@@ -108,4 +131,33 @@ pub async fn run(config: &Path, json: bool) -> anyhow::Result<bool> {
         print!("{}", render(&rows));
     }
     Ok(rows.iter().any(|(_, _, r)| r.is_ok()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    /// The table ends with the leader's last failover, and says nothing of an initial
+    /// election (no previous leader) or of an unreachable node.
+    #[test]
+    fn render_reports_the_last_failover() {
+        let leader = json!({"node": {"role": "leader", "term": 3, "leader": 2,
+            "last_election": {"term": 3, "previous_leader": 1, "leader_silent_ms": 1210,
+                "leader_silent_ticks": 60, "rounds": 1}}, "peers": []});
+        let first = json!({"node": {"role": "leader", "term": 2, "leader": 2,
+            "last_election": {"term": 2, "previous_leader": null, "leader_silent_ms": null,
+                "leader_silent_ticks": null, "rounds": null}}, "peers": []});
+        let rows = vec![
+            (1, "a".to_string(), Err("refused".to_string())),
+            (2, "b".to_string(), Ok(leader)),
+        ];
+        let out = render(&rows);
+        assert!(
+            out.ends_with("last failover: node 2 took over term 3 from node 1 after 1210 ms without a leader (60 ticks, 1 voting round(s))\n"),
+            "{out}"
+        );
+        let out = render(&[(2, "b".to_string(), Ok(first))]);
+        assert!(!out.contains("last failover"), "{out}");
+    }
 }
