@@ -267,12 +267,18 @@ impl Cluster {
     /// How long the failover from `old` to `new` took by `new`'s own clock: from the last
     /// message it had from `old` to winning (`last_election` in `/admin/cluster`). Unlike
     /// a time polled from outside, it holds no HTTP or test-thread delay. Printed, so slow
-    /// runs show whether the time went to ticks or to extra voting rounds.
+    /// runs show whether the time went to ticks or to extra voting rounds. The same win must
+    /// be in `/metrics` (`corral_raft_failover_seconds`).
     pub fn failover_ms(&self, new: u64, old: u64) -> u64 {
         let view = self.view(new).expect("the new leader answers");
         let e = &view["node"]["last_election"];
         eprintln!("node {new} won from node {old}: {e}");
         assert_eq!(e["previous_leader"].as_u64(), Some(old), "{e}");
+        let counted = self.metric(new, "corral_raft_failover_seconds_count");
+        assert!(
+            counted.is_some_and(|n| n >= 1.0),
+            "failover histogram: {counted:?}"
+        );
         e["leader_silent_ms"].as_u64().expect("a measured failover")
     }
 
