@@ -49,7 +49,7 @@ pub struct RaftSettings {
     /// One logical clock tick of the Raft state machine. Fine ticks (20 ms) give the
     /// randomised election timeout 40 distinct values instead of 8, so two followers that
     /// lost the same leader rarely stand at once and split the vote (each split costs another
-    /// timeout: with 100 ms ticks a quarter of failovers on a loaded box took two rounds).
+    /// timeout: with 100 ms ticks about one failover in five on a loaded box took two or more).
     pub tick_ms: u64,
     /// Followers start an election after this many ticks without a leader (randomised up to
     /// 2x). 40 ticks of 20 ms (0.8-1.6 s) keeps failover well under 3 s on a loaded 2-core box.

@@ -99,8 +99,8 @@ fn leader_kill_loses_no_acknowledged_write() {
 /// A frozen leader (SIGSTOP: its sockets stay open, it just stops answering) is replaced
 /// promptly. The new leader's own figure (last message from the old leader to winning) is
 /// checked, not a time polled from outside. One round is the election timeout (0.8-1.6 s), a
-/// pre-vote and a vote; on a loaded 2-core box with these twelve clusters and a disk hog it
-/// stayed under 1.5 s in twelve of twelve failovers. The bound is 6 s, room for a second
+/// pre-vote and a vote; on a loaded 2-core box with these twelve clusters and a disk hog, 32
+/// of 34 failovers took one round (under 1.5 s) and two took two (1.9 s, 2.4 s). The bound is 6 s, room for a second
 /// round and slow fsyncs on a CI box, because a timing bound here only catches a stall.
 /// After SIGCONT it steps down, rejoins as a follower, and no acknowledged write is lost.
 #[test]

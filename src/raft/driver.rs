@@ -475,8 +475,8 @@ impl<S: StateMachine, O: Outbox> Driver<S, O> {
     }
 
     fn step(&mut self, mut m: Message) {
-        let from = m.from;
-        self.last_contact.insert(from, Instant::now());
+        let (from, now) = (m.from, Instant::now());
+        self.last_contact.insert(from, now);
         let lost = self.guard_lost_log(&mut m);
         if self.abstaining()
             && matches!(
@@ -498,7 +498,7 @@ impl<S: StateMachine, O: Outbox> Driver<S, O> {
             self.followed = Some(Followed {
                 leader: from,
                 term: self.raw.raft.term,
-                heard_at: Instant::now(),
+                heard_at: now,
                 heard_tick: self.ticks,
             });
         }
@@ -866,6 +866,8 @@ impl<S: StateMachine, O: Outbox> Driver<S, O> {
         if !changed && !stopped && self.last_status.elapsed() < STATUS_REFRESH {
             return;
         }
+        // The published role is the driver's record of the last one, so a change to leader
+        // is seen here, once.
         if r.state == StateRole::Leader && self.status_tx.borrow().role != Role::Leader {
             self.record_election();
         }
@@ -919,17 +921,17 @@ impl<S: StateMachine, O: Outbox> Driver<S, O> {
     /// as this node saw it: in the status, a log line and the failover histogram.
     fn record_election(&mut self) {
         let followed = self.followed.take();
+        let silent = followed.map(|f| f.heard_at.elapsed());
+        if let Some(d) = silent {
+            M.raft_failover_seconds.observe(d.as_secs_f64());
+        }
         let record = ElectionRecord {
             term: self.raw.raft.term,
             previous_leader: followed.map(|f| f.leader),
-            leader_silent_ms: followed.map(|f| f.heard_at.elapsed().as_millis() as u64),
+            leader_silent_ms: silent.map(|d| d.as_millis() as u64),
             leader_silent_ticks: followed.map(|f| self.ticks - f.heard_tick),
             rounds: followed.map(|f| self.raw.raft.term.saturating_sub(f.term)),
         };
-        if let Some(f) = followed {
-            M.raft_failover_seconds
-                .observe(f.heard_at.elapsed().as_secs_f64());
-        }
         tracing::info!(
             term = record.term,
             previous_leader = ?record.previous_leader,
