@@ -223,6 +223,7 @@ impl StateFlusher {
         std::thread::Builder::new()
             .name("state-flush".into())
             .spawn(move || {
+                crate::lower_background_priority();
                 for point in asks {
                     let t = Instant::now();
                     let r = kv.flush().map(|_| point);

@@ -498,8 +498,10 @@ impl SegmentLog {
         let reuse = self.recycled.take();
         match std::thread::Builder::new()
             .name("log-prealloc".into())
-            .spawn(move || prepare_spare(&dir, bytes, reuse, &cancel))
-        {
+            .spawn(move || {
+                crate::lower_background_priority();
+                prepare_spare(&dir, bytes, reuse, &cancel)
+            }) {
             Ok(h) => self.spare = Some(h),
             Err(e) => tracing::warn!(error = %e, "could not start preparing a raft log segment"),
         }

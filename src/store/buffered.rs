@@ -178,7 +178,10 @@ impl Buffered {
         let s = shared.clone();
         let writer = std::thread::Builder::new()
             .name("state-write".into())
-            .spawn(move || s.run_writer())
+            .spawn(move || {
+                crate::lower_background_priority();
+                s.run_writer()
+            })
             .map_err(|e| StoreError::Engine(format!("spawning the state writer: {e}")))?;
         Ok(Buffered {
             shared,
