@@ -76,11 +76,14 @@ pub const BACKGROUND_NICE: i32 = 19;
 /// background thread. On Linux the nice value is per thread. Best effort: raising one's own
 /// nice value needs no privilege, and where it fails the thread only keeps its priority.
 pub fn lower_background_priority() {
-    // SAFETY: gettid and setpriority take and return plain integers and touch no memory.
-    unsafe {
-        let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
-        libc::setpriority(libc::PRIO_PROCESS, tid, BACKGROUND_NICE);
-    }
+    // SAFETY: setpriority takes and returns plain integers and touches no memory.
+    unsafe { libc::setpriority(libc::PRIO_PROCESS, this_thread_id(), BACKGROUND_NICE) };
+}
+
+/// The kernel's id of the calling thread (what `PRIO_PROCESS` calls a process on Linux).
+fn this_thread_id() -> libc::id_t {
+    // SAFETY: gettid takes no arguments and cannot fail.
+    unsafe { libc::syscall(libc::SYS_gettid) as libc::id_t }
 }
 
 #[cfg(test)]
@@ -89,13 +92,9 @@ mod tests {
     /// spawned it keeps its own priority (nice is per thread on Linux, not per process).
     #[test]
     fn background_priority_is_per_thread() {
-        let nice_of_this_thread = || {
-            // SAFETY: plain integers.
-            unsafe {
-                let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
-                libc::getpriority(libc::PRIO_PROCESS, tid)
-            }
-        };
+        // SAFETY: getpriority takes and returns plain integers.
+        let nice_of_this_thread =
+            || unsafe { libc::getpriority(libc::PRIO_PROCESS, super::this_thread_id()) };
         let before = nice_of_this_thread();
         let background = std::thread::spawn(move || {
             super::lower_background_priority();
