@@ -37,7 +37,9 @@
 //! was late) starts a spare once it holds 1/64 of a segment and hands over to it as soon as it
 //! is ready, long before it is full, so a node no longer writes its first 64 MiB after every
 //! start into a growing file (1-client enqueue, 2026-12-04: fdatasync 0.32-0.33 against
-//! 0.42-0.51 ms, device writes per message about halved). A record
+//! 0.42-0.51 ms, device writes per message about halved). The helper runs at
+//! [`crate::BACKGROUND_NICE`]: nothing waits on it, and a late spare only means a growing
+//! segment for a while. A record
 //! header of all zeros (kind 0, never written) is therefore the end of the active segment,
 //! and on open the zeros are cut off like a torn tail, so bytes that a torn write may have
 //! left beyond them can never be read as records later. A segment is cut to its written

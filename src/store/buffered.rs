@@ -15,6 +15,10 @@
 //! [`Store::flush`], which writes the buffer out first. The Raft log stays the durable truth:
 //! after a crash the node replays it from the applied index sled kept, as before.
 //!
+//! The writer thread runs at [`crate::BACKGROUND_NICE`]: no acknowledgement waits on it, so the
+//! driver and the ingress win a contended CPU, and the backpressure below keeps it from falling
+//! behind for good.
+//!
 //! Limits: at most [`MAX_BUFFERED_BYTES`] wait; a `write` beyond it blocks until the writer
 //! thread has caught up (backpressure on the Raft driver, which then stops applying). Streamed
 //! scans (snapshot checkpoints and installs, rare) write the buffer out before reading sled.
