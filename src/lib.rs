@@ -75,10 +75,24 @@ pub mod transport;
 /// to what it can write out.
 pub const BACKGROUND_NICE: i32 = 19;
 
-/// Lowers the calling thread's CPU priority to [`BACKGROUND_NICE`]; call first thing in a
-/// background thread. On Linux the nice value is per thread. Best effort: raising one's own
-/// nice value needs no privilege, and where it fails the thread only keeps its priority.
-pub fn lower_background_priority() {
+/// Starts a named background thread that runs `f` at [`BACKGROUND_NICE`].
+pub fn spawn_background<F, T>(name: &str, f: F) -> std::io::Result<std::thread::JoinHandle<T>>
+where
+    F: FnOnce() -> T + Send + 'static,
+    T: Send + 'static,
+{
+    std::thread::Builder::new()
+        .name(name.into())
+        .spawn(move || {
+            lower_background_priority();
+            f()
+        })
+}
+
+/// Lowers the calling thread's CPU priority to [`BACKGROUND_NICE`]. On Linux the nice value
+/// is per thread. Best effort: raising one's own nice value needs no privilege, and where it
+/// fails the thread only keeps its priority.
+fn lower_background_priority() {
     // SAFETY: setpriority takes and returns plain integers and touches no memory.
     unsafe { libc::setpriority(libc::PRIO_PROCESS, this_thread_id(), BACKGROUND_NICE) };
 }
@@ -91,7 +105,7 @@ fn this_thread_id() -> libc::id_t {
 
 #[cfg(test)]
 mod tests {
-    /// A background thread runs at BACKGROUND_NICE after the call, and the thread that
+    /// A background thread runs at BACKGROUND_NICE under its name, and the thread that
     /// spawned it keeps its own priority (nice is per thread on Linux, not per process).
     #[test]
     fn background_priority_is_per_thread() {
@@ -99,13 +113,15 @@ mod tests {
         let nice_of_this_thread =
             || unsafe { libc::getpriority(libc::PRIO_PROCESS, super::this_thread_id()) };
         let before = nice_of_this_thread();
-        let background = std::thread::spawn(move || {
-            super::lower_background_priority();
-            nice_of_this_thread()
+        let (nice, name) = super::spawn_background("bg-test", move || {
+            let name = std::thread::current().name().map(str::to_string);
+            (nice_of_this_thread(), name)
         })
+        .expect("spawn")
         .join()
         .expect("thread");
-        assert_eq!(background, super::BACKGROUND_NICE);
+        assert_eq!(nice, super::BACKGROUND_NICE);
+        assert_eq!(name.as_deref(), Some("bg-test"));
         assert_eq!(nice_of_this_thread(), before);
     }
 }

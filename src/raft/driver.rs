@@ -220,24 +220,21 @@ impl StateFlusher {
     fn start(kv: Arc<dyn Store>) -> Result<StateFlusher, DriverError> {
         let (ask, asks) = flume::bounded::<FlushPoint>(1);
         let (done_tx, done) = flume::bounded(1);
-        std::thread::Builder::new()
-            .name("state-flush".into())
-            .spawn(move || {
-                crate::lower_background_priority();
-                for point in asks {
-                    let t = Instant::now();
-                    let r = kv.flush().map(|_| point);
-                    M.state_flush_seconds.observe(t.elapsed().as_secs_f64());
-                    if done_tx.send(r).is_err() {
-                        return;
-                    }
+        crate::spawn_background("state-flush", move || {
+            for point in asks {
+                let t = Instant::now();
+                let r = kv.flush().map(|_| point);
+                M.state_flush_seconds.observe(t.elapsed().as_secs_f64());
+                if done_tx.send(r).is_err() {
+                    return;
                 }
-            })
-            .map_err(|e| {
-                DriverError::Store(StoreError::Engine(format!(
-                    "spawning the state flush thread: {e}"
-                )))
-            })?;
+            }
+        })
+        .map_err(|e| {
+            DriverError::Store(StoreError::Engine(format!(
+                "spawning the state flush thread: {e}"
+            )))
+        })?;
         Ok(StateFlusher {
             ask,
             done,

@@ -498,12 +498,9 @@ impl SegmentLog {
         let (dir, bytes) = (self.dir.clone(), self.segment_bytes);
         let cancel = self.spare_cancel.clone();
         let reuse = self.recycled.take();
-        match std::thread::Builder::new()
-            .name("log-prealloc".into())
-            .spawn(move || {
-                crate::lower_background_priority();
-                prepare_spare(&dir, bytes, reuse, &cancel)
-            }) {
+        match crate::spawn_background("log-prealloc", move || {
+            prepare_spare(&dir, bytes, reuse, &cancel)
+        }) {
             Ok(h) => self.spare = Some(h),
             Err(e) => tracing::warn!(error = %e, "could not start preparing a raft log segment"),
         }

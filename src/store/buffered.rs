@@ -180,12 +180,7 @@ impl Buffered {
             cv: Condvar::new(),
         });
         let s = shared.clone();
-        let writer = std::thread::Builder::new()
-            .name("state-write".into())
-            .spawn(move || {
-                crate::lower_background_priority();
-                s.run_writer()
-            })
+        let writer = crate::spawn_background("state-write", move || s.run_writer())
             .map_err(|e| StoreError::Engine(format!("spawning the state writer: {e}")))?;
         Ok(Buffered {
             shared,
